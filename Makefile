@@ -1,0 +1,27 @@
+# Every target that needs the virtualenv depends on it, so each works on a fresh clone alone.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test protos clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/python -m xds_operator.demo run --dir config/samples
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+protos: $(STAMP)
+	$(BIN)/python -m xds_operator.api.build_protos
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,18 @@
+"""The VirtualService API: typed model, parsing and validation (driven by protos/)."""
+
+from . import virtualservice_pb2 as pb
+from .model import VirtualService
+from .schema import API_GROUP, API_VERSION, KIND
+from .validate import FieldError, ValidationError, parse_spec, parse_virtual_service
+
+__all__ = [
+    "API_GROUP",
+    "API_VERSION",
+    "KIND",
+    "FieldError",
+    "ValidationError",
+    "VirtualService",
+    "parse_spec",
+    "parse_virtual_service",
+    "pb",
+]

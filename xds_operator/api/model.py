@@ -1,0 +1,38 @@
+"""The typed VirtualService: Kubernetes identity around the validated proto spec."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+from . import virtualservice_pb2 as pb
+
+
+@dataclass(frozen=True, eq=False)
+class VirtualService:
+    namespace: str
+    name: str
+    spec: pb.VirtualServiceSpec
+    generation: int = 0
+    created: str = ""  # metadata.creationTimestamp (RFC 3339); the older one wins a conflict
+    uid: str = ""
+    origin: str = ""  # where it came from, for messages: a file path, or "kubernetes"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.namespace, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @cached_property
+    def spec_bytes(self) -> bytes:
+        """Deterministic serialization of the spec: equal specs give equal bytes."""
+        return self.spec.SerializeToString(deterministic=True)
+
+    def selects(self, labels: dict[str, str]) -> bool:
+        """True when the proxy labels contain every pair of the selector."""
+        return all(labels.get(key) == value for key, value in self.spec.selector.items())
+
+    def same_content(self, other: VirtualService) -> bool:
+        return self.key == other.key and self.spec_bytes == other.spec_bytes

@@ -1,0 +1,330 @@
+"""Parse and validate VirtualService documents into typed objects.
+
+The spec is checked against the proto descriptors and their rules (see schema.py); the
+few rules that span several fields and cannot be said in the schema follow at the end.
+Every problem found is reported, each with the path of the field it concerns.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from . import virtualservice_pb2 as pb
+from .model import VirtualService
+from .schema import (
+    API_GROUP,
+    API_VERSION,
+    INTEGER_TYPES,
+    KIND,
+    field_rules,
+    integer_bounds,
+    is_map,
+    is_repeated,
+    message_rules,
+)
+
+# Kubernetes object names (DNS-1123 subdomain) and namespaces (DNS-1123 label).
+NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")
+NAMESPACE_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+METADATA_FIELDS = frozenset(
+    {
+        "name",
+        "namespace",
+        "generation",
+        "creationTimestamp",
+        "uid",
+        "resourceVersion",
+        "labels",
+        "annotations",
+        "managedFields",
+        "finalizers",
+        "ownerReferences",
+        "selfLink",
+        "generateName",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+    }
+)
+
+
+@dataclass(frozen=True)
+class FieldError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+class ValidationError(ValueError):
+    """A document is not a valid VirtualService; `errors` lists every problem found."""
+
+    def __init__(self, errors: Iterable[FieldError]):
+        self.errors = list(errors)
+        super().__init__("; ".join(str(e) for e in self.errors))
+
+
+def parse_virtual_service(document: Any, *, origin: str = "") -> VirtualService:
+    """Validate one decoded VirtualService document (a mapping, as from YAML or JSON)."""
+    errors: list[FieldError] = []
+    if not isinstance(document, Mapping):
+        raise ValidationError([FieldError("(document)", f"expected a mapping, got {_type_name(document)}")])
+    expected_api = f"{API_GROUP}/{API_VERSION}"
+    if document.get("apiVersion") != expected_api:
+        errors.append(FieldError("apiVersion", f"must be {expected_api!r}, got {document.get('apiVersion')!r}"))
+    if document.get("kind") != KIND:
+        errors.append(FieldError("kind", f"must be {KIND!r}, got {document.get('kind')!r}"))
+    for key in document:
+        if key not in ("apiVersion", "kind", "metadata", "spec", "status"):
+            errors.append(FieldError(str(key), "unknown field"))
+    metadata = _check_metadata(document.get("metadata"), errors)
+    spec = parse_spec(document.get("spec"), errors=errors)
+    if errors:
+        raise ValidationError(errors)
+    return VirtualService(
+        namespace=metadata.get("namespace") or "default",
+        name=metadata["name"],
+        spec=spec,
+        generation=int(metadata.get("generation") or 0),
+        created=str(metadata.get("creationTimestamp") or ""),
+        uid=str(metadata.get("uid") or ""),
+        origin=origin,
+    )
+
+
+def parse_spec(data: Any, *, path: str = "spec", errors: list[FieldError] | None = None) -> pb.VirtualServiceSpec:
+    """Validate a spec mapping into a VirtualServiceSpec.
+
+    With `errors` given, problems are appended there; otherwise ValidationError is raised.
+    """
+    collected: list[FieldError] = [] if errors is None else errors
+    before = len(collected)
+    spec = pb.VirtualServiceSpec()
+    if data is None:
+        collected.append(FieldError(path, "required"))
+    else:
+        _fill(spec, data, path, collected)
+        if len(collected) == before:
+            _check_cross_field_rules(spec, path, collected)
+    if errors is None and collected:
+        raise ValidationError(collected)
+    return spec
+
+
+def _check_metadata(metadata: Any, errors: list[FieldError]) -> Mapping[str, Any]:
+    if not isinstance(metadata, Mapping):
+        errors.append(FieldError("metadata", "required" if metadata is None else "expected an object"))
+        return {}
+    for key in metadata:
+        if key not in METADATA_FIELDS:
+            errors.append(FieldError(f"metadata.{key}", "unknown field"))
+    name = metadata.get("name")
+    if not isinstance(name, str) or not name:
+        errors.append(FieldError("metadata.name", "required"))
+    elif len(name) > 253 or not NAME_PATTERN.fullmatch(name):
+        errors.append(FieldError("metadata.name", f"{name!r} is not a valid Kubernetes object name"))
+    namespace = metadata.get("namespace")
+    if namespace is not None and (
+        not isinstance(namespace, str) or len(namespace) > 63 or not NAMESPACE_PATTERN.fullmatch(namespace)
+    ):
+        errors.append(FieldError("metadata.namespace", f"{namespace!r} is not a valid namespace"))
+    return metadata
+
+
+def _fill(message: Message, data: Any, path: str, errors: list[FieldError]) -> None:
+    """Copy `data` into `message`, checking it against the descriptor and its rules."""
+    descriptor = message.DESCRIPTOR
+    if not isinstance(data, Mapping):
+        errors.append(FieldError(path, f"expected an object, got {_type_name(data)}"))
+        return
+    for key in data:
+        if not isinstance(key, str) or key not in descriptor.fields_by_name:
+            errors.append(FieldError(f"{path}.{key}", "unknown field"))
+    for field in descriptor.fields:
+        _fill_field(message, field, data.get(field.name), f"{path}.{field.name}", errors)
+    choices = list(message_rules(descriptor).exactly_one_of)
+    if choices:
+        present = [name for name in choices if _is_set(data.get(name))]
+        if len(present) != 1:
+            errors.append(FieldError(path, f"set exactly one of {', '.join(choices)}"))
+
+
+def _fill_field(message: Message, field: FieldDescriptor, value: Any, path: str, errors: list[FieldError]) -> None:
+    rules = field_rules(field)
+    if value is None:  # absent, or an explicit YAML null
+        if rules.required:
+            errors.append(FieldError(path, "required"))
+        elif rules.default:
+            setattr(message, field.name, rules.default)
+        return
+    if rules.rejected:
+        errors.append(FieldError(path, rules.rejected))
+        return
+    if is_map(field):
+        _fill_map(getattr(message, field.name), value, path, rules.required, errors)
+    elif is_repeated(field):
+        _fill_repeated(message, field, value, path, errors)
+    elif field.type == FieldDescriptor.TYPE_MESSAGE:
+        child = getattr(message, field.name)
+        child.SetInParent()
+        _fill(child, value, path, errors)
+    else:
+        checked = _check_scalar(field, value, path, errors)
+        if checked is not None:
+            setattr(message, field.name, checked)
+
+
+def _fill_map(target: Any, value: Any, path: str, required: bool, errors: list[FieldError]) -> None:
+    if not isinstance(value, Mapping):
+        errors.append(FieldError(path, f"expected an object of strings, got {_type_name(value)}"))
+        return
+    if required and not value:
+        errors.append(FieldError(path, "must not be empty"))
+    for key, item in value.items():
+        if not isinstance(key, str) or not key:
+            errors.append(FieldError(f"{path}.{key}", "keys must be non-empty strings"))
+        elif not isinstance(item, str):
+            errors.append(FieldError(f"{path}.{key}", f"expected a string, got {_type_name(item)}"))
+        else:
+            target[key] = item
+
+
+def _fill_repeated(message: Message, field: FieldDescriptor, value: Any, path: str, errors: list[FieldError]) -> None:
+    rules = field_rules(field)
+    if not isinstance(value, list):
+        errors.append(FieldError(path, f"expected a list, got {_type_name(value)}"))
+        return
+    if rules.required and not value:
+        errors.append(FieldError(path, "must have at least one item"))
+    container = getattr(message, field.name)
+    seen: dict[Any, int] = {}
+    for index, item in enumerate(value):
+        item_path = f"{path}[{index}]"
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            _fill(container.add(), item, item_path, errors)
+        else:
+            checked = _check_scalar(field, item, item_path, errors)
+            if checked is not None:
+                container.append(checked)
+        if rules.unique_by and isinstance(item, Mapping):
+            key = item.get(rules.unique_by)
+            if isinstance(key, str | int) and key in seen:
+                errors.append(
+                    FieldError(
+                        f"{item_path}.{rules.unique_by}",
+                        f"duplicate {rules.unique_by} {key!r} (also in {path}[{seen[key]}])",
+                    )
+                )
+            elif isinstance(key, str | int):
+                seen[key] = index
+
+
+def _check_scalar(field: FieldDescriptor, value: Any, path: str, errors: list[FieldError]) -> Any:
+    """Return the value if it fits the field's type and rules, else record why and return None."""
+    rules = field_rules(field)
+    if field.type in INTEGER_TYPES:
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors.append(FieldError(path, f"expected an integer, got {_type_name(value)}"))
+            return None
+        low, high = integer_bounds(field)
+        if value < low:
+            errors.append(FieldError(path, f"must be at least {low}, got {value}"))
+            return None
+        if value > high:
+            errors.append(FieldError(path, f"must be at most {high}, got {value}"))
+            return None
+        return value
+    if field.type == FieldDescriptor.TYPE_STRING:
+        if not isinstance(value, str):
+            errors.append(FieldError(path, f"expected a string, got {_type_name(value)}"))
+            return None
+        if not value:
+            errors.append(FieldError(path, "must not be empty"))
+            return None
+        if rules.enum and value not in rules.enum:
+            errors.append(FieldError(path, f"must be one of {', '.join(rules.enum)}; got {value!r}"))
+            return None
+        if rules.max_length and len(value) > rules.max_length:
+            errors.append(FieldError(path, f"must be at most {rules.max_length} characters, got {len(value)}"))
+            return None
+        if rules.pattern and not _compiled(rules.pattern).fullmatch(value):
+            errors.append(FieldError(path, f"{value!r} must match {rules.pattern}"))
+            return None
+        return value
+    if field.type == FieldDescriptor.TYPE_BOOL:
+        if not isinstance(value, bool):
+            errors.append(FieldError(path, f"expected true or false, got {_type_name(value)}"))
+            return None
+        return value
+    raise TypeError(f"{path}: the API uses a field type the validator does not know ({field.type})")
+
+
+def _check_cross_field_rules(spec: pb.VirtualServiceSpec, path: str, errors: list[FieldError]) -> None:
+    """Rules across listeners: unique cluster names and ports; IP endpoints for EDS."""
+    clusters: dict[str, int] = {}
+    ports: dict[int, int] = {}
+    for index, listener in enumerate(spec.listeners):
+        udp = listener.udp
+        here = f"{path}.listeners[{index}].udp"
+        if udp.port in ports:
+            errors.append(FieldError(f"{here}.port", f"duplicate port {udp.port} (also in {path}.listeners[{ports[udp.port]}])"))
+        ports.setdefault(udp.port, index)
+        name = udp.cluster.name
+        if name in clusters:
+            errors.append(
+                FieldError(f"{here}.cluster.name", f"duplicate cluster name {name!r} (also in {path}.listeners[{clusters[name]}])")
+            )
+        clusters.setdefault(name, index)
+        if udp.cluster.service_discovery == "eds":
+            for position, endpoint in enumerate(udp.cluster.endpoints):
+                if endpoint.host.HasField("address") and not _is_ip(endpoint.host.address):
+                    errors.append(
+                        FieldError(
+                            f"{here}.cluster.endpoints[{position}].host.address",
+                            f"{endpoint.host.address!r} is not an IP address; eds clusters need IP addresses "
+                            "(use service_discovery: strictdns for DNS names)",
+                        )
+                    )
+
+
+def _is_set(value: Any) -> bool:
+    return value is not None and value != {} and value != ""
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+@cache
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern)
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, Mapping):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    return type(value).__name__

@@ -1,0 +1,173 @@
+"""The directory source: VirtualService YAML files in a directory, watched live.
+
+Every `*.yaml` / `*.yml` file (multi-document files allowed) is read; a document that is
+not a valid VirtualService is logged with its file, document index and field path, and
+skipped, while everything else keeps being served. The directory is watched with inotify
+(watchfiles), not polled: only files that changed are read again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from .api import KIND, ValidationError, VirtualService, parse_virtual_service
+from .xds.cache import Key, SnapshotCache
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".yaml", ".yml")
+MAX_FILE_BYTES = 4 * 1024 * 1024  # a larger file is refused rather than read into memory
+DEBOUNCE_MS = 20  # editors write in bursts; one reload per burst
+
+
+@dataclass
+class FileContents:
+    """What one file holds: its valid VirtualServices and the problems of the rest."""
+
+    services: list[VirtualService] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    unreadable: bool = False  # nothing in the file could be read (YAML syntax, encoding, size)
+    invalid_keys: set[Key] = field(default_factory=set)  # named documents that failed validation
+
+    def keeping_last_good(self, previous: FileContents) -> FileContents:
+        """Keep serving the previous valid version of what this read could not validate."""
+        kept = [vs for vs in previous.services if self.unreadable or vs.key in self.invalid_keys]
+        for vs in kept:
+            log.warning("%s: keeping the last valid version of %s until the file is fixed", vs.origin, vs)
+        return FileContents(self.services + kept, self.errors, self.unreadable, self.invalid_keys)
+
+
+def read_file(path: Path) -> FileContents:
+    """Parse one file. Never raises for bad content: problems are returned as messages."""
+    contents = FileContents()
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            contents.errors.append(f"{path}: file is {size} bytes, larger than the limit of {MAX_FILE_BYTES}; skipped")
+            contents.unreadable = True
+            return contents
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as error:
+        contents.errors.append(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); skipped")
+        contents.unreadable = True
+        return contents
+    except OSError as error:
+        contents.errors.append(f"{path}: cannot read: {error.strerror}")
+        contents.unreadable = True
+        return contents
+    try:
+        documents = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as error:
+        contents.errors.append(f"{path}: invalid YAML: {_yaml_problem(error)}; the whole file is skipped")
+        contents.unreadable = True
+        return contents
+    for index, document in enumerate(documents):
+        where = f"{path}: document {index + 1}"
+        if document is None:
+            continue
+        if isinstance(document, dict) and document.get("kind") != KIND and isinstance(document.get("kind"), str):
+            log.debug("%s: skipping kind %s", where, document["kind"])
+            continue
+        key = _key_of(document)
+        if key is not None:
+            where += f" ({key[0]}/{key[1]})"
+        try:
+            contents.services.append(parse_virtual_service(document, origin=str(path)))
+        except ValidationError as error:
+            contents.errors.extend(f"{where}: {problem}" for problem in error.errors)
+            if key is not None:
+                contents.invalid_keys.add(key)
+    return contents
+
+
+def _key_of(document: object) -> Key | None:
+    """(namespace, name) of a document, when it says them, even if it is otherwise invalid."""
+    metadata = document.get("metadata") if isinstance(document, dict) else None
+    if isinstance(metadata, dict) and isinstance(metadata.get("name"), str):
+        namespace = metadata.get("namespace")
+        return (namespace if isinstance(namespace, str) and namespace else "default", metadata["name"])
+    return None
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or str(error)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class DirectorySource:
+    """Keeps a SnapshotCache equal to the valid VirtualServices in a directory."""
+
+    def __init__(self, directory: Path, cache: SnapshotCache):
+        self.directory = Path(directory)
+        self._cache = cache
+        self._files: dict[Path, FileContents] = {}
+        self._first_seen: dict[Key, str] = {}  # conflict age for objects without a creationTimestamp
+
+    def load(self) -> None:
+        """Read every file now and commit the result."""
+        if not self.directory.is_dir():
+            raise FileNotFoundError(f"{self.directory} is not a directory")
+        self._reload(self._all_files())
+
+    async def watch(self, ready: asyncio.Event | None = None) -> None:
+        """Apply additions, edits and deletions as they happen, until cancelled."""
+        from watchfiles import awatch
+
+        async for changes in awatch(
+            self.directory, debounce=DEBOUNCE_MS, step=10, recursive=False, ready=ready, watch_filter=None
+        ):
+            touched = {Path(path) for _, path in changes}
+            relevant = {path for path in touched if path.suffix in SUFFIXES}
+            if relevant:
+                self._reload(relevant)
+
+    def _all_files(self) -> set[Path]:
+        return {path for path in self.directory.iterdir() if path.suffix in SUFFIXES and path.is_file()}
+
+    def _reload(self, paths: Iterable[Path]) -> None:
+        stamp = _now()
+        for path in sorted(paths):
+            if path.is_file():
+                contents = read_file(path)
+                for problem in contents.errors:
+                    log.error("%s", problem)
+                if path in self._files:
+                    contents = contents.keeping_last_good(self._files[path])
+                self._files[path] = contents
+                log.info("loaded %s: %d VirtualService(s), %d problem(s)", path.name, len(contents.services), len(contents.errors))
+            elif self._files.pop(path, None) is not None:
+                log.info("removed %s", path.name)
+        wanted = self._current(stamp)
+        for key in [key for key in self._cache.virtual_services() if key not in wanted]:
+            self._cache.delete(key)
+            self._first_seen.pop(key, None)
+        for vs in wanted.values():
+            self._cache.upsert(vs)
+        changed = self._cache.commit()
+        log.info("serving %d VirtualService(s); %d proxy group(s) updated", len(wanted), changed)
+
+    def _current(self, stamp: str) -> dict[Key, VirtualService]:
+        """The VirtualServices across all files; a name defined twice keeps its first file's."""
+        wanted: dict[Key, VirtualService] = {}
+        owner: dict[Key, Path] = {}
+        for path in sorted(self._files):
+            for vs in self._files[path].services:
+                if vs.key in wanted:
+                    log.error("%s: VirtualService %s is already defined in %s; skipped", path, vs, owner[vs.key])
+                    continue
+                if not vs.created:
+                    vs = replace(vs, created=self._first_seen.setdefault(vs.key, stamp))
+                wanted[vs.key], owner[vs.key] = vs, path
+        return wanted
