@@ -36,29 +36,26 @@ async def serve_directory(directory: Path, xds_address: str, admin_host: str, ad
         }
     )
     bound_admin = await admin.start(admin_host, admin_port)
-    server, bound_xds = await start_server(service, xds_address)
-    watching = asyncio.Event()
-    watcher = asyncio.create_task(source.watch(ready=watching))
-    await asyncio.wait([asyncio.create_task(watching.wait()), watcher], return_when=asyncio.FIRST_COMPLETED)
-    if watcher.done():
-        watcher.result()  # raises why watching failed
-    serving = True
-    log.info(
-        "serving xDS on %s (port %d), admin on %s:%d, VirtualServices from %s",
-        xds_address, bound_xds, admin_host, bound_admin, directory,
-    )
-
+    server = None
+    watcher = asyncio.create_task(source.watch())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     try:
+        server, bound_xds = await start_server(service, xds_address)
+        serving = True
+        log.info(
+            "serving xDS on %s (port %d), admin on %s:%d, VirtualServices from %s",
+            xds_address, bound_xds, admin_host, bound_admin, directory,
+        )
         await asyncio.wait([asyncio.create_task(stop.wait()), watcher], return_when=asyncio.FIRST_COMPLETED)
         if watcher.done():
-            watcher.result()
+            watcher.result()  # raises why watching failed
     finally:
         serving = False
-        log.info("shutting down: closing xDS streams (grace %.0fs)", GRACE_SECONDS)
         watcher.cancel()
-        await server.stop(GRACE_SECONDS)
+        if server is not None:
+            log.info("shutting down: closing xDS streams (grace %.0fs)", GRACE_SECONDS)
+            await server.stop(GRACE_SECONDS)
         await admin.stop()

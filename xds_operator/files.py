@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 4 * 1024 * 1024  # a larger file is refused rather than read into memory
 DEBOUNCE_MS = 20  # editors write in bursts; one reload per burst
+STARTUP_TIMEOUT_MS = 100
 
 
 @dataclass
@@ -102,6 +103,11 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
+def _stamp(path: Path) -> tuple[int, int]:
+    status = path.stat()
+    return (status.st_mtime_ns, status.st_size)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -113,33 +119,50 @@ class DirectorySource:
         self.directory = Path(directory)
         self._cache = cache
         self._files: dict[Path, FileContents] = {}
+        self._stamps: dict[Path, tuple[int, int]] = {}  # (mtime_ns, size) when last read
         self._first_seen: dict[Key, str] = {}  # conflict age for objects without a creationTimestamp
 
     def load(self) -> None:
         """Read every file now and commit the result."""
         if not self.directory.is_dir():
             raise FileNotFoundError(f"{self.directory} is not a directory")
-        self._reload(self._all_files())
+        self.rescan()
 
-    async def watch(self, ready: asyncio.Event | None = None) -> None:
-        """Apply additions, edits and deletions as they happen, until cancelled."""
+    def rescan(self) -> None:
+        """Read again the files whose size or modification time changed, and drop vanished ones."""
+        present = {path: _stamp(path) for path in self.directory.iterdir() if path.suffix in SUFFIXES and path.is_file()}
+        changed = {path for path, stamp in present.items() if self._stamps.get(path) != stamp}
+        changed |= set(self._files) - set(present)
+        if changed or not self._files:
+            self._reload(changed)
+
+    async def watch(self) -> None:
+        """Apply additions, edits and deletions as they happen, until cancelled.
+
+        watchfiles gives no signal when its watch is in place, so the first (empty) batch,
+        which comes after a short timeout, triggers one rescan: a change made between load()
+        and that moment is not missed.
+        """
         from watchfiles import awatch
 
+        first = True
         async for changes in awatch(
-            self.directory, debounce=DEBOUNCE_MS, step=10, recursive=False, ready=ready, watch_filter=None
+            self.directory, debounce=DEBOUNCE_MS, step=10, recursive=False, watch_filter=None,
+            rust_timeout=STARTUP_TIMEOUT_MS, yield_on_timeout=True,
         ):
-            touched = {Path(path) for _, path in changes}
-            relevant = {path for path in touched if path.suffix in SUFFIXES}
+            if first:
+                first = False
+                self.rescan()
+                continue
+            relevant = {Path(path) for _, path in changes if Path(path).suffix in SUFFIXES}
             if relevant:
                 self._reload(relevant)
-
-    def _all_files(self) -> set[Path]:
-        return {path for path in self.directory.iterdir() if path.suffix in SUFFIXES and path.is_file()}
 
     def _reload(self, paths: Iterable[Path]) -> None:
         stamp = _now()
         for path in sorted(paths):
             if path.is_file():
+                self._stamps[path] = _stamp(path)
                 contents = read_file(path)
                 for problem in contents.errors:
                     log.error("%s", problem)
@@ -148,6 +171,7 @@ class DirectorySource:
                 self._files[path] = contents
                 log.info("loaded %s: %d VirtualService(s), %d problem(s)", path.name, len(contents.services), len(contents.errors))
             elif self._files.pop(path, None) is not None:
+                self._stamps.pop(path, None)
                 log.info("removed %s", path.name)
         wanted = self._current(stamp)
         for key in [key for key in self._cache.virtual_services() if key not in wanted]:

@@ -1,0 +1,84 @@
+"""A UDP echo worker with a TCP health port: the backend of `make run` and of the end-to-end tests.
+
+Every datagram is answered with `<name>: <payload>`, so the sender sees which worker
+answered. The health port accepts TCP connections (what Envoy's TCP health check needs)
+and can be closed to make the worker look dead while it keeps echoing.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+
+class EchoWorker:
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0, health_port: int | None = 0):
+        self.name = name
+        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self._udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._udp.bind((host, port))
+        self.host, self.port = self._udp.getsockname()
+        self.received = 0
+        self._health: socket.socket | None = None
+        self.health_port: int | None = None
+        if health_port is not None:
+            self.open_health(health_port)
+        self._thread = threading.Thread(target=self._echo, name=f"echo-{name}", daemon=True)
+        self._thread.start()
+
+    def open_health(self, port: int = 0) -> None:
+        """Accept TCP connections on the health port (the same one again if it was open before)."""
+        health = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        health.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        health.bind((self.host, port or self.health_port or 0))
+        health.listen(64)
+        self._health = health
+        self.health_port = health.getsockname()[1]
+        threading.Thread(target=self._accept, args=(health,), name=f"health-{self.name}", daemon=True).start()
+
+    def close_health(self) -> None:
+        """Stop accepting on the health port: Envoy's TCP check then marks this worker unhealthy."""
+        if self._health is not None:
+            health, self._health = self._health, None
+            try:
+                health.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            health.close()
+
+    def close(self) -> None:
+        self.close_health()
+        self._udp.close()
+
+    def _echo(self) -> None:
+        while True:
+            try:
+                payload, sender = self._udp.recvfrom(65535)
+            except OSError:
+                return  # closed
+            self.received += 1
+            try:
+                self._udp.sendto(self.name.encode() + b": " + payload, sender)
+            except OSError:
+                return
+
+    @staticmethod
+    def _accept(health: socket.socket) -> None:
+        while True:
+            try:
+                connection, _ = health.accept()
+            except OSError:
+                return  # closed
+            connection.close()
+
+
+def send(host: str, port: int, payload: bytes, *, timeout: float = 1.0, source_port: int = 0) -> bytes | None:
+    """Send one datagram and return the answer, or None if none came within timeout."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.bind(("127.0.0.1", source_port))
+        sock.sendto(payload, (host, port))
+        try:
+            return sock.recvfrom(65535)[0]
+        except (TimeoutError, socket.timeout):
+            return None
