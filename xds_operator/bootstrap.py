@@ -36,7 +36,6 @@ def envoy_bootstrap(
         discovery = "STATIC"
     except ValueError:
         discovery = "STRICT_DNS"
-    ads = {"ads": {}, "resource_api_version": "V3"}
     return {
         "node": {"id": node_id, "cluster": cluster, "metadata": {"labels": dict(labels)}},
         "dynamic_resources": {
@@ -46,8 +45,8 @@ def envoy_bootstrap(
                 "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
                 "set_node_on_first_message_only": True,
             },
-            "cds_config": ads,
-            "lds_config": ads,
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
         "static_resources": {
             "clusters": [

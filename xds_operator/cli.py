@@ -43,10 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser(
         "validate",
         help="check VirtualService files without serving them",
-        description="Validate VirtualService files; print every problem with its file and field path. "
-        "Exit status 1 if any document is invalid.",
+        description="Validate VirtualService files (a directory means its *.yaml and *.yml files); print every "
+        "problem with its file and field path. Exit status 1 if any document is invalid.",
     )
-    validate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE_OR_DIR")
 
     bootstrap = commands.add_parser(
         "bootstrap",
@@ -85,10 +85,16 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .files import read_file
+    from .files import SUFFIXES, read_file
 
-    failed = False
+    paths: list[Path] = []
     for path in args.files:
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file()))
+        else:
+            paths.append(path)
+    failed = False
+    for path in paths:
         if not path.is_file():
             print(f"{path}: no such file", file=sys.stderr)
             failed = True

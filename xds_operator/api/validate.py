@@ -11,6 +11,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import cache
 from typing import Any
 
@@ -94,7 +95,7 @@ def parse_virtual_service(document: Any, *, origin: str = "") -> VirtualService:
         name=metadata["name"],
         spec=spec,
         generation=int(metadata.get("generation") or 0),
-        created=str(metadata.get("creationTimestamp") or ""),
+        created=_timestamp(metadata.get("creationTimestamp")),
         uid=str(metadata.get("uid") or ""),
         origin=origin,
     )
@@ -106,14 +107,12 @@ def parse_spec(data: Any, *, path: str = "spec", errors: list[FieldError] | None
     With `errors` given, problems are appended there; otherwise ValidationError is raised.
     """
     collected: list[FieldError] = [] if errors is None else errors
-    before = len(collected)
     spec = pb.VirtualServiceSpec()
     if data is None:
         collected.append(FieldError(path, "required"))
     else:
         _fill(spec, data, path, collected)
-        if len(collected) == before:
-            _check_cross_field_rules(spec, path, collected)
+        _check_cross_field_rules(spec, path, collected)  # skips fields left unset by errors above
     if errors is None and collected:
         raise ValidationError(collected)
     return spec
@@ -131,6 +130,9 @@ def _check_metadata(metadata: Any, errors: list[FieldError]) -> Mapping[str, Any
         errors.append(FieldError("metadata.name", "required"))
     elif len(name) > 253 or not NAME_PATTERN.fullmatch(name):
         errors.append(FieldError("metadata.name", f"{name!r} is not a valid Kubernetes object name"))
+    generation = metadata.get("generation")
+    if generation is not None and (isinstance(generation, bool) or not isinstance(generation, int)):
+        errors.append(FieldError("metadata.generation", f"expected an integer, got {_type_name(generation)}"))
     namespace = metadata.get("namespace")
     if namespace is not None and (
         not isinstance(namespace, str) or len(namespace) > 63 or not NAMESPACE_PATTERN.fullmatch(namespace)
@@ -274,15 +276,17 @@ def _check_cross_field_rules(spec: pb.VirtualServiceSpec, path: str, errors: lis
     for index, listener in enumerate(spec.listeners):
         udp = listener.udp
         here = f"{path}.listeners[{index}].udp"
-        if udp.port in ports:
+        if udp.port and udp.port in ports:
             errors.append(FieldError(f"{here}.port", f"duplicate port {udp.port} (also in {path}.listeners[{ports[udp.port]}])"))
-        ports.setdefault(udp.port, index)
+        if udp.port:
+            ports.setdefault(udp.port, index)
         name = udp.cluster.name
-        if name in clusters:
+        if name and name in clusters:
             errors.append(
                 FieldError(f"{here}.cluster.name", f"duplicate cluster name {name!r} (also in {path}.listeners[{clusters[name]}])")
             )
-        clusters.setdefault(name, index)
+        if name:
+            clusters.setdefault(name, index)
         if udp.cluster.service_discovery == "eds":
             for position, endpoint in enumerate(udp.cluster.endpoints):
                 if endpoint.host.HasField("address") and not _is_ip(endpoint.host.address):
@@ -293,6 +297,14 @@ def _check_cross_field_rules(spec: pb.VirtualServiceSpec, path: str, errors: lis
                             "(use service_discovery: strictdns for DNS names)",
                         )
                     )
+
+
+def _timestamp(value: Any) -> str:
+    """RFC 3339 text in UTC, whether YAML gave a string or (unquoted) a datetime, so ages compare."""
+    if isinstance(value, datetime):
+        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
+    return str(value or "")
 
 
 def _is_set(value: Any) -> bool:

@@ -99,6 +99,7 @@ class SnapshotCache:
         self._groups: dict[LabelSet, Group] = {}
         self._dirty: set[Key] = set()
         self._by_selection: dict[tuple, Snapshot] = {}  # groups selecting the same content share one
+        self._reported: dict[Key, str] = {}  # conflicts already logged
         self.translations = 0  # how many VirtualServices were (re)translated, for benchmarks and tests
 
     # -- input -------------------------------------------------------------------------------
@@ -149,12 +150,15 @@ class SnapshotCache:
             return 0
         changed = 0
         for group in self._groups.values():
-            touched = any(key in dirty for key, _ in group.selection) or any(
-                key in self._services and self._services[key].vs.selects(group.labels) for key in dirty
+            touched = (
+                any(key in dirty for key, _ in group.selection)
+                or any(key in dirty for key in group.conflicts)  # a left-out one changed or went away
+                or any(key in self._services and self._services[key].vs.selects(group.labels) for key in dirty)
             )
             if touched and self._rebuild(group):
                 changed += 1
         self._by_selection = {group.selection: group.snapshot for group in self._groups.values()}
+        self._report_conflicts()
         return changed
 
     def watch(self, labels: Mapping[str, str] | None, notify: Callable[[], None]) -> Watch:
@@ -202,6 +206,7 @@ class SnapshotCache:
             self._rebuild(group)
         group.watches.add(watch)
         watch._set(group.snapshot)
+        self._report_conflicts()
 
     def _rebuild(self, group: Group) -> bool:
         selected = sorted((t for t in self._services.values() if t.vs.selects(group.labels)), key=Translated.age)
@@ -233,9 +238,17 @@ class SnapshotCache:
                 claimed.update((claim, translated) for claim in translated.claims)
                 continue
             kind, value = clashes[0]
-            message = f"{kind} {value} is already used by the older VirtualService {claimed[clashes[0]].vs}"
-            if group.conflicts.get(translated.vs.key) != message:
-                log.warning("VirtualService %s conflicts: %s; it is left out", translated.vs, message)
-            conflicts[translated.vs.key] = message
+            conflicts[translated.vs.key] = f"{kind} {value} is already used by the older VirtualService {claimed[clashes[0]].vs}"
         group.conflicts = conflicts
         return included
+
+    def _report_conflicts(self) -> None:
+        """Log each conflict once when it appears and once when it is gone, not once per group."""
+        current = self.conflicts
+        for key, message in current.items():
+            if self._reported.get(key) != message:
+                log.warning("VirtualService %s/%s conflicts: %s; it is left out", *key, message)
+        for key in self._reported.keys() - current.keys():
+            if key in self._services:
+                log.info("VirtualService %s/%s no longer conflicts", *key)
+        self._reported = current

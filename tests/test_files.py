@@ -1,0 +1,254 @@
+"""The directory source: reading VirtualService files, reporting bad ones, and live reloads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from xds_operator.files import DirectorySource, read_file
+from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.snapshot import LISTENER
+
+INGRESS = {"app": "envoy-ingress"}
+
+
+def vs_yaml(name: str, *, port: int = 2000, listener: str | None = None, namespace: str = "default") -> str:
+    """One VirtualService document as YAML (no leading ---)."""
+    return textwrap.dedent(
+        f"""\
+        apiVersion: servicemesh.l7mp.io/v1
+        kind: VirtualService
+        metadata:
+          name: {name}
+          namespace: {namespace}
+        spec:
+          selector:
+            app: envoy-ingress
+          listeners:
+          - name: {listener or name + "-l"}
+            udp:
+              port: {port}
+              cluster:
+                name: {name}-c
+                endpoints:
+                - name: w
+                  host:
+                    address: 127.0.0.1
+                  port: 9000
+        """
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    """Write a file and make sure its modification stamp differs from any earlier version."""
+    old = path.stat().st_mtime_ns if path.exists() else None
+    path.write_text(text)
+    if old is not None and path.stat().st_mtime_ns == old:
+        os.utime(path, ns=(old + 1_000_000, old + 1_000_000))
+    return path
+
+
+def ports(cache: SnapshotCache) -> dict[str, int]:
+    """name → listener port of every VirtualService the cache holds."""
+    return {key[1]: vs.spec.listeners[0].udp.port for key, vs in cache.virtual_services().items()}
+
+
+def source(directory: Path) -> tuple[DirectorySource, SnapshotCache]:
+    cache = SnapshotCache()
+    src = DirectorySource(directory, cache)
+    src.load()
+    return src, cache
+
+
+# -- read_file ------------------------------------------------------------------------------
+
+
+def test_multi_document_file(tmp_path: Path) -> None:
+    path = write(tmp_path / "many.yaml", "---\n" + vs_yaml("one") + "---\n" + vs_yaml("two", port=2001) + "---\n")
+    contents = read_file(path)
+    assert contents.errors == []
+    assert [(vs.name, vs.origin) for vs in contents.services] == [("one", str(path)), ("two", str(path))]
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.yaml", "apiVersion: v1\nspec:\n  listeners: [1,\n  selector: {a: b}\n: :\n")
+    contents = read_file(path)
+    assert contents.services == [] and contents.unreadable
+    [message] = contents.errors
+    assert message.startswith(f"{path}: invalid YAML: line ")
+    assert "the whole file is skipped" in message
+
+
+def test_invalid_yaml_line_number_is_right(tmp_path: Path) -> None:
+    path = write(tmp_path / "tab.yaml", "a: 1\nb: 2\nc: [unclosed\n")
+    [message] = read_file(path).errors
+    assert "line 4" in message  # the stream ends (line 4) before the list is closed
+
+
+def test_non_utf8_bytes(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes(vs_yaml("calls").replace("w\n", "w\xe9\n").encode("latin-1"))
+    contents = read_file(path)
+    assert contents.services == [] and contents.unreadable
+    [message] = contents.errors
+    assert message.startswith(f"{path}: not UTF-8 text")
+
+
+@pytest.mark.parametrize(("text", "described"), [("- 1\n- 2\n", "a list"), ("just text\n", "a string")])
+def test_document_that_is_not_a_mapping(tmp_path: Path, text: str, described: str) -> None:
+    path = write(tmp_path / "odd.yaml", vs_yaml("calls") + "---\n" + text)
+    contents = read_file(path)
+    assert [vs.name for vs in contents.services] == ["calls"]
+    assert contents.errors == [f"{path}: document 2: (document): expected a mapping, got {described}"]
+
+
+def test_other_kinds_are_skipped_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write(tmp_path / "kustomization.yaml", "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [vs.yaml]\n")
+    write(tmp_path / "mixed.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n" + vs_yaml("calls"))
+    assert read_file(tmp_path / "kustomization.yaml").errors == []
+    with caplog.at_level(logging.WARNING):
+        _, cache = source(tmp_path)
+    assert ports(cache) == {"calls": 2000}
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+def test_invalid_document_is_reported_and_the_valid_ones_served(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write(tmp_path / "vs.yaml", vs_yaml("good") + "---\n" + vs_yaml("broken", port=0) + "---\n" + vs_yaml("also-good", port=2001))
+    contents = read_file(path)
+    assert contents.errors == [
+        f"{path}: document 2 (default/broken): spec.listeners[0].udp.port: must be at least 1, got 0"
+    ]
+    with caplog.at_level(logging.ERROR, logger="xds_operator.files"):
+        _, cache = source(tmp_path)
+    assert ports(cache) == {"good": 2000, "also-good": 2001}
+    assert any("document 2 (default/broken): spec.listeners[0].udp.port" in r.getMessage() for r in caplog.records)
+    assert {"good-l", "also-good-l"} == set(cache.snapshot_for(INGRESS).resources[LISTENER])
+
+
+def test_same_name_in_two_files_keeps_the_first(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    write(tmp_path / "a.yaml", vs_yaml("calls", port=2000))
+    write(tmp_path / "b.yaml", vs_yaml("calls", port=3000))
+    with caplog.at_level(logging.ERROR, logger="xds_operator.files"):
+        _, cache = source(tmp_path)
+    assert ports(cache) == {"calls": 2000}
+    assert cache.virtual_services()[("default", "calls")].origin == str(tmp_path / "a.yaml")
+    assert any("already defined" in r.getMessage() and "b.yaml" in r.getMessage() for r in caplog.records)
+
+
+def test_same_name_in_another_namespace_is_a_different_service(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", vs_yaml("calls", port=2000))
+    write(tmp_path / "b.yaml", vs_yaml("calls", port=3000, namespace="media"))
+    _, cache = source(tmp_path)
+    assert set(cache.virtual_services()) == {("default", "calls"), ("media", "calls")}
+
+
+# -- DirectorySource: edits, deletions, rescans ---------------------------------------------
+
+
+def test_edit_into_invalid_keeps_the_last_valid_version(tmp_path: Path) -> None:
+    path = write(tmp_path / "vs.yaml", vs_yaml("calls", port=2000) + "---\n" + vs_yaml("other", port=2001))
+    src, cache = source(tmp_path)
+
+    write(path, vs_yaml("calls", port=0) + "---\n" + vs_yaml("other", port=2002))  # calls invalid, other edited
+    src.rescan()
+    assert ports(cache) == {"calls": 2000, "other": 2002}
+
+    write(path, "spec: [unclosed\n")  # the whole file unreadable
+    src.rescan()
+    assert ports(cache) == {"calls": 2000, "other": 2002}
+
+    write(path, vs_yaml("calls", port=2100))  # fixed; other removed on purpose
+    src.rescan()
+    assert ports(cache) == {"calls": 2100}
+
+
+def test_deleting_a_file_removes_its_services(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", vs_yaml("a"))
+    doomed = write(tmp_path / "b.yml", vs_yaml("b", port=2001) + "---\n" + vs_yaml("c", port=2002))
+    src, cache = source(tmp_path)
+    assert set(ports(cache)) == {"a", "b", "c"}
+    doomed.unlink()
+    src.rescan()
+    assert ports(cache) == {"a": 2000}
+    assert set(cache.snapshot_for(INGRESS).resources[LISTENER]) == {"a-l"}
+
+
+def test_other_suffixes_are_ignored(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", vs_yaml("a"))
+    write(tmp_path / "notes.txt", vs_yaml("b", port=2001))
+    write(tmp_path / "a.yaml.bak", vs_yaml("c", port=2002))
+    _, cache = source(tmp_path)
+    assert set(ports(cache)) == {"a"}
+
+
+def test_rescan_reads_only_changed_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    a = write(tmp_path / "a.yaml", vs_yaml("a", port=2000))
+    b = write(tmp_path / "b.yaml", vs_yaml("b", port=3000))
+    src, cache = source(tmp_path)
+
+    # Change a.yaml's content behind the source's back, keeping its size and modification time.
+    stamp = a.stat()
+    a.write_text(vs_yaml("a", port=2001))
+    os.utime(a, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    write(b, vs_yaml("b", port=3001))
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="xds_operator.files"):
+        src.rescan()
+    assert ports(cache) == {"a": 2000, "b": 3001}  # a.yaml was not read again
+    loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
+    assert loaded == ["loaded b.yaml: 1 VirtualService(s), 0 problem(s)"]
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="xds_operator.files"):
+        src.rescan()  # nothing changed: nothing read
+    assert [r for r in caplog.records if r.getMessage().startswith("loaded ")] == []
+
+
+def test_first_seen_service_wins_a_conflict_in_directory_mode(tmp_path: Path) -> None:
+    """Without creationTimestamp, the age of a file's service is when it was first loaded."""
+    b = write(tmp_path / "b.yaml", vs_yaml("b", listener="shared-l", port=2000))
+    src, cache = source(tmp_path)
+    cache.watch(INGRESS, lambda: None)
+    write(tmp_path / "a.yaml", vs_yaml("a", listener="shared-l", port=2001))
+    src.rescan()
+    assert set(cache.conflicts) == {("default", "a")}
+    write(b, vs_yaml("b", listener="shared-l", port=2002))  # an edit keeps b's age
+    src.rescan()
+    assert set(cache.conflicts) == {("default", "a")}
+    assert ports(cache)["b"] == 2002
+
+
+def test_load_requires_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        DirectorySource(tmp_path / "missing", SnapshotCache()).load()
+
+
+async def test_watch_picks_up_a_new_file_live(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", vs_yaml("a"))
+    src, cache = source(tmp_path)
+    task = asyncio.create_task(src.watch())
+    try:
+        write(tmp_path / "b.yaml", vs_yaml("b", port=2001))
+        for _ in range(250):  # at most 5 s
+            if ("default", "b") in cache.virtual_services():
+                break
+            await asyncio.sleep(0.02)
+        assert ports(cache) == {"a": 2000, "b": 2001}
+        assert set(cache.snapshot_for(INGRESS).resources[LISTENER]) == {"a-l", "b-l"}
+
+        (tmp_path / "a.yaml").unlink()
+        for _ in range(250):
+            if ("default", "a") not in cache.virtual_services():
+                break
+            await asyncio.sleep(0.02)
+        assert ports(cache) == {"b": 2001}
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
