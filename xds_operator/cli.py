@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
     )
+    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every batch of changes at info
     return {"serve": _serve, "validate": _validate, "bootstrap": _bootstrap}[args.command](args)
 
 

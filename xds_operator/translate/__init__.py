@@ -103,6 +103,9 @@ def translate_cluster(cluster: pb.Cluster, addresses: Sequence[UpstreamAddress])
         # An endpoint we remove (pod gone or not Ready) gets no new sessions, even while healthy.
         ignore_health_on_host_removal=True,
     )
+    # Apply host health changes at once instead of merging them over Envoy's default 1 s
+    # window: a dead worker stops getting datagrams one health-check interval sooner.
+    result.common_lb_config.update_merge_window.CopyFrom(duration_pb2.Duration())
     if cluster.service_discovery == "eds":
         result.type = cluster_pb2.Cluster.EDS
         result.eds_cluster_config.eds_config.CopyFrom(

@@ -69,6 +69,8 @@ class ProxyStream:
             return []
         elif request.HasField("error_detail"):
             state.nacked_version, state.error = state.sent_version, request.error_detail.message
+            # A NACK's version_info is the version the proxy still runs (its ACK may have crossed a push).
+            state.acked_version = request.version_info or None
             log.warning(
                 "proxy %s NACKed %s version %s (keeps %s): %s",
                 self.node_id, kind, state.sent_version, request.version_info or "nothing", state.error,
@@ -79,7 +81,10 @@ class ProxyStream:
         state.subscribed = True
         if type_url in NAMED_TYPES:
             state.names = frozenset(request.resource_names)
-        return self._respond(type_url, snapshot)
+        # The snapshot may have changed since the last push (the server handles this request
+        # before the change notice): answering only this type could send a listener before the
+        # cluster it names. Send everything that differs, in push order.
+        return self.on_snapshot(snapshot)
 
     def on_snapshot(self, snapshot: Snapshot | None) -> list[discovery_pb2.DiscoveryResponse]:
         """The proxy's snapshot changed: send what differs, clusters and endpoints before listeners."""
