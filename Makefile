@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test protos clean
+.PHONY: install run test lint protos clean
 
 install: $(STAMP)
 
@@ -19,6 +19,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check xds_operator tests bench
+	$(BIN)/ruff format --check xds_operator tests bench
 
 protos: $(STAMP)
 	$(BIN)/python -m xds_operator.api.build_protos

@@ -34,7 +34,12 @@ def virtual_service(index: int) -> dict:
                             "hash_key": "callid",
                             "health_check": {"protocol": "TCP", "interval": 500},
                             "endpoints": [
-                                {"name": f"e{j}", "host": {"address": f"10.0.{j}.{index % 250 + 1}"}, "port": 5000, "health_check_port": 5001}
+                                {
+                                    "name": f"e{j}",
+                                    "host": {"address": f"10.0.{j}.{index % 250 + 1}"},
+                                    "port": 5000,
+                                    "health_check_port": 5001,
+                                }
                                 for j in range(3)
                             ],
                         },
@@ -72,7 +77,10 @@ def main(argv: list[str]) -> int:
     print(f"{'VirtualServices':>16} {'snapshot s':>11} {'floor s':>9} {'ratio':>6}")
     for count in counts:
         figures = measure(count)
-        print(f"{count:>16} {figures['snapshot_seconds']:>11.3f} {figures['floor_seconds']:>9.3f} {figures['ratio']:>6.2f}")
+        print(
+            f"{count:>16} {figures['snapshot_seconds']:>11.3f} "
+            f"{figures['floor_seconds']:>9.3f} {figures['ratio']:>6.2f}"
+        )
     return 0
 
 

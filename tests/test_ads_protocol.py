@@ -81,7 +81,9 @@ def make_vs(name: str, listeners: Iterable[dict[str, Any]], **kwargs: Any) -> Vi
     return parse_virtual_service(vs_document(name, listeners, **kwargs))
 
 
-def two_eds_clusters(*, addresses_a: Sequence[str] = ("10.0.0.1",), hash_key: str | None = None, port_a: int = 3000) -> VirtualService:
+def two_eds_clusters(
+    *, addresses_a: Sequence[str] = ("10.0.0.1",), hash_key: str | None = None, port_a: int = 3000
+) -> VirtualService:
     """One VirtualService with two EDS clusters: eds-a (listener la) and eds-b (listener lb)."""
     return make_vs(
         "eds",
@@ -98,7 +100,12 @@ def commit(cache: SnapshotCache, *services: VirtualService) -> None:
     cache.commit()
 
 
-def expected_version(type_url: str, services: Iterable[VirtualService], labels: Mapping[str, str] = INGRESS, names: Iterable[str] | None = None) -> str:
+def expected_version(
+    type_url: str,
+    services: Iterable[VirtualService],
+    labels: Mapping[str, str] = INGRESS,
+    names: Iterable[str] | None = None,
+) -> str:
     """The content-hash version an independent cache (another replica, or after a restart) computes."""
     other = SnapshotCache()
     commit(other, *services)
@@ -162,7 +169,9 @@ class AdsClient:
             request.node.CopyFrom(self.node)
             self._first = False
         if error is not None:
-            request.error_detail.CopyFrom(status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=error))
+            request.error_detail.CopyFrom(
+                status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=error)
+            )
         await asyncio.wait_for(self.call.write(request), RECEIVE_TIMEOUT)
 
     async def recv(self, timeout: float = RECEIVE_TIMEOUT) -> discovery_pb2.DiscoveryResponse:
@@ -171,7 +180,9 @@ class AdsClient:
         except TimeoutError:
             raise AssertionError(f"no response within {timeout} s") from None
 
-    async def expect(self, type_url: str, names: Iterable[str] | None = None, version: str | None = None) -> discovery_pb2.DiscoveryResponse:
+    async def expect(
+        self, type_url: str, names: Iterable[str] | None = None, version: str | None = None
+    ) -> discovery_pb2.DiscoveryResponse:
         """Receive the next response and check its type (and resource names and version, if given)."""
         response = await self.recv()
         assert response.type_url == type_url, f"expected {type_url}, got {response.type_url}"
@@ -187,12 +198,21 @@ class AdsClient:
             response = await asyncio.wait_for(self.responses.get(), timeout)
         except TimeoutError:
             return
-        raise AssertionError(f"unexpected response: {response.type_url} version {response.version_info} {resource_names(response)}")
+        raise AssertionError(
+            f"unexpected response: {response.type_url} version {response.version_info} {resource_names(response)}"
+        )
 
     async def ack(self, response: discovery_pb2.DiscoveryResponse, names: Iterable[str] = ()) -> None:
         await self.send(response.type_url, names=names, version=response.version_info, nonce=response.nonce)
 
-    async def nack(self, response: discovery_pb2.DiscoveryResponse, message: str, *, kept_version: str = "", names: Iterable[str] = ()) -> None:
+    async def nack(
+        self,
+        response: discovery_pb2.DiscoveryResponse,
+        message: str,
+        *,
+        kept_version: str = "",
+        names: Iterable[str] = (),
+    ) -> None:
         """Reject a response: its nonce, the version still in use, and the reason."""
         await self.send(response.type_url, names=names, version=kept_version, nonce=response.nonce, error=message)
 
@@ -271,7 +291,9 @@ async def connect(channel: grpc.aio.Channel) -> AsyncIterator[Connect]:
 # -- initial requests and ACKs -------------------------------------------------------------------
 
 
-async def test_initial_cds_and_lds_get_content_hash_versions_and_an_ack_gets_no_response(cache: SnapshotCache, connect: Connect) -> None:
+async def test_initial_cds_and_lds_get_content_hash_versions_and_an_ack_gets_no_response(
+    cache: SnapshotCache, connect: Connect
+) -> None:
     services = [
         make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c"), listener_spec("rtcp-l", 2002, "rtcp-c")]),
     ]
@@ -289,7 +311,9 @@ async def test_initial_cds_and_lds_get_content_hash_versions_and_an_ack_gets_no_
     await envoy.expect_nothing()
 
 
-async def test_acked_types_are_reported_per_proxy(cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect) -> None:
+async def test_acked_types_are_reported_per_proxy(
+    cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect
+) -> None:
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
     envoy = connect("ingress-7")
     cds = await envoy.subscribe_and_ack(CLUSTER)
@@ -299,8 +323,18 @@ async def test_acked_types_are_reported_per_proxy(cache: SnapshotCache, service:
     (proxy,) = service.proxies()
     assert proxy["node_id"] == "ingress-7"
     assert proxy["labels"] == INGRESS
-    assert proxy["types"]["CDS"] == {"version": cds.version_info, "state": "ACKed", "acked_version": cds.version_info, "error": None}
-    assert proxy["types"]["LDS"] == {"version": lds.version_info, "state": "ACKed", "acked_version": lds.version_info, "error": None}
+    assert proxy["types"]["CDS"] == {
+        "version": cds.version_info,
+        "state": "ACKed",
+        "acked_version": cds.version_info,
+        "error": None,
+    }
+    assert proxy["types"]["LDS"] == {
+        "version": lds.version_info,
+        "state": "ACKed",
+        "acked_version": lds.version_info,
+        "error": None,
+    }
 
 
 # -- NACK ----------------------------------------------------------------------------------------
@@ -358,7 +392,12 @@ async def test_nack_after_an_ack_that_crossed_the_push_records_the_version_envoy
     lds = proxy_types(service, "ingress-1")["LDS"]
     # The NACK's version_info is the version Envoy still runs (discovery.proto: a NACK returns
     # the previous version), even though the ACK of that version was never accepted.
-    assert lds == {"version": rejected.version_info, "state": "NACKed", "acked_version": good.version_info, "error": "bad listener"}
+    assert lds == {
+        "version": rejected.version_info,
+        "state": "NACKed",
+        "acked_version": good.version_info,
+        "error": "bad listener",
+    }
 
 
 async def test_nack_of_the_first_response_keeps_nothing_and_waits_for_a_change(
@@ -378,7 +417,9 @@ async def test_nack_of_the_first_response_keeps_nothing_and_waits_for_a_change(
 # -- stale nonces --------------------------------------------------------------------------------
 
 
-async def test_request_with_stale_nonce_is_ignored(cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect) -> None:
+async def test_request_with_stale_nonce_is_ignored(
+    cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect
+) -> None:
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
     envoy = connect()
     await envoy.subscribe_and_ack(CLUSTER)
@@ -435,14 +476,18 @@ async def test_eds_answers_only_the_subscribed_cluster_names(cache: SnapshotCach
         assert cluster.eds_cluster_config.eds_config.HasField("ads")
 
     await envoy.send(ENDPOINT, names=["eds-b"])
-    only_b = await envoy.expect(ENDPOINT, names=["eds-b"], version=expected_version(ENDPOINT, services, names=["eds-b"]))
+    only_b = await envoy.expect(
+        ENDPOINT, names=["eds-b"], version=expected_version(ENDPOINT, services, names=["eds-b"])
+    )
     assignment = endpoint_pb2.ClusterLoadAssignment()
     only_b.resources[0].Unpack(assignment)
     assert [lb.endpoint.address.socket_address.address for lb in assignment.endpoints[0].lb_endpoints] == ["10.0.1.1"]
 
     # Envoy widens its subscription in the ACK of the previous response.
     await envoy.ack(only_b, ["eds-a", "eds-b"])
-    both = await envoy.expect(ENDPOINT, names=["eds-a", "eds-b"], version=expected_version(ENDPOINT, services, names=["eds-a", "eds-b"]))
+    both = await envoy.expect(
+        ENDPOINT, names=["eds-a", "eds-b"], version=expected_version(ENDPOINT, services, names=["eds-a", "eds-b"])
+    )
     assert both.version_info != only_b.version_info
     await envoy.ack(both, ["eds-a", "eds-b"])
     await envoy.expect_nothing()
@@ -451,10 +496,16 @@ async def test_eds_answers_only_the_subscribed_cluster_names(cache: SnapshotCach
     await envoy.send(ENDPOINT, names=["eds-a"], version=both.version_info, nonce=both.nonce)
     only_a = await envoy.expect(ENDPOINT, names=["eds-a"])
     await envoy.ack(only_a, ["eds-a"])
-    commit(cache, make_vs("eds", [
-        listener_spec("la", 3000, "eds-a", eds=True, addresses=("10.0.0.1",)),
-        listener_spec("lb", 3001, "eds-b", eds=True, addresses=("10.0.1.9",)),
-    ]))
+    commit(
+        cache,
+        make_vs(
+            "eds",
+            [
+                listener_spec("la", 3000, "eds-a", eds=True, addresses=("10.0.0.1",)),
+                listener_spec("lb", 3001, "eds-b", eds=True, addresses=("10.0.1.9",)),
+            ],
+        ),
+    )
     await envoy.expect_nothing()
 
 
@@ -482,7 +533,9 @@ async def test_eds_request_with_no_names_subscribes_nothing(cache: SnapshotCache
 # -- reconnects ----------------------------------------------------------------------------------
 
 
-async def test_reconnect_with_current_versions_gets_no_response(cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect) -> None:
+async def test_reconnect_with_current_versions_gets_no_response(
+    cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect
+) -> None:
     commit(cache, two_eds_clusters())
     first = connect("ingress-1")
     cds = await first.subscribe_and_ack(CLUSTER)
@@ -505,7 +558,9 @@ async def test_reconnect_with_current_versions_gets_no_response(cache: SnapshotC
     await again.expect(ENDPOINT, names=["eds-a"])
 
 
-async def test_reconnect_after_a_change_gets_the_new_versions(cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect) -> None:
+async def test_reconnect_after_a_change_gets_the_new_versions(
+    cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect
+) -> None:
     commit(cache, two_eds_clusters())
     first = connect("ingress-1")
     cds = await first.subscribe_and_ack(CLUSTER)
@@ -529,7 +584,9 @@ async def test_reconnect_after_a_change_gets_the_new_versions(cache: SnapshotCac
     await again.expect_nothing()  # clusters and listeners are unchanged
 
 
-async def test_reconnect_with_an_outdated_listener_version_gets_the_current_one(cache: SnapshotCache, connect: Connect) -> None:
+async def test_reconnect_with_an_outdated_listener_version_gets_the_current_one(
+    cache: SnapshotCache, connect: Connect
+) -> None:
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
     first = connect()
     cds = await first.subscribe_and_ack(CLUSTER)
@@ -548,7 +605,9 @@ async def test_reconnect_with_an_outdated_listener_version_gets_the_current_one(
 # -- push order ----------------------------------------------------------------------------------
 
 
-async def test_a_change_to_every_type_is_pushed_clusters_then_endpoints_then_listeners(cache: SnapshotCache, connect: Connect) -> None:
+async def test_a_change_to_every_type_is_pushed_clusters_then_endpoints_then_listeners(
+    cache: SnapshotCache, connect: Connect
+) -> None:
     commit(cache, two_eds_clusters())
     envoy = connect()
     await envoy.subscribe_and_ack(CLUSTER)
@@ -582,7 +641,9 @@ async def test_change_landing_right_after_an_ack_still_sends_clusters_before_lis
     change_after: list[Callable[[discovery_pb2.DiscoveryRequest], None]] = []
     read_into = server_module._read_into
 
-    async def tapped_read_into(requests: AsyncIterator[discovery_pb2.DiscoveryRequest], inbox: asyncio.Queue[object]) -> None:
+    async def tapped_read_into(
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest], inbox: asyncio.Queue[object]
+    ) -> None:
         class Tap:
             def put_nowait(self, item: object) -> None:
                 inbox.put_nowait(item)
@@ -601,11 +662,14 @@ async def test_change_landing_right_after_an_ack_still_sends_clusters_before_lis
 
     # A new listener with a new cluster (CDS + LDS) and new endpoints for eds-a (EDS).
     services = [
-        make_vs("eds", [
-            listener_spec("la", 3000, "eds-a", eds=True, addresses=("10.0.0.7",)),
-            listener_spec("lb", 3001, "eds-b", eds=True, addresses=("10.0.1.1",)),
-            listener_spec("lc", 3002, "plain-c"),
-        ])
+        make_vs(
+            "eds",
+            [
+                listener_spec("la", 3000, "eds-a", eds=True, addresses=("10.0.0.7",)),
+                listener_spec("lb", 3001, "eds-b", eds=True, addresses=("10.0.1.1",)),
+                listener_spec("lc", 3002, "plain-c"),
+            ],
+        )
     ]
     change_after.append(lambda request: commit(cache, *services))
     await envoy.ack(lds)  # queued on the server just before the change
@@ -623,7 +687,13 @@ def test_request_answered_against_a_newer_snapshot_keeps_push_order() -> None:
     stream = ProxyStream("ingress-1")
     before = cache.snapshot_for(INGRESS)
     (cds,) = stream.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), before)
-    assert stream.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, version_info=cds.version_info, response_nonce=cds.nonce), before) == []
+    assert (
+        stream.on_request(
+            discovery_pb2.DiscoveryRequest(type_url=CLUSTER, version_info=cds.version_info, response_nonce=cds.nonce),
+            before,
+        )
+        == []
+    )
     (lds,) = stream.on_request(discovery_pb2.DiscoveryRequest(type_url=LISTENER), before)
 
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c"), listener_spec("rtcp-l", 2001, "rtcp-c")]))
@@ -637,7 +707,9 @@ def test_request_answered_against_a_newer_snapshot_keeps_push_order() -> None:
 # -- selection by labels -------------------------------------------------------------------------
 
 
-async def test_proxy_not_selected_gets_empty_answers_and_never_the_resources(cache: SnapshotCache, connect: Connect) -> None:
+async def test_proxy_not_selected_gets_empty_answers_and_never_the_resources(
+    cache: SnapshotCache, connect: Connect
+) -> None:
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")], selector=INGRESS))
     other = connect("gateway-1", {"app": "gateway"})
     selected = connect("ingress-1", {"app": "ingress", "zone": "a"})  # a superset of the selector matches
@@ -696,7 +768,9 @@ async def test_same_node_on_two_streams_gets_pushes_on_both_and_closing_cleans_u
 # -- robustness ----------------------------------------------------------------------------------
 
 
-async def test_unknown_type_url_is_ignored_and_the_stream_keeps_working(cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect) -> None:
+async def test_unknown_type_url_is_ignored_and_the_stream_keeps_working(
+    cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect
+) -> None:
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
     envoy = connect()
     await envoy.send(ROUTE, names=["some-route"])  # the first request, carrying the node
@@ -719,7 +793,10 @@ async def test_delta_xds_answers_unimplemented(channel: grpc.aio.Channel) -> Non
     call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
     # The server may abort before the request is written: the outcome is the status either way.
     with contextlib.suppress(grpc.aio.AioRpcError):
-        await asyncio.wait_for(call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=base_pb2.Node(id="delta-1"))), RECEIVE_TIMEOUT)
+        await asyncio.wait_for(
+            call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=base_pb2.Node(id="delta-1"))),
+            RECEIVE_TIMEOUT,
+        )
     code = await asyncio.wait_for(call.code(), RECEIVE_TIMEOUT)
     assert code == grpc.StatusCode.UNIMPLEMENTED
     assert "delta" in (await call.details()).lower()

@@ -120,7 +120,13 @@ def test_inline_document_parses_with_metadata() -> None:
     doc = valid_doc()
     doc["metadata"].update(generation=3, creationTimestamp="2024-05-01T10:00:00Z", uid="u-1")
     vs = parse_virtual_service(doc, origin="inline")
-    assert (vs.namespace, vs.name, vs.generation, vs.created, vs.uid) == ("media", "calls", 3, "2024-05-01T10:00:00Z", "u-1")
+    assert (vs.namespace, vs.name, vs.generation, vs.created, vs.uid) == (
+        "media",
+        "calls",
+        3,
+        "2024-05-01T10:00:00Z",
+        "u-1",
+    )
     host_b = vs.spec.listeners[0].udp.cluster.endpoints[1].host
     assert not host_b.HasField("address")
     assert dict(host_b.selector) == {"app": "worker"}
@@ -225,7 +231,9 @@ def test_float_is_not_an_integer() -> None:
 
 
 def test_integer_where_string_expected() -> None:
-    assert rejected(lambda d: listener(d).update(name=5)) == [("spec.listeners[0].name", "expected a string, got an integer")]
+    assert rejected(lambda d: listener(d).update(name=5)) == [
+        ("spec.listeners[0].name", "expected a string, got an integer")
+    ]
 
 
 def test_selector_values_must_be_strings() -> None:
@@ -284,7 +292,11 @@ def test_missing_required_field(mutate: Callable[[Doc], object], path: str) -> N
     [
         (lambda d: d["spec"].update(selector={}), "spec.selector", "must not be empty"),
         (lambda d: d["spec"].update(listeners=[]), "spec.listeners", "must have at least one item"),
-        (lambda d: cluster(d).update(endpoints=[]), "spec.listeners[0].udp.cluster.endpoints", "must have at least one item"),
+        (
+            lambda d: cluster(d).update(endpoints=[]),
+            "spec.listeners[0].udp.cluster.endpoints",
+            "must have at least one item",
+        ),
         (lambda d: cluster(d).update(name=""), "spec.listeners[0].udp.cluster.name", "must not be empty"),
     ],
     ids=["selector", "listeners", "endpoints", "cluster-name"],
@@ -312,7 +324,9 @@ def test_endpoint_port_range(field: str, value: int, message: str) -> None:
     ]
 
 
-@pytest.mark.parametrize(("value", "message"), [(0, "must be at least 1, got 0"), (65536, "must be at most 65535, got 65536")])
+@pytest.mark.parametrize(
+    ("value", "message"), [(0, "must be at least 1, got 0"), (65536, "must be at most 65535, got 65536")]
+)
 def test_listener_port_range(value: int, message: str) -> None:
     assert rejected(lambda d: listener(d)["udp"].update(port=value)) == [("spec.listeners[0].udp.port", message)]
 
@@ -358,7 +372,9 @@ def test_host_with_both_address_and_selector() -> None:
     ]
 
 
-@pytest.mark.parametrize("host", [{}, {"selector": {}}, {"address": None}], ids=["empty", "empty-selector", "null-address"])
+@pytest.mark.parametrize(
+    "host", [{}, {"selector": {}}, {"address": None}], ids=["empty", "empty-selector", "null-address"]
+)
 def test_host_with_neither_address_nor_selector(host: Doc) -> None:
     assert rejected(lambda d: endpoint(d, 1).update(host=host)) == [
         ("spec.listeners[0].udp.cluster.endpoints[1].host", "set exactly one of address, selector")
@@ -423,7 +439,10 @@ def test_duplicate_ports_across_listeners() -> None:
 
 def test_duplicate_endpoint_names() -> None:
     assert rejected(lambda d: endpoint(d, 1).update(name="a")) == [
-        ("spec.listeners[0].udp.cluster.endpoints[1].name", "duplicate name 'a' (also in spec.listeners[0].udp.cluster.endpoints[0])")
+        (
+            "spec.listeners[0].udp.cluster.endpoints[1].name",
+            "duplicate name 'a' (also in spec.listeners[0].udp.cluster.endpoints[0])",
+        )
     ]
 
 

@@ -262,12 +262,17 @@ def test_unchanged_resources_are_reused_between_snapshots() -> None:
     ids=["listener-name", "cluster-name", "port"],
 )
 def test_conflict_older_service_wins(clash: dict[str, Any], kind: str, value: str) -> None:
-    old = make_vs("zz-old", port=2000, created="2024-01-01T00:00:00Z", **{k: v for k, v in clash.items() if k != "port"})
+    old = make_vs(
+        "zz-old", port=2000, created="2024-01-01T00:00:00Z", **{k: v for k, v in clash.items() if k != "port"}
+    )
     new = make_vs("aa-new", created="2024-06-01T00:00:00Z", **{"port": 2001, **clash})
     cache = loaded(new, old)
     watch = cache.watch(INGRESS, Counter())
     assert set(cache.conflicts) == {("default", "aa-new")}
-    assert cache.conflicts[("default", "aa-new")] == f"{kind} {value} is already used by the older VirtualService default/zz-old"
+    assert (
+        cache.conflicts[("default", "aa-new")]
+        == f"{kind} {value} is already used by the older VirtualService default/zz-old"
+    )
     listeners = watch.snapshot.resources[LISTENER]
     assert len(listeners) == 1
     [listener] = [listener_pb2.Listener.FromString(r.body) for r in listeners.values()]

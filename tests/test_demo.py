@@ -85,8 +85,19 @@ def start_demo(directory: Path, *extra: str) -> subprocess.Popen:
     xds, admin, envoy_admin = free_tcp_ports(3)
     return subprocess.Popen(
         [
-            sys.executable, "-m", "xds_operator.demo", "run", "--dir", str(directory),
-            "--xds-port", str(xds), "--admin-port", str(admin), "--envoy-admin-port", str(envoy_admin), *extra,
+            sys.executable,
+            "-m",
+            "xds_operator.demo",
+            "run",
+            "--dir",
+            str(directory),
+            "--xds-port",
+            str(xds),
+            "--admin-port",
+            str(admin),
+            "--envoy-admin-port",
+            str(envoy_admin),
+            *extra,
         ],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
@@ -162,10 +173,21 @@ def test_run_names_a_port_that_is_taken_and_exits_non_zero(tmp_path: Path) -> No
     try:
         result = subprocess.run(
             [
-                sys.executable, "-m", "xds_operator.demo", "run", "--dir", str(SAMPLES),
-                "--xds-port", str(taken), "--envoy-admin-port", str(envoy_admin),
+                sys.executable,
+                "-m",
+                "xds_operator.demo",
+                "run",
+                "--dir",
+                str(SAMPLES),
+                "--xds-port",
+                str(taken),
+                "--envoy-admin-port",
+                str(envoy_admin),
             ],
-            cwd=ROOT, capture_output=True, text=True, timeout=30,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     finally:
         holder.close()
@@ -180,7 +202,10 @@ def test_send_without_a_listener_says_no_answer(tmp_path: Path) -> None:
         port = silent.getsockname()[1]
         result = subprocess.run(
             [sys.executable, "-m", "xds_operator.demo", "send", f"127.0.0.1:{port}", "hi", "--count", "2"],
-            cwd=ROOT, capture_output=True, text=True, timeout=30,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=30,
         )
     assert result.stdout.splitlines() == ["no answer within 1 s"] * 2
     assert result.returncode == 1

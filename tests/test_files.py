@@ -109,7 +109,10 @@ def test_document_that_is_not_a_mapping(tmp_path: Path, text: str, described: st
 
 
 def test_other_kinds_are_skipped_silently(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    write(tmp_path / "kustomization.yaml", "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [vs.yaml]\n")
+    write(
+        tmp_path / "kustomization.yaml",
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources: [vs.yaml]\n",
+    )
     write(tmp_path / "mixed.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n---\n" + vs_yaml("calls"))
     assert read_file(tmp_path / "kustomization.yaml").errors == []
     with caplog.at_level(logging.WARNING):
@@ -118,8 +121,13 @@ def test_other_kinds_are_skipped_silently(tmp_path: Path, caplog: pytest.LogCapt
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
-def test_invalid_document_is_reported_and_the_valid_ones_served(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    path = write(tmp_path / "vs.yaml", vs_yaml("good") + "---\n" + vs_yaml("broken", port=0) + "---\n" + vs_yaml("also-good", port=2001))
+def test_invalid_document_is_reported_and_the_valid_ones_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(
+        tmp_path / "vs.yaml",
+        vs_yaml("good") + "---\n" + vs_yaml("broken", port=0) + "---\n" + vs_yaml("also-good", port=2001),
+    )
     contents = read_file(path)
     assert contents.errors == [
         f"{path}: document 2 (default/broken): spec.listeners[0].udp.port: must be at least 1, got 0"

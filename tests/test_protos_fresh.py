@@ -34,5 +34,6 @@ def test_generated_code_is_fresh(regenerated: dict[str, bytes], name: str) -> No
         )
         pytest.fail(
             f"{Path(committed_path).relative_to(build_protos.REPO)} is stale: "
-            f"{build_protos.SOURCE} changed without regenerating. Run `make protos` and commit the result.\n{diff[:4000]}"
+            f"{build_protos.SOURCE} changed without regenerating. "
+            f"Run `make protos` and commit the result.\n{diff[:4000]}"
         )

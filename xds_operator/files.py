@@ -8,11 +8,10 @@ skipped, while everything else keeps being served. The directory is watched with
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -109,7 +108,7 @@ def _stamp(path: Path) -> tuple[int, int]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class DirectorySource:
@@ -130,7 +129,9 @@ class DirectorySource:
 
     def rescan(self) -> None:
         """Read again the files whose size or modification time changed, and drop vanished ones."""
-        present = {path: _stamp(path) for path in self.directory.iterdir() if path.suffix in SUFFIXES and path.is_file()}
+        present = {
+            path: _stamp(path) for path in self.directory.iterdir() if path.suffix in SUFFIXES and path.is_file()
+        }
         changed = {path for path, stamp in present.items() if self._stamps.get(path) != stamp}
         changed |= set(self._files) - set(present)
         if changed or not self._files:
@@ -147,8 +148,13 @@ class DirectorySource:
 
         first = True
         async for changes in awatch(
-            self.directory, debounce=DEBOUNCE_MS, step=10, recursive=False, watch_filter=None,
-            rust_timeout=STARTUP_TIMEOUT_MS, yield_on_timeout=True,
+            self.directory,
+            debounce=DEBOUNCE_MS,
+            step=10,
+            recursive=False,
+            watch_filter=None,
+            rust_timeout=STARTUP_TIMEOUT_MS,
+            yield_on_timeout=True,
         ):
             if first:
                 first = False
@@ -169,7 +175,12 @@ class DirectorySource:
                 if path in self._files:
                     contents = contents.keeping_last_good(self._files[path])
                 self._files[path] = contents
-                log.info("loaded %s: %d VirtualService(s), %d problem(s)", path.name, len(contents.services), len(contents.errors))
+                log.info(
+                    "loaded %s: %d VirtualService(s), %d problem(s)",
+                    path.name,
+                    len(contents.services),
+                    len(contents.errors),
+                )
             elif self._files.pop(path, None) is not None:
                 self._stamps.pop(path, None)
                 log.info("removed %s", path.name)

@@ -130,7 +130,7 @@ def exchange(port: int, payload: bytes, *, timeout: float = 0.5) -> tuple[bytes 
         try:
             sock.sendto(payload, ("127.0.0.1", port))
             return sock.recvfrom(65535)[0], source
-        except (TimeoutError, socket.timeout, ConnectionRefusedError):
+        except (TimeoutError, ConnectionRefusedError):
             return None, source
 
 
@@ -294,11 +294,15 @@ class Envoy:
 
     def wait_healthy(self, cluster: str, ports: set[int], timeout: float = WAIT) -> None:
         wait_until(
-            lambda: self.healthy_hosts(cluster) == ports, f"cluster {cluster!r} healthy hosts == {sorted(ports)}", timeout
+            lambda: self.healthy_hosts(cluster) == ports,
+            f"cluster {cluster!r} healthy hosts == {sorted(ports)}",
+            timeout,
         )
 
     def wait_hosts(self, cluster: str, ports: set[int], timeout: float = WAIT) -> None:
-        wait_until(lambda: self.cluster_hosts(cluster) == ports, f"cluster {cluster!r} hosts == {sorted(ports)}", timeout)
+        wait_until(
+            lambda: self.cluster_hosts(cluster) == ports, f"cluster {cluster!r} hosts == {sorted(ports)}", timeout
+        )
 
     def config_dump(self) -> dict:
         return json.loads(self.get("/config_dump"))
@@ -332,13 +336,26 @@ def control_plane(request: pytest.FixtureRequest, tmp_path: Path, vs_dir: Path) 
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "xds_operator.cli", "serve", "--dir", str(vs_dir),
-                "--xds-address", "127.0.0.1", "--xds-port", str(xds_port), "--admin-port", str(admin_port),
+                sys.executable,
+                "-m",
+                "xds_operator.cli",
+                "serve",
+                "--dir",
+                str(vs_dir),
+                "--xds-address",
+                "127.0.0.1",
+                "--xds-port",
+                str(xds_port),
+                "--admin-port",
+                str(admin_port),
             ],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     plane = ControlPlane(vs_dir, xds_port, admin_port, log_path, process)
     try:
+
         def ready() -> bool:
             if process.poll() is not None:
                 pytest.fail(f"xds-operator serve exited with {process.returncode}:\n{tail(log_path)}")
@@ -362,8 +379,18 @@ def start_envoy(
         number = next(numbers)
         node_id = node_id or f"e2e-envoy-{number}"
         admin_port = free_port()
-        command = [sys.executable, "-m", "xds_operator.cli", "bootstrap", "--node-id", node_id,
-                   "--xds-address", control_plane.xds_address, "--admin-address", f"127.0.0.1:{admin_port}"]
+        command = [
+            sys.executable,
+            "-m",
+            "xds_operator.cli",
+            "bootstrap",
+            "--node-id",
+            node_id,
+            "--xds-address",
+            control_plane.xds_address,
+            "--admin-address",
+            f"127.0.0.1:{admin_port}",
+        ]
         for key, value in labels.items():
             command += ["--label", f"{key}={value}"]
         generated = subprocess.run(command, capture_output=True, text=True, timeout=30)
@@ -378,13 +405,31 @@ def start_envoy(
         with open(output_path, "wb") as output:
             process = subprocess.Popen(
                 [
-                    str(envoy_binary), "-c", str(bootstrap_path), "--disable-hot-restart", "-l", "info",
-                    "--log-path", str(log_path), "--admin-address-path", str(admin_path),
-                    "--concurrency", "2", "--drain-time-s", "1", "--drain-strategy", "immediate",
-                    "--parent-shutdown-time-s", "2", "--file-flush-interval-msec", "100",
+                    str(envoy_binary),
+                    "-c",
+                    str(bootstrap_path),
+                    "--disable-hot-restart",
+                    "-l",
+                    "info",
+                    "--log-path",
+                    str(log_path),
+                    "--admin-address-path",
+                    str(admin_path),
+                    "--concurrency",
+                    "2",
+                    "--drain-time-s",
+                    "1",
+                    "--drain-strategy",
+                    "immediate",
+                    "--parent-shutdown-time-s",
+                    "2",
+                    "--file-flush-interval-msec",
+                    "100",
                     *os.environ.get("E2E_ENVOY_ARGS", "").split(),
                 ],
-                stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
             )
         envoy = Envoy(node_id, dict(labels), bootstrap_path, log_path, admin_path, process)
         started.append(envoy)

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -277,13 +277,18 @@ def _check_cross_field_rules(spec: pb.VirtualServiceSpec, path: str, errors: lis
         udp = listener.udp
         here = f"{path}.listeners[{index}].udp"
         if udp.port and udp.port in ports:
-            errors.append(FieldError(f"{here}.port", f"duplicate port {udp.port} (also in {path}.listeners[{ports[udp.port]}])"))
+            errors.append(
+                FieldError(f"{here}.port", f"duplicate port {udp.port} (also in {path}.listeners[{ports[udp.port]}])")
+            )
         if udp.port:
             ports.setdefault(udp.port, index)
         name = udp.cluster.name
         if name and name in clusters:
             errors.append(
-                FieldError(f"{here}.cluster.name", f"duplicate cluster name {name!r} (also in {path}.listeners[{clusters[name]}])")
+                FieldError(
+                    f"{here}.cluster.name",
+                    f"duplicate cluster name {name!r} (also in {path}.listeners[{clusters[name]}])",
+                )
             )
         if name:
             clusters.setdefault(name, index)
@@ -302,8 +307,8 @@ def _check_cross_field_rules(spec: pb.VirtualServiceSpec, path: str, errors: lis
 def _timestamp(value: Any) -> str:
     """RFC 3339 text in UTC, whether YAML gave a string or (unquoted) a datetime, so ages compare."""
     if isinstance(value, datetime):
-        value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
+        value = value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
     return str(value or "")
 
 

@@ -53,9 +53,7 @@ class EnvoyResources:
     load_assignments: list[endpoint_pb2.ClusterLoadAssignment] = field(default_factory=list)
 
 
-def resolve_endpoints(
-    namespace: str, cluster: pb.Cluster, resolve_selector: SelectorResolver
-) -> list[UpstreamAddress]:
+def resolve_endpoints(namespace: str, cluster: pb.Cluster, resolve_selector: SelectorResolver) -> list[UpstreamAddress]:
     """The upstream addresses of a cluster, in a stable order (so equal input gives equal bytes)."""
     addresses: set[UpstreamAddress] = set()
     for endpoint in cluster.endpoints:

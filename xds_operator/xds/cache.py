@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from ..api import VirtualService
 from ..translate import SelectorResolver, no_pods, resolve_endpoints, translate_virtual_service
-from .snapshot import CLUSTER, ENDPOINT, EMPTY, LISTENER, Resource, Snapshot
+from .snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, Resource, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Translated:
 def translate(vs: VirtualService, resolve_selector: SelectorResolver) -> Translated:
     envoy = translate_virtual_service(vs, resolve_selector)
     resources: list[Resource] = []
-    for listener, cluster in zip(envoy.listeners, envoy.clusters):
+    for listener, cluster in zip(envoy.listeners, envoy.clusters, strict=True):
         resources.append(Resource.of(listener.name, listener, requires=[(CLUSTER, cluster.name)]))
     eds_names = {assignment.cluster_name for assignment in envoy.load_assignments}
     for cluster in envoy.clusters:
@@ -151,13 +151,13 @@ class SnapshotCache:
         changed = 0
         for group in self._groups.values():
             touched = (
-                any(key in dirty for key, _ in group.selection)
+                any(key in dirty for key, _ in group.selection or ())
                 or any(key in dirty for key in group.conflicts)  # a left-out one changed or went away
                 or any(key in self._services and self._services[key].vs.selects(group.labels) for key in dirty)
             )
             if touched and self._rebuild(group):
                 changed += 1
-        self._by_selection = {group.selection: group.snapshot for group in self._groups.values()}
+        self._by_selection = {g.selection: g.snapshot for g in self._groups.values() if g.selection is not None}
         self._report_conflicts()
         return changed
 
@@ -175,7 +175,7 @@ class SnapshotCache:
         if labels is None:
             watch._set(None)
         else:
-            self._join(watch, watch.labels)
+            self._join(watch, dict(labels))
 
     def cancel(self, watch: Watch) -> None:
         if watch.labels is None:
@@ -238,7 +238,9 @@ class SnapshotCache:
                 claimed.update((claim, translated) for claim in translated.claims)
                 continue
             kind, value = clashes[0]
-            conflicts[translated.vs.key] = f"{kind} {value} is already used by the older VirtualService {claimed[clashes[0]].vs}"
+            conflicts[translated.vs.key] = (
+                f"{kind} {value} is already used by the older VirtualService {claimed[clashes[0]].vs}"
+            )
         group.conflicts = conflicts
         return included
 

@@ -78,7 +78,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     responses = stream.on_snapshot(watch.snapshot) if stream and watch else []
                 else:
                     assert isinstance(item, discovery_pb2.DiscoveryRequest)
-                    if stream is None:
+                    if stream is None or watch is None:
                         # Envoy may send its node only in the first request.
                         stream = ProxyStream(item.node.id or context.peer())
                         watch = self._cache.watch(self._identify(item.node), on_change)
@@ -96,7 +96,9 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                 log.info("proxy %s disconnected", stream.node_id)
 
     async def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802 (gRPC name)
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "incremental (delta) xDS is not supported yet; use GRPC (state of the world)")
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "incremental (delta) xDS is not supported yet; use GRPC (state of the world)"
+        )
 
 
 async def _read_into(requests: AsyncIterator[discovery_pb2.DiscoveryRequest], inbox: asyncio.Queue[object]) -> None:

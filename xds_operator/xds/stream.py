@@ -52,7 +52,9 @@ class ProxyStream:
         self.types: dict[str, TypeState] = {}
         self._nonces = itertools.count(1)
 
-    def on_request(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_request(
+        self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None
+    ) -> list[discovery_pb2.DiscoveryResponse]:
         type_url = request.type_url
         if type_url not in PUSH_ORDER:
             log.info("proxy %s asked for unsupported type %s; ignored", self.node_id, type_url)
@@ -65,7 +67,13 @@ class ProxyStream:
             # and is sent nothing if that is still current.
             state.sent_version = state.acked_version = request.version_info or None
         elif request.response_nonce != state.nonce:
-            log.debug("proxy %s: stale %s nonce %r (latest %s) ignored", self.node_id, kind, request.response_nonce, state.nonce)
+            log.debug(
+                "proxy %s: stale %s nonce %r (latest %s) ignored",
+                self.node_id,
+                kind,
+                request.response_nonce,
+                state.nonce,
+            )
             return []
         elif request.HasField("error_detail"):
             state.nacked_version, state.error = state.sent_version, request.error_detail.message
@@ -73,7 +81,11 @@ class ProxyStream:
             state.acked_version = request.version_info or None
             log.warning(
                 "proxy %s NACKed %s version %s (keeps %s): %s",
-                self.node_id, kind, state.sent_version, request.version_info or "nothing", state.error,
+                self.node_id,
+                kind,
+                state.sent_version,
+                request.version_info or "nothing",
+                state.error,
             )
         else:
             state.acked_version, state.error = request.version_info, None
@@ -102,7 +114,13 @@ class ProxyStream:
             return []  # unchanged, or the version the proxy rejected: never sent twice
         state.sent_version = selection.version
         state.nonce = str(next(self._nonces))
-        log.debug("push %s version %s (%d resources) to proxy %s", SHORT_NAMES[type_url], selection.version, len(selection.resources), self.node_id)
+        log.debug(
+            "push %s version %s (%d resources) to proxy %s",
+            SHORT_NAMES[type_url],
+            selection.version,
+            len(selection.resources),
+            self.node_id,
+        )
         return [
             discovery_pb2.DiscoveryResponse(
                 version_info=selection.version,
