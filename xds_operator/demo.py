@@ -40,6 +40,7 @@ from pathlib import Path
 from .api import VirtualService
 from .bootstrap import envoy_bootstrap, render, split_host_port
 from .echo import EchoWorker
+from .echo import send as send_datagram
 from .files import SUFFIXES, read_file
 
 NODE_ID = "demo-envoy"
@@ -600,19 +601,6 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- send
 
 
-def send_datagram(host: str, port: int, payload: bytes, *, timeout: float = ANSWER_TIMEOUT) -> bytes | None:
-    """Send one datagram from a new source port; return the answer, or None if none came within timeout."""
-    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
-    with socket.socket(family, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(timeout)
-        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-        sock.sendto(payload, address)
-        try:
-            return sock.recvfrom(65535)[0]
-        except TimeoutError:
-            return None
-
-
 def send(args: argparse.Namespace) -> int:
     try:
         host, port = split_host_port(args.target)
@@ -622,7 +610,7 @@ def send(args: argparse.Namespace) -> int:
     unanswered = 0
     for _ in range(args.count):
         try:
-            answer = send_datagram(host, port, args.message.encode())
+            answer = send_datagram(host, port, args.message.encode(), timeout=ANSWER_TIMEOUT)
         except OSError as error:  # unresolvable host, unreachable network
             print(f"demo send: {args.target}: {error.strerror or error}", file=sys.stderr)
             return 1

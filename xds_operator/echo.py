@@ -71,12 +71,13 @@ class EchoWorker:
             connection.close()
 
 
-def send(host: str, port: int, payload: bytes, *, timeout: float = 1.0, source_port: int = 0) -> bytes | None:
-    """Send one datagram and return the answer, or None if none came within timeout."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+def send(host: str, port: int, payload: bytes, *, timeout: float = 1.0) -> bytes | None:
+    """Send one datagram from a new source port; return the answer, or None if none came within timeout."""
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)[0]
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(timeout)
-        sock.bind(("127.0.0.1", source_port))
-        sock.sendto(payload, (host, port))
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        sock.sendto(payload, address)
         try:
             return sock.recvfrom(65535)[0]
         except TimeoutError:
