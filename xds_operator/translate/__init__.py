@@ -133,6 +133,9 @@ def translate_health_check(check: pb.HealthCheck) -> health_check_pb2.HealthChec
         no_traffic_interval=interval,
         unhealthy_threshold={"value": 1},
         healthy_threshold={"value": 1},
+        # A fresh connection per check: a kept-open one would say nothing about whether the
+        # worker still accepts connections.
+        reuse_connection={"value": False},
         # Empty send/receive payloads: a TCP connect check.
         tcp_health_check=health_check_pb2.HealthCheck.TcpHealthCheck(),
     )
