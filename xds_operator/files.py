@@ -8,6 +8,7 @@ skipped, while everything else keeps being served. The directory is watched with
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 SUFFIXES = (".yaml", ".yml")
 MAX_FILE_BYTES = 4 * 1024 * 1024  # a larger file is refused rather than read into memory
 DEBOUNCE_MS = 20  # editors write in bursts; one reload per burst
-STARTUP_TIMEOUT_MS = 100
 
 
 @dataclass
@@ -138,31 +138,26 @@ class DirectorySource:
             self._reload(changed)
 
     async def watch(self) -> None:
-        """Apply additions, edits and deletions as they happen, until cancelled.
-
-        watchfiles gives no signal when its watch is in place, so the first (empty) batch,
-        which comes after a short timeout, triggers one rescan: a change made between load()
-        and that moment is not missed.
-        """
+        """Apply additions, edits and deletions as they happen, until cancelled."""
         from watchfiles import awatch
 
-        first = True
-        async for changes in awatch(
-            self.directory,
-            debounce=DEBOUNCE_MS,
-            step=10,
-            recursive=False,
-            watch_filter=None,
-            rust_timeout=STARTUP_TIMEOUT_MS,
-            yield_on_timeout=True,
-        ):
-            if first:
-                first = False
-                self.rescan()
-                continue
-            relevant = {Path(path) for _, path in changes if Path(path).suffix in SUFFIXES}
-            if relevant:
-                self._reload(relevant)
+        batches = awatch(self.directory, debounce=DEBOUNCE_MS, step=10, recursive=False, watch_filter=None)
+        # awatch puts its inotify watch in place in its first step, before it first waits:
+        # start that step, then rescan, so a change made since load() is not missed.
+        first = asyncio.ensure_future(anext(batches))
+        await asyncio.sleep(0)
+        self.rescan()
+        try:
+            self._apply(await first)
+        except StopAsyncIteration:
+            return
+        async for changes in batches:
+            self._apply(changes)
+
+    def _apply(self, changes: set[tuple[object, str]]) -> None:
+        relevant = {Path(path) for _, path in changes if Path(path).suffix in SUFFIXES}
+        if relevant:
+            self._reload(relevant)
 
     def _reload(self, paths: Iterable[Path]) -> None:
         stamp = _now()
