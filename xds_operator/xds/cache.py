@@ -13,6 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..api import VirtualService
 from ..translate import SelectorResolver, no_pods, resolve_endpoints, translate_virtual_service
@@ -33,15 +34,15 @@ class Translated:
     addresses: tuple  # the resolved upstreams per cluster, to notice endpoint changes
     token: str  # changes whenever any of the resources does
 
-    @property
-    def claims(self) -> set[tuple[str, object]]:
+    @cached_property  # read on every rebuild of every group that selects it
+    def claims(self) -> frozenset[tuple[str, object]]:
         """What this VirtualService takes on a proxy: listener names, cluster names, ports."""
         claimed: set[tuple[str, object]] = set()
         for listener in self.vs.spec.listeners:
             claimed.add(("listener", listener.name))
             claimed.add(("cluster", listener.udp.cluster.name))
             claimed.add(("port", listener.udp.port))
-        return claimed
+        return frozenset(claimed)
 
     def age(self) -> tuple[str, str, str]:
         """Conflict order: the oldest wins, then namespace/name order."""
