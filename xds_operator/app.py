@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
-from .admin import AdminServer
+from .admin import AdminServer, Handler
 from .files import DirectorySource
 from .xds.cache import SnapshotCache
 from .xds.server import AggregatedDiscoveryService, start_server
@@ -23,6 +25,75 @@ async def serve_directory(directory: Path, xds_address: str, admin_host: str, ad
     source = DirectorySource(directory, cache)
     source.load()
     service = AggregatedDiscoveryService(cache)
+    await _run(
+        service,
+        xds_address,
+        admin_host,
+        admin_port,
+        background=[source.watch()],
+        description=f"VirtualServices from {directory}",
+    )
+
+
+async def serve_kubernetes(
+    kubeconfig: Path | None, namespaces: Sequence[str], xds_address: str, admin_host: str, admin_port: int
+) -> None:
+    """Serve the cluster's VirtualServices (in `namespaces`, or all) until SIGINT or SIGTERM."""
+    from .operator.kube import api_client
+    from .operator.pods import PodIndex
+    from .operator.source import KubernetesSource, start_watches
+    from .operator.status import StatusWriter
+
+    api = api_client(kubeconfig, connections=2 * max(1, len(namespaces)) + 4)
+    pods = PodIndex()
+    cache = SnapshotCache(pods.ready_ips)
+    writer = StatusWriter(api)
+    source = KubernetesSource(cache, pods, writer)
+    service = AggregatedDiscoveryService(cache, identify=source.identify, on_progress=source.on_progress)
+    source.bind(service)
+    reflectors = start_watches(source, api, namespaces, asyncio.get_running_loop())
+    where = "namespaces " + ", ".join(namespaces) if namespaces else "all namespaces"
+    try:
+        await _run(
+            service,
+            xds_address,
+            admin_host,
+            admin_port,
+            background=[writer.run()],
+            before_serving=source.synced(),
+            description=f"VirtualServices from Kubernetes ({where})",
+            routes={"/debug/virtualservices": lambda: (200, _records(source))},
+        )
+    finally:
+        for reflector in reflectors:
+            reflector.stop(timeout=0.2)
+        api.close()
+
+
+def _records(source: Any) -> dict:
+    return {
+        f"{namespace}/{name}": {
+            "generation": record.generation,
+            "serving_generation": record.serving_generation,
+            "rejected": record.rejected,
+            "status": source.status.written((namespace, name)) if source.status else None,
+        }
+        for (namespace, name), record in sorted(source.records.items())
+    }
+
+
+async def _run(
+    service: AggregatedDiscoveryService,
+    xds_address: str,
+    admin_host: str,
+    admin_port: int,
+    *,
+    background: Sequence[Coroutine[Any, Any, None]],
+    description: str,
+    before_serving: Coroutine[Any, Any, None] | None = None,
+    routes: dict[str, Handler] | None = None,
+) -> None:
+    """Admin port first (so probes answer), then wait for the source's first state, then serve xDS."""
     serving = False
 
     def readyz() -> tuple[int, object]:
@@ -33,33 +104,49 @@ async def serve_directory(directory: Path, xds_address: str, admin_host: str, ad
             "/healthz": lambda: (200, "ok\n"),
             "/readyz": readyz,
             "/debug/proxies": lambda: (200, service.proxies()),
+            **(routes or {}),
         }
     )
     bound_admin = await admin.start(admin_host, admin_port)
-    server = None
-    watcher = asyncio.create_task(source.watch())
+    tasks = [asyncio.create_task(work) for work in background]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    stopping = asyncio.create_task(stop.wait())
+    server = None
     try:
+        if before_serving is not None:
+            log.info("waiting for the first complete list before serving xDS")
+            await asyncio.wait([stopping, asyncio.create_task(before_serving), *tasks], return_when="FIRST_COMPLETED")
+            _raise_if_failed(tasks)
+            if stop.is_set():
+                return
         server, bound_xds = await start_server(service, xds_address)
         serving = True
         log.info(
-            "serving xDS on %s (port %d), admin on %s:%d, VirtualServices from %s",
+            "serving xDS on %s (port %d), admin on %s:%d, %s",
             xds_address,
             bound_xds,
             admin_host,
             bound_admin,
-            directory,
+            description,
         )
-        await asyncio.wait([asyncio.create_task(stop.wait()), watcher], return_when=asyncio.FIRST_COMPLETED)
-        if watcher.done():
-            watcher.result()  # raises why watching failed
+        await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        _raise_if_failed(tasks)
     finally:
         serving = False
-        watcher.cancel()
+        for task in [stopping, *tasks]:
+            task.cancel()
         if server is not None:
             log.info("shutting down: closing xDS streams (grace %.0fs)", GRACE_SECONDS)
             await server.stop(GRACE_SECONDS)
         await admin.stop()
+
+
+def _raise_if_failed(tasks: Sequence[asyncio.Task]) -> None:
+    """A background task that ended on its own failed: raise why."""
+    for task in tasks:
+        if task.done() and not task.cancelled():
+            task.result()
+            raise RuntimeError(f"{task.get_coro().__qualname__} stopped unexpectedly")

@@ -32,12 +32,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="serve VirtualServices to Envoy over ADS",
-        description="Serve the VirtualServices found in a directory to Envoy proxies over aggregated xDS (ADS). "
-        "Files are watched: additions, edits and deletions apply live. A proxy receives the VirtualServices "
-        "whose spec.selector is contained in its bootstrap's node.metadata.labels.",
+        description="Serve VirtualServices to Envoy proxies over aggregated xDS (ADS). "
+        "With --dir, from the VirtualService files in a directory, watched live; a proxy receives the "
+        "VirtualServices whose spec.selector is contained in its bootstrap's node.metadata.labels. "
+        "Without --dir, as a Kubernetes operator: it watches VirtualServices and Pods (in-cluster config, "
+        "or --kubeconfig / $KUBECONFIG outside a cluster), identifies each proxy by its node.id (pod UID or "
+        "<namespace>/<pod-name>), takes its labels from that Pod, and writes each VirtualService's status.",
     )
     serve.add_argument(
-        "--dir", type=Path, required=True, metavar="DIR", help="directory of *.yaml / *.yml VirtualService files"
+        "--dir", type=Path, metavar="DIR", help="serve the *.yaml / *.yml VirtualService files in DIR (no cluster)"
+    )
+    serve.add_argument(
+        "--kubeconfig", type=Path, metavar="FILE", help="Kubernetes mode: kubeconfig to use outside a cluster"
+    )
+    serve.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="Kubernetes mode: watch VirtualServices and Pods only in NS (repeatable; default: all namespaces)",
     )
     serve.add_argument(
         "--xds-address", default="0.0.0.0", metavar="HOST", help="address the xDS gRPC server binds (default: 0.0.0.0)"
@@ -98,16 +111,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import serve_directory
+    from .app import serve_directory, serve_kubernetes
+    from .operator.kube import NoKubernetesConfig
 
-    if not args.dir.is_dir():
-        print(f"xds-operator: --dir {args.dir}: not a directory", file=sys.stderr)
-        return 2
+    xds_address = f"{args.xds_address}:{args.xds_port}"
+    if args.dir is not None:
+        if args.kubeconfig is not None or args.namespace:
+            print("xds-operator: --kubeconfig and --namespace apply without --dir only", file=sys.stderr)
+            return 2
+        if not args.dir.is_dir():
+            print(f"xds-operator: --dir {args.dir}: not a directory", file=sys.stderr)
+            return 2
+        serving = serve_directory(args.dir, xds_address, args.admin_address, args.admin_port)
+    else:
+        serving = serve_kubernetes(args.kubeconfig, args.namespace, xds_address, args.admin_address, args.admin_port)
     try:
-        asyncio.run(
-            serve_directory(args.dir, f"{args.xds_address}:{args.xds_port}", args.admin_address, args.admin_port)
-        )
-    except OSError as error:
+        asyncio.run(serving)
+    except (OSError, NoKubernetesConfig) as error:
         print(f"xds-operator: {error}", file=sys.stderr)
         return 1
     return 0

@@ -138,7 +138,7 @@ class DirectorySource:
             self._reload(changed)
 
     async def watch(self) -> None:
-        """Apply additions, edits and deletions as they happen, until cancelled."""
+        """Apply additions, edits and deletions as they happen, until cancelled (OSError if the watch ends)."""
         from watchfiles import awatch
 
         batches = awatch(self.directory, debounce=DEBOUNCE_MS, step=10, recursive=False, watch_filter=None)
@@ -150,9 +150,11 @@ class DirectorySource:
         try:
             self._apply(await first)
         except StopAsyncIteration:
-            return
-        async for changes in batches:
-            self._apply(changes)
+            pass
+        else:
+            async for changes in batches:
+                self._apply(changes)
+        raise OSError(f"stopped watching {self.directory}: it was removed or can no longer be read")
 
     def _apply(self, changes: set[tuple[object, str]]) -> None:
         relevant = {Path(path) for _, path in changes if Path(path).suffix in SUFFIXES}

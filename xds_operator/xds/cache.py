@@ -221,7 +221,7 @@ class SnapshotCache:
             for translated in included:
                 for resource in translated.resources:
                     by_type[resource.type_url].append(resource)
-            snapshot = self._by_selection[selection] = Snapshot.build(by_type)
+            snapshot = self._by_selection[selection] = Snapshot.build(by_type, contents=selection)
         group.selection, group.snapshot = selection, snapshot
         for watch in group.watches:
             watch._set(snapshot)

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from dataclasses import dataclass
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from .cache import SnapshotCache, Watch
+from .snapshot import Snapshot
 from .stream import ProxyStream
 
 log = logging.getLogger(__name__)
@@ -38,19 +40,62 @@ def labels_from_metadata(node: base_pb2.Node) -> dict[str, str]:
     }
 
 
+@dataclass(eq=False)
+class Connection:
+    """One connected proxy: who it is, its protocol state, and its interest in the cache."""
+
+    node: base_pb2.Node
+    stream: ProxyStream
+    watch: Watch
+    applied: Snapshot | None = None  # the latest snapshot the proxy ACKed in full
+
+
+@dataclass(frozen=True)
+class ProxyProgress:
+    """How far one proxy is: the snapshot it should run, the one it runs, what it rejected."""
+
+    node_id: str
+    labels: Mapping[str, str] | None
+    current: Snapshot | None
+    applied: Snapshot | None
+    rejection: str | None
+
+
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    def __init__(self, cache: SnapshotCache, identify: Identify = labels_from_metadata):
+    def __init__(
+        self,
+        cache: SnapshotCache,
+        identify: Identify = labels_from_metadata,
+        on_progress: Callable[[], None] = lambda: None,
+    ):
         self._cache = cache
         self._identify = identify
-        self._streams: dict[int, tuple[ProxyStream, Watch]] = {}
+        self._on_progress = on_progress  # called when a proxy connects, leaves, ACKs or NACKs
+        self._connections: dict[int, Connection] = {}
         self._next_stream_id = 0
 
     def proxies(self) -> list[dict]:
         """Per connected stream: node id, labels, and per type version and ACK/NACK state."""
         return [
-            {"node_id": stream.node_id, "labels": watch.labels, "types": stream.status()}
-            for stream, watch in self._streams.values()
+            {"node_id": c.stream.node_id, "labels": c.watch.labels, "types": c.stream.status()}
+            for c in self._connections.values()
         ]
+
+    def progress(self) -> list[ProxyProgress]:
+        return [
+            ProxyProgress(c.stream.node_id, c.watch.labels, c.watch.snapshot, c.applied, c.stream.rejection())
+            for c in self._connections.values()
+        ]
+
+    def reidentify(self, node_ids: Iterable[str]) -> None:
+        """The identity source learned something about these nodes: move their proxies to their labels' group."""
+        wanted = set(node_ids)
+        for connection in self._connections.values():
+            if connection.node.id in wanted:
+                labels = self._identify(connection.node)
+                if labels != connection.watch.labels:
+                    log.info("proxy %s labels: %s", connection.stream.node_id, labels)
+                    self._cache.relabel(connection.watch, labels)
 
     async def StreamAggregatedResources(
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
@@ -65,8 +110,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                 inbox.put_nowait(_SNAPSHOT_CHANGED)
 
         reader = asyncio.create_task(_read_into(request_iterator, inbox))
-        stream: ProxyStream | None = None
-        watch: Watch | None = None
+        connection: Connection | None = None
         stream_id = self._next_stream_id = self._next_stream_id + 1
         try:
             while True:
@@ -75,25 +119,37 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     return
                 if item is _SNAPSHOT_CHANGED:
                     pending_change = False
-                    responses = stream.on_snapshot(watch.snapshot) if stream and watch else []
+                    responses = connection.stream.on_snapshot(connection.watch.snapshot) if connection else []
                 else:
                     assert isinstance(item, discovery_pb2.DiscoveryRequest)
-                    if stream is None or watch is None:
+                    if connection is None:
                         # Envoy may send its node only in the first request.
                         stream = ProxyStream(item.node.id or context.peer())
                         watch = self._cache.watch(self._identify(item.node), on_change)
+                        connection = self._connections[stream_id] = Connection(item.node, stream, watch)
                         pending_change = False
-                        self._streams[stream_id] = (stream, watch)
-                        log.info("proxy %s connected (labels %s)", stream.node_id, watch.labels)
-                    responses = stream.on_request(item, watch.snapshot)
+                        if watch.labels is None:
+                            log.info("proxy %s connected; waiting until its pod is known", stream.node_id)
+                        else:
+                            log.info("proxy %s connected (labels %s)", stream.node_id, watch.labels)
+                    responses = connection.stream.on_request(item, connection.watch.snapshot)
+                    self._note_progress(connection)
                 for response in responses:
                     yield response
         finally:
             reader.cancel()
-            if watch is not None:
-                self._cache.cancel(watch)
-            if self._streams.pop(stream_id, None) is not None and stream is not None:
-                log.info("proxy %s disconnected", stream.node_id)
+            if connection is not None:
+                self._cache.cancel(connection.watch)
+            if self._connections.pop(stream_id, None) is not None:
+                log.info("proxy %s disconnected", connection.stream.node_id)
+                self._on_progress()
+
+    def _note_progress(self, connection: Connection) -> None:
+        """After a request: remember a snapshot the proxy now runs in full; tell the status side."""
+        snapshot = connection.watch.snapshot
+        if snapshot is not None and snapshot is not connection.applied and connection.stream.has_applied(snapshot):
+            connection.applied = snapshot
+        self._on_progress()
 
     async def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802 (gRPC name)
         await context.abort(

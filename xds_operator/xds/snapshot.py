@@ -71,11 +71,13 @@ class Snapshot:
     """Everything one proxy group is served, by type URL then resource name. Immutable once built."""
 
     resources: Mapping[str, Mapping[str, Resource]]
+    # What it was built from: ((source key, content token), ...); tells which inputs a proxy runs.
+    contents: tuple = ()
     _selections: dict[tuple[str, frozenset[str] | None], Selection] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, by_type: Mapping[str, Iterable[Resource]]) -> Snapshot:
-        snapshot = cls({type_url: {r.name: r for r in by_type.get(type_url, ())} for type_url in PUSH_ORDER})
+    def build(cls, by_type: Mapping[str, Iterable[Resource]], contents: tuple = ()) -> Snapshot:
+        snapshot = cls({type_url: {r.name: r for r in by_type.get(type_url, ())} for type_url in PUSH_ORDER}, contents)
         snapshot.check_consistency()
         return snapshot
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .snapshot import NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Snapshot
+from .snapshot import CLUSTER, LISTENER, NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,21 @@ class ProxyStream:
                 resources=[resource.packed for resource in selection.resources],
             )
         ]
+
+    def has_applied(self, snapshot: Snapshot) -> bool:
+        """The proxy ACKed, for every type it subscribed to (clusters and listeners at least), this snapshot."""
+        subscribed = {type_url: state for type_url, state in self.types.items() if state.subscribed}
+        if CLUSTER not in subscribed or LISTENER not in subscribed:
+            return False
+        return all(
+            state.acked_version == snapshot.select(type_url, state.names).version
+            for type_url, state in subscribed.items()
+        )
+
+    def rejection(self) -> str | None:
+        """Envoy's error text for what it rejected and still does not run, if anything."""
+        errors = [f"{SHORT_NAMES[t]}: {state.error}" for t, state in self.types.items() if state.state == "NACKed"]
+        return "; ".join(errors) or None
 
     def status(self) -> dict[str, dict[str, str | None]]:
         return {

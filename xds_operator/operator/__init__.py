@@ -1,0 +1,1 @@
+"""The Kubernetes side: VirtualService and Pod watches, proxy identity from pods, status."""

@@ -1,0 +1,161 @@
+"""What the control plane needs to know about Pods, indexed: proxy identity and endpoints.
+
+Pure state, no I/O: the Pod watch feeds it raw Pod objects (dicts as the API server sends
+them); it answers "which labels does the proxy with this node id have" and "which IPs do
+the Ready pods matching this selector have".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """The few fields of a Pod the control plane uses."""
+
+    namespace: str
+    name: str
+    uid: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    ip: str = ""
+    ready: bool = False
+    terminating: bool = False
+
+    @classmethod
+    def from_object(cls, obj: Mapping) -> PodInfo:
+        metadata = obj.get("metadata") or {}
+        status = obj.get("status") or {}
+        ready = any(
+            condition.get("type") == "Ready" and condition.get("status") == "True"
+            for condition in status.get("conditions") or ()
+        )
+        return cls(
+            namespace=metadata.get("namespace", ""),
+            name=metadata.get("name", ""),
+            uid=metadata.get("uid", ""),
+            labels=MappingProxyType(dict(metadata.get("labels") or {})),
+            ip=status.get("podIP") or "",
+            ready=ready,
+            terminating=metadata.get("deletionTimestamp") is not None,
+        )
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def serves_traffic(self) -> bool:
+        """An endpoint: Ready, not terminating, and with an IP."""
+        return self.ready and not self.terminating and bool(self.ip)
+
+    def node_ids(self) -> tuple[str, ...]:
+        """The node ids an Envoy in this pod may use: its UID or <namespace>/<name>."""
+        return (self.uid, self.key) if self.uid else (self.key,)
+
+
+@dataclass(frozen=True)
+class PodChange:
+    """What one Pod event changed, so the source refreshes only what depends on it."""
+
+    namespace: str
+    node_ids: frozenset[str]  # proxies whose labels may have changed
+    endpoints_changed: bool  # whether the set of serving pods (or their labels/IPs) changed
+
+
+class PodIndex:
+    def __init__(self) -> None:
+        self._pods: dict[str, PodInfo] = {}  # by namespace/name
+        self._by_uid: dict[str, PodInfo] = {}
+        self._by_namespace: dict[str, dict[str, PodInfo]] = {}
+        # Memoized selector answers per namespace, dropped when a pod there changes.
+        self._resolved: dict[str, dict[frozenset[tuple[str, str]], tuple[str, ...]]] = {}
+
+    def __len__(self) -> int:
+        return len(self._pods)
+
+    # -- input -------------------------------------------------------------------------------
+
+    def upsert(self, obj: Mapping) -> PodChange | None:
+        return self._put(PodInfo.from_object(obj))
+
+    def delete(self, obj: Mapping) -> PodChange | None:
+        return self._remove(PodInfo.from_object(obj).key)
+
+    def replace(self, objects: Iterable[Mapping], namespace: str | None = None) -> list[PodChange]:
+        """A full relist (of one namespace, or of all): the pods not in it are gone."""
+        listed = {pod.key: pod for pod in map(PodInfo.from_object, objects)}
+        known = self._pods.values() if namespace is None else self._by_namespace.get(namespace, {}).values()
+        gone = [pod.key for pod in known if pod.key not in listed]
+        changes = [self._remove(key) for key in gone]
+        changes.extend(self._put(pod) for pod in listed.values())
+        return [change for change in changes if change is not None]
+
+    def _remove(self, key: str) -> PodChange | None:
+        old = self._pods.pop(key, None)
+        if old is None:
+            return None
+        self._by_uid.pop(old.uid, None)
+        self._by_namespace[old.namespace].pop(old.name, None)
+        if not self._by_namespace[old.namespace]:
+            del self._by_namespace[old.namespace]
+        return self._changed(old, None)
+
+    def _put(self, pod: PodInfo) -> PodChange | None:
+        old = self._pods.get(pod.key)
+        if old == pod:
+            return None
+        if old is not None and old.uid != pod.uid:
+            self._by_uid.pop(old.uid, None)
+        self._pods[pod.key] = pod
+        if pod.uid:
+            self._by_uid[pod.uid] = pod
+        self._by_namespace.setdefault(pod.namespace, {})[pod.name] = pod
+        return self._changed(old, pod)
+
+    def _changed(self, old: PodInfo | None, new: PodInfo | None) -> PodChange | None:
+        pod = new or old
+        assert pod is not None
+        node_ids = set(pod.node_ids()) | (set(old.node_ids()) if old else set())
+        relabelled = old is None or new is None or old.labels != new.labels
+        endpoints_changed = _as_endpoint(old) != _as_endpoint(new)
+        if endpoints_changed:
+            self._resolved.pop(pod.namespace, None)
+        if not relabelled and not endpoints_changed:
+            return None
+        return PodChange(pod.namespace, frozenset(node_ids) if relabelled else frozenset(), endpoints_changed)
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def labels_for(self, node_id: str) -> dict[str, str] | None:
+        """A proxy's labels, from its pod (node id = pod UID or <namespace>/<name>); None if unknown."""
+        pod = self._by_uid.get(node_id) or self._pods.get(node_id)
+        return dict(pod.labels) if pod is not None else None
+
+    def ready_ips(self, namespace: str, selector: Mapping[str, str]) -> Sequence[str]:
+        """The IPs of the serving pods in namespace whose labels contain the selector (a SelectorResolver)."""
+        resolved = self._resolved.setdefault(namespace, {})
+        key = frozenset(selector.items())
+        ips = resolved.get(key)
+        if ips is None:
+            pods = self._by_namespace.get(namespace, {}).values()
+            ips = tuple(
+                sorted(
+                    {
+                        pod.ip
+                        for pod in pods
+                        if pod.serves_traffic and all(pod.labels.get(k) == v for k, v in selector.items())
+                    }
+                )
+            )
+            resolved[key] = ips
+        return ips
+
+
+def _as_endpoint(pod: PodInfo | None) -> tuple | None:
+    """The part of a pod that endpoint resolution sees."""
+    if pod is None or not pod.serves_traffic:
+        return None
+    return (pod.ip, tuple(sorted(pod.labels.items())))

@@ -1,0 +1,252 @@
+"""The Kubernetes source: VirtualService and Pod watches feed the cache, proxy identities and status.
+
+Reflector threads hand events to the event loop, which owns all state. A burst of events
+is coalesced: the first schedules a flush a moment later, and the flush commits the cache
+once, so each affected proxy group gets one new snapshot. Status is recomputed (also
+coalesced) after flushes and whenever a proxy ACKs or NACKs, and written by StatusWriter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from kubernetes import client
+
+from ..api import API_GROUP, API_VERSION, ValidationError, parse_virtual_service
+from ..xds.cache import SnapshotCache
+from ..xds.progress import summarize
+from ..xds.server import AggregatedDiscoveryService
+from .pods import PodChange, PodIndex
+from .reflector import Changed, Event, Reflector, Synced
+from .status import PLURAL, Observed, StatusWriter, WarningEvent, now_rfc3339, status_of
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+COALESCE_SECONDS = 0.05  # events closer together than this become one snapshot
+STATUS_INTERVAL_SECONDS = 0.25  # status is recomputed at most this often
+
+
+@dataclass
+class Record:
+    """What the source knows of one VirtualService beyond what the cache holds."""
+
+    generation: int
+    uid: str
+    rejected: str | None = None  # why the latest generation is invalid
+    serving_generation: int | None = None  # the generation in the cache, if any is valid
+
+
+class KubernetesSource:
+    def __init__(self, cache: SnapshotCache, pods: PodIndex, status: StatusWriter | None = None):
+        self.cache = cache
+        self.pods = pods
+        self.status = status
+        self.service: AggregatedDiscoveryService | None = None  # bound once the server exists
+        self.records: dict[Key, Record] = {}
+        self._dirty_namespaces: set[str] = set()
+        self._dirty_nodes: set[str] = set()
+        self._flush_due: asyncio.TimerHandle | None = None
+        self._status_due: asyncio.TimerHandle | None = None
+        self._warned: dict[tuple[Key, str], str] = {}  # (key, reason) → the message last reported
+        self._pending_syncs: set[str] = set()
+        self._synced = asyncio.Event()
+        self.commits = 0  # cache commits, for tests and /debug
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def identify(self, node: base_pb2.Node) -> dict[str, str] | None:
+        """A proxy's labels are its pod's (node.id = pod UID or <namespace>/<name>); None until the pod is known."""
+        return self.pods.labels_for(node.id)
+
+    def bind(self, service: AggregatedDiscoveryService) -> None:
+        self.service = service
+
+    def expect_sync(self, name: str) -> None:
+        self._pending_syncs.add(name)
+
+    async def synced(self) -> None:
+        """Wait until every watch has listed once (serving before that would hand proxies a partial config)."""
+        if self._pending_syncs:
+            await self._synced.wait()
+
+    @property
+    def is_synced(self) -> bool:
+        return not self._pending_syncs
+
+    def _mark_synced(self, name: str) -> None:
+        if name in self._pending_syncs:
+            self._pending_syncs.discard(name)
+            if not self._pending_syncs:
+                self._synced.set()
+
+    # -- VirtualServices ---------------------------------------------------------------------
+
+    def on_virtual_services(self, event: Event, namespace: str | None = None, name: str = "") -> None:
+        if isinstance(event, Synced):
+            present = {self._upsert(obj) for obj in event.objects}
+            for key in [k for k in self.records if (namespace is None or k[0] == namespace) and k not in present]:
+                self._delete(key)
+            self._mark_synced(name)
+        elif event.type == "DELETED":
+            self._delete(_key_of(event.object))
+        else:
+            self._upsert(event.object)
+        self._schedule_flush()
+
+    def _upsert(self, obj: Mapping[str, Any]) -> Key:
+        key = _key_of(obj)
+        metadata = obj.get("metadata") or {}
+        generation = int(metadata.get("generation") or 0)
+        record = self.records.get(key)
+        if record is None or record.uid != metadata.get("uid", ""):
+            if record is not None:  # deleted and created again while we were not watching
+                self._delete(key)
+            record = self.records[key] = Record(generation, metadata.get("uid", ""))
+        record.generation = generation
+        if self.status is not None:
+            self.status.observed(key, obj.get("status"))
+        try:
+            vs = parse_virtual_service(obj, origin="kubernetes")
+        except ValidationError as error:
+            record.rejected = str(error)
+            kept = f"; still serving generation {record.serving_generation}" if record.serving_generation else ""
+            self._warn(key, record, "Rejected", f"generation {generation} is invalid: {error}{kept}")
+        else:
+            record.rejected = None
+            record.serving_generation = generation
+            self.cache.upsert(vs)
+        return key
+
+    def _delete(self, key: Key) -> None:
+        self.cache.delete(key)
+        if self.records.pop(key, None) is not None:
+            log.info("VirtualService %s/%s deleted", *key)
+        self._warned = {warned: text for warned, text in self._warned.items() if warned[0] != key}
+        if self.status is not None:
+            self.status.forget(key)
+
+    def _warn(self, key: Key, record: Record, reason: str, message: str) -> None:
+        """Log and emit a Kubernetes Event, once per distinct message."""
+        if self._warned.get((key, reason)) == message:
+            return
+        self._warned[(key, reason)] = message
+        log.warning("VirtualService %s/%s: %s", *key, message)
+        if self.status is not None:
+            self.status.warn(WarningEvent(key[0], key[1], record.uid, reason, message))
+
+    # -- Pods --------------------------------------------------------------------------------
+
+    def on_pods(self, event: Event, namespace: str | None = None, name: str = "") -> None:
+        changes: Sequence[PodChange | None]
+        if isinstance(event, Synced):
+            changes = self.pods.replace(event.objects, namespace)
+            self._mark_synced(name)
+        elif event.type == "DELETED":
+            changes = [self.pods.delete(event.object)]
+        else:
+            changes = [self.pods.upsert(event.object)]
+        for change in changes:
+            if change is not None:
+                self._dirty_nodes |= change.node_ids
+                if change.endpoints_changed:
+                    self._dirty_namespaces.add(change.namespace)
+        self._schedule_flush()
+
+    # -- coalesced work ----------------------------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._flush_due is None:
+            self._flush_due = asyncio.get_running_loop().call_later(COALESCE_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        """Apply everything received since the last flush: one commit, then identities, then status."""
+        self._flush_due = None
+        if self._dirty_namespaces:
+            namespaces, self._dirty_namespaces = self._dirty_namespaces, set()
+            self.cache.refresh_endpoints([key for key in self.records if key[0] in namespaces])
+        if self.cache.commit():
+            self.commits += 1
+        if self._dirty_nodes and self.service is not None:
+            nodes, self._dirty_nodes = self._dirty_nodes, set()
+            self.service.reidentify(nodes)
+        self.on_progress()
+
+    def on_progress(self) -> None:
+        """Something a status depends on changed (a proxy ACKed, NACKed, came or went)."""
+        if self.status is not None and self._status_due is None:
+            self._status_due = asyncio.get_running_loop().call_later(STATUS_INTERVAL_SECONDS, self.update_status)
+
+    def update_status(self) -> None:
+        self._status_due = None
+        if self.status is None or not self.is_synced:
+            return
+        services = self.cache.virtual_services()
+        progress = summarize(self.service.progress() if self.service else (), services)
+        conflicts = self.cache.conflicts
+        now = now_rfc3339()
+        for key, record in self.records.items():
+            observed = Observed(
+                generation=record.generation,
+                rejected=record.rejected,
+                serving_generation=record.serving_generation,
+                conflict=conflicts.get(key),
+                progress=progress.get(key),
+            )
+            rejections = progress[key].rejections if key in progress else []
+            if rejections:
+                node, error = rejections[0]
+                self._warn(key, record, "ProxyRejected", f"proxy {node} rejected its resources: {error}")
+            self.status.want(key, status_of(observed, self.status.written(key), now))
+
+
+def _key_of(obj: Mapping[str, Any]) -> Key:
+    metadata = obj.get("metadata") or {}
+    return (metadata.get("namespace") or "default", metadata.get("name") or "")
+
+
+def start_watches(
+    source: KubernetesSource, api_client: client.ApiClient, namespaces: Sequence[str], loop: asyncio.AbstractEventLoop
+) -> list[Reflector]:
+    """One VirtualService and one Pod reflector per namespace (or one each for the whole cluster)."""
+    objects = client.CustomObjectsApi(api_client)
+    core = client.CoreV1Api(api_client)
+    reflectors: list[Reflector] = []
+    for namespace in namespaces or [None]:
+        if namespace is None:
+            list_vs = functools.partial(objects.list_cluster_custom_object, API_GROUP, API_VERSION, PLURAL)
+            list_pods: Callable[..., Any] = core.list_pod_for_all_namespaces
+        else:
+            list_vs = functools.partial(
+                objects.list_namespaced_custom_object, API_GROUP, API_VERSION, namespace, PLURAL
+            )
+            list_pods = functools.partial(core.list_namespaced_pod, namespace)
+        where = f" in {namespace}" if namespace else ""
+        for name, list_call, handler in (
+            (f"virtualservices{where}", list_vs, source.on_virtual_services),
+            (f"pods{where}", list_pods, source.on_pods),
+        ):
+            source.expect_sync(name)
+            sink = _on_loop(loop, functools.partial(handler, namespace=namespace, name=name))
+            reflectors.append(Reflector(name, list_call, sink))
+    for reflector in reflectors:
+        reflector.start()
+    return reflectors
+
+
+def _on_loop(loop: asyncio.AbstractEventLoop, handler: Callable[[Event], None]) -> Callable[[Event], None]:
+    """A sink for a reflector thread: runs handler on the event loop, in order."""
+
+    def sink(event: Event) -> None:
+        loop.call_soon_threadsafe(handler, event)
+
+    return sink
+
+
+__all__ = ["Changed", "KubernetesSource", "Synced", "start_watches"]

@@ -1,0 +1,237 @@
+"""VirtualService status: what to write (pure) and the writer that writes it (coalesced, off the loop).
+
+Conditions follow the usual Kubernetes shape (type, status, reason, message,
+lastTransitionTime, observedGeneration):
+- Accepted: the spec is valid (False carries the validation errors).
+- Programmed: every selected proxy has ACKed its resources (False says how many have,
+  or carries Envoy's NACK text).
+- Conflicted: another, older VirtualService claims the same listener name, cluster name or
+  port on a proxy, so this one is left out there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from ..api import API_GROUP, API_VERSION, KIND
+from ..xds.progress import Progress
+
+log = logging.getLogger(__name__)
+
+PLURAL = "virtualservices"
+COMPONENT = "xds-operator"
+MAX_MESSAGE = 1024  # keep conditions readable; Kubernetes allows 32768
+
+
+@dataclass(frozen=True)
+class Observed:
+    """What the control plane knows of one VirtualService when it computes its status."""
+
+    generation: int
+    rejected: str | None = None  # the validation errors of the latest generation
+    serving_generation: int | None = None  # the generation in the snapshots (an older one if the latest is invalid)
+    conflict: str | None = None
+    progress: Progress | None = None
+
+
+def status_of(observed: Observed, previous: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
+    """The status subresource for a VirtualService; lastTransitionTime kept when a condition's status holds."""
+    earlier = {c.get("type"): c for c in (previous or {}).get("conditions") or () if isinstance(c, Mapping)}
+    conditions = [
+        _condition(kind, status, reason, message, observed.generation, earlier.get(kind), now)
+        for kind, status, reason, message in (
+            _accepted(observed),
+            _programmed(observed),
+            _conflicted(observed),
+        )
+    ]
+    return {"observedGeneration": observed.generation, "conditions": conditions}
+
+
+def _accepted(observed: Observed) -> tuple[str, str, str, str]:
+    if observed.rejected is None:
+        return ("Accepted", "True", "Accepted", "the spec is valid")
+    message = observed.rejected
+    if observed.serving_generation is not None:
+        message += f" (still serving generation {observed.serving_generation})"
+    return ("Accepted", "False", "Invalid", message)
+
+
+def _programmed(observed: Observed) -> tuple[str, str, str, str]:
+    progress = observed.progress or Progress()
+    if observed.serving_generation is None:
+        return ("Programmed", "False", "Invalid", "not served: no valid generation of the spec")
+    if progress.rejections:
+        node, error = progress.rejections[0]
+        more = f" (and {len(progress.rejections) - 1} more proxies)" if len(progress.rejections) > 1 else ""
+        return ("Programmed", "False", "Rejected", f"proxy {node} rejected its resources{more}: {error}")
+    if progress.selected == 0:
+        return ("Programmed", "False", "NoProxies", "no connected proxy matches spec.selector")
+    counts = f"{progress.applied} of {progress.selected} selected proxies run it"
+    if progress.applied == progress.selected:
+        return ("Programmed", "True", "Programmed", counts)
+    if observed.conflict is not None:
+        return ("Programmed", "False", "Conflicted", f"{counts}; left out where it conflicts")
+    return ("Programmed", "False", "Pending", counts)
+
+
+def _conflicted(observed: Observed) -> tuple[str, str, str, str]:
+    if observed.conflict is None:
+        return ("Conflicted", "False", "NoConflicts", "no other VirtualService claims its listeners, clusters or ports")
+    return ("Conflicted", "True", "Conflicted", observed.conflict)
+
+
+def _condition(
+    kind: str, status: str, reason: str, message: str, generation: int, earlier: Mapping | None, now: str
+) -> dict[str, Any]:
+    since = earlier.get("lastTransitionTime") if earlier and earlier.get("status") == status else None
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "…"
+    return {
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since or now,
+        "observedGeneration": generation,
+    }
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class WarningEvent:
+    """A Kubernetes Event about a VirtualService (type Warning)."""
+
+    namespace: str
+    name: str
+    uid: str
+    reason: str
+    message: str
+
+
+class StatusWriter:
+    """Writes the latest wanted status per VirtualService, one request at a time, in a worker thread.
+
+    `want` never blocks: it records the wanted status and wakes the writer. Writes of a key
+    collapse to the newest; an unchanged status is not written; failures are retried with
+    backoff; a VirtualService that is gone (404) is dropped.
+    """
+
+    def __init__(self, api_client: client.ApiClient, retry_delay: float = 1.0):
+        self._objects = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._wanted: dict[Key, dict] = {}
+        self._written: dict[Key, dict] = {}
+        self._warnings: list[WarningEvent] = []
+        self._wake = asyncio.Event()
+        self._retry_delay = retry_delay
+        self.writes = 0  # status writes sent, for tests and /debug
+
+    def written(self, key: Key) -> dict | None:
+        return self._written.get(key)
+
+    def observed(self, key: Key, status: Mapping[str, Any] | None) -> None:
+        """The status the object carries now (from the watch): the baseline to compare against."""
+        if key not in self._written and status:
+            self._written[key] = dict(status)
+
+    def want(self, key: Key, status: dict) -> None:
+        if self._written.get(key) == status:
+            self._wanted.pop(key, None)
+            return
+        self._wanted[key] = status
+        self._wake.set()
+
+    def warn(self, warning: WarningEvent) -> None:
+        self._warnings.append(warning)
+        self._wake.set()
+
+    def forget(self, key: Key) -> None:
+        self._wanted.pop(key, None)
+        self._written.pop(key, None)
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            failed = False
+            while self._warnings:
+                warning = self._warnings.pop(0)
+                failed |= not await self._attempt(f"event for {warning.namespace}/{warning.name}", self._emit, warning)
+            for key in list(self._wanted):
+                status = self._wanted.pop(key, None)
+                if status is None or self._written.get(key) == status:
+                    continue
+                ok = await self._attempt(f"status of {key[0]}/{key[1]}", self._patch, key, status)
+                if ok:
+                    self._written[key] = status
+                elif ok is None:
+                    self._written.pop(key, None)
+                else:
+                    self._wanted.setdefault(key, status)  # retry, unless a newer one is already wanted
+                    failed = True
+            if failed:
+                await asyncio.sleep(self._retry_delay)
+                self._wake.set()
+
+    async def _attempt(self, what: str, call: Callable[..., Any], *args: Any) -> bool | None:
+        """True when written, None when the object is gone, False to retry."""
+        try:
+            await asyncio.to_thread(call, *args)
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                log.debug("%s: the VirtualService is gone", what)
+                return None
+            log.warning("cannot write %s: HTTP %s %s", what, error.status, error.reason)
+        except Exception as error:  # network trouble: retry later
+            log.warning("cannot write %s: %s", what, error)
+        return False
+
+    def _patch(self, key: Key, status: dict) -> None:
+        namespace, name = key
+        self._objects.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}
+        )
+        self.writes += 1
+
+    def _emit(self, warning: WarningEvent) -> None:
+        now = now_rfc3339()
+        self._core.create_namespaced_event(
+            warning.namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Event",
+                "metadata": {"name": f"{warning.name}.{uuid.uuid4().hex[:16]}", "namespace": warning.namespace},
+                "involvedObject": {
+                    "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                    "kind": KIND,
+                    "namespace": warning.namespace,
+                    "name": warning.name,
+                    "uid": warning.uid,
+                },
+                "reason": warning.reason,
+                "message": warning.message[:MAX_MESSAGE],
+                "type": "Warning",
+                "source": {"component": COMPONENT},
+                "reportingComponent": COMPONENT,
+                "firstTimestamp": now,
+                "lastTimestamp": now,
+                "count": 1,
+            },
+        )

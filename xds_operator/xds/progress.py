@@ -1,0 +1,70 @@
+"""Per VirtualService: how many selected proxies run its current resources, and who rejected them.
+
+Pure: it reads what the server knows of each proxy (its current and its last fully ACKed
+snapshot, and any NACK text) and what the cache holds. Proxies that are alike (same labels,
+same snapshots, same error) are counted together, so the cost follows groups, not proxies.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ..api import VirtualService
+from .server import ProxyProgress
+from .snapshot import Snapshot
+
+Key = tuple[str, str]
+
+
+@dataclass
+class Progress:
+    selected: int = 0  # connected proxies whose labels the VirtualService selects
+    applied: int = 0  # of those, how many have ACKed its current resources
+    rejections: list[tuple[str, str]] = field(default_factory=list)  # (node id, Envoy's error text)
+
+
+def summarize(proxies: Iterable[ProxyProgress], services: Mapping[Key, VirtualService]) -> dict[Key, Progress]:
+    result = {key: Progress() for key in services}
+    alike: Counter[tuple] = Counter()
+    example_node: dict[tuple, str] = {}
+    for proxy in proxies:
+        if proxy.labels is None:
+            continue  # not identified yet: not selected by anything
+        shape = (frozenset(proxy.labels.items()), proxy.current, proxy.applied, proxy.rejection)
+        alike[shape] += 1
+        example_node.setdefault(shape, proxy.node_id)
+    selected_by_labels: dict[frozenset, list[Key]] = {}
+    for shape, count in alike.items():
+        label_set, current, applied, rejection = shape
+        selected = selected_by_labels.get(label_set)
+        if selected is None:
+            labels = dict(label_set)
+            selected = selected_by_labels[label_set] = [k for k, vs in services.items() if vs.selects(labels)]
+        running = _contents(applied)
+        tokens = dict(current.contents) if current is not None else {}
+        for key in selected:
+            result[key].selected += count
+            if (key, tokens.get(key)) in running:
+                result[key].applied += count
+        if rejection is not None:
+            for key in _blamed(current, running):
+                if key in result:
+                    result[key].rejections.append((example_node[shape], rejection))
+    return result
+
+
+def _contents(snapshot: Snapshot | None) -> frozenset:
+    return frozenset(snapshot.contents) if snapshot is not None else frozenset()
+
+
+def _blamed(current: Snapshot | None, running: frozenset) -> list[Key]:
+    """The VirtualServices a NACK is about: those new or changed since the last snapshot the proxy took.
+
+    If none are (the proxy rejected something it never ran), every one it should run is named.
+    """
+    if current is None:
+        return []
+    changed = [key for key, token in current.contents if (key, token) not in running]
+    return changed or [key for key, _ in current.contents]
