@@ -220,7 +220,7 @@ def _stop(process: subprocess.Popen) -> None:
 
 @dataclass
 class ControlPlane:
-    directory: Path
+    directory: Path | None  # the watched directory; None in Kubernetes mode
     xds_port: int
     admin_port: int
     log_path: Path
@@ -328,8 +328,10 @@ def vs_dir(tmp_path: Path) -> Path:
     return directory
 
 
-@pytest.fixture
-def control_plane(request: pytest.FixtureRequest, tmp_path: Path, vs_dir: Path) -> Iterator[ControlPlane]:
+def launch_control_plane(
+    request: pytest.FixtureRequest, tmp_path: Path, source_args: Sequence[str], directory: Path | None = None
+) -> Iterator[ControlPlane]:
+    """`xds-operator serve` with the given source arguments, until /readyz answers 200; stopped afterwards."""
     xds_port, admin_port = free_port(), free_port()
     log_path = tmp_path / "xds-operator.log"
     _register_log(request, "xds-operator stderr", log_path)
@@ -340,8 +342,7 @@ def control_plane(request: pytest.FixtureRequest, tmp_path: Path, vs_dir: Path) 
                 "-m",
                 "xds_operator.cli",
                 "serve",
-                "--dir",
-                str(vs_dir),
+                *source_args,
                 "--xds-address",
                 "127.0.0.1",
                 "--xds-port",
@@ -353,7 +354,7 @@ def control_plane(request: pytest.FixtureRequest, tmp_path: Path, vs_dir: Path) 
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    plane = ControlPlane(vs_dir, xds_port, admin_port, log_path, process)
+    plane = ControlPlane(directory, xds_port, admin_port, log_path, process)
     try:
 
         def ready() -> bool:
@@ -368,8 +369,19 @@ def control_plane(request: pytest.FixtureRequest, tmp_path: Path, vs_dir: Path) 
 
 
 @pytest.fixture
+def control_plane(request: pytest.FixtureRequest, tmp_path: Path, vs_dir: Path) -> Iterator[ControlPlane]:
+    yield from launch_control_plane(request, tmp_path, ["--dir", str(vs_dir)], vs_dir)
+
+
+@pytest.fixture
+def xds_server(control_plane: ControlPlane) -> ControlPlane:
+    """The control plane Envoys connect to (test modules may override this fixture)."""
+    return control_plane
+
+
+@pytest.fixture
 def start_envoy(
-    request: pytest.FixtureRequest, tmp_path: Path, envoy_binary: Path, control_plane: ControlPlane
+    request: pytest.FixtureRequest, tmp_path: Path, envoy_binary: Path, xds_server: ControlPlane
 ) -> Iterator[Callable[..., Envoy]]:
     """Start an Envoy with the given labels, bootstrapped by `xds-operator bootstrap`."""
     started: list[Envoy] = []
@@ -387,7 +399,7 @@ def start_envoy(
             "--node-id",
             node_id,
             "--xds-address",
-            control_plane.xds_address,
+            xds_server.xds_address,
             "--admin-address",
             f"127.0.0.1:{admin_port}",
         ]

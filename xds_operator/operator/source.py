@@ -80,6 +80,11 @@ class KubernetesSource:
     def is_synced(self) -> bool:
         return not self._pending_syncs
 
+    @property
+    def settled(self) -> bool:
+        """No received change is waiting to be applied."""
+        return self._flush_due is None
+
     def _mark_synced(self, name: str) -> None:
         if name in self._pending_syncs:
             self._pending_syncs.discard(name)

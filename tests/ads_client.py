@@ -1,0 +1,147 @@
+"""An ADS client that acts like Envoy, for protocol tests: a real grpc.aio stream, responses queued."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import grpc
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.rpc import status_pb2
+
+from xds_operator.xds.snapshot import CLUSTER, ENDPOINT, LISTENER
+
+RECEIVE_TIMEOUT = 2.0  # an expected response must arrive within this
+SILENCE = 0.3  # "nothing arrives" is checked over this window
+
+
+def resource_names(response: discovery_pb2.DiscoveryResponse) -> list[str]:
+    """The names of the resources in a response, decoded from their Any payloads."""
+    names = []
+    for packed in response.resources:
+        if packed.type_url == CLUSTER:
+            message: Any = cluster_pb2.Cluster()
+        elif packed.type_url == LISTENER:
+            message = listener_pb2.Listener()
+        elif packed.type_url == ENDPOINT:
+            message = endpoint_pb2.ClusterLoadAssignment()
+        else:
+            raise AssertionError(f"unexpected resource type {packed.type_url}")
+        assert packed.type_url == response.type_url
+        packed.Unpack(message)
+        names.append(message.cluster_name if packed.type_url == ENDPOINT else message.name)
+    return sorted(names)
+
+
+class AdsClient:
+    """One ADS stream, as Envoy drives it: node on the first request, then nonce + version.
+
+    A background task drains the responses into a queue, so receiving with a timeout never
+    cancels the RPC itself.
+    """
+
+    def __init__(self, channel: grpc.aio.Channel, node_id: str, labels: Mapping[str, str]):
+        self.node = base_pb2.Node(id=node_id, cluster="test")
+        self.node.metadata.update({"labels": dict(labels)})
+        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
+        self._first = True
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            async for response in self.call:
+                self.responses.put_nowait(response)
+
+    async def send(
+        self,
+        type_url: str,
+        *,
+        names: Iterable[str] = (),
+        version: str = "",
+        nonce: str = "",
+        error: str | None = None,
+    ) -> None:
+        request = discovery_pb2.DiscoveryRequest(
+            type_url=type_url, resource_names=list(names), version_info=version, response_nonce=nonce
+        )
+        if self._first:  # Envoy sends its node on the first request of a stream only
+            request.node.CopyFrom(self.node)
+            self._first = False
+        if error is not None:
+            request.error_detail.CopyFrom(
+                status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=error)
+            )
+        await asyncio.wait_for(self.call.write(request), RECEIVE_TIMEOUT)
+
+    async def recv(self, timeout: float = RECEIVE_TIMEOUT) -> discovery_pb2.DiscoveryResponse:
+        try:
+            return await asyncio.wait_for(self.responses.get(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no response within {timeout} s") from None
+
+    async def expect(
+        self, type_url: str, names: Iterable[str] | None = None, version: str | None = None
+    ) -> discovery_pb2.DiscoveryResponse:
+        """Receive the next response and check its type (and resource names and version, if given)."""
+        response = await self.recv()
+        assert response.type_url == type_url, f"expected {type_url}, got {response.type_url}"
+        assert response.nonce, "every response carries a nonce"
+        if names is not None:
+            assert resource_names(response) == sorted(names)
+        if version is not None:
+            assert response.version_info == version
+        return response
+
+    async def expect_nothing(self, timeout: float = SILENCE) -> None:
+        try:
+            response = await asyncio.wait_for(self.responses.get(), timeout)
+        except TimeoutError:
+            return
+        raise AssertionError(
+            f"unexpected response: {response.type_url} version {response.version_info} {resource_names(response)}"
+        )
+
+    async def ack(self, response: discovery_pb2.DiscoveryResponse, names: Iterable[str] = ()) -> None:
+        await self.send(response.type_url, names=names, version=response.version_info, nonce=response.nonce)
+
+    async def nack(
+        self,
+        response: discovery_pb2.DiscoveryResponse,
+        message: str,
+        *,
+        kept_version: str = "",
+        names: Iterable[str] = (),
+    ) -> None:
+        """Reject a response: its nonce, the version still in use, and the reason."""
+        await self.send(response.type_url, names=names, version=kept_version, nonce=response.nonce, error=message)
+
+    async def subscribe_and_ack(self, type_url: str, names: Iterable[str] = ()) -> discovery_pb2.DiscoveryResponse:
+        """First request of a type, receive the answer, ACK it: Envoy's steady state."""
+        names = list(names)
+        await self.send(type_url, names=names)
+        response = await self.expect(type_url)
+        await self.ack(response, names)
+        return response
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+async def eventually(condition: Callable[[], bool], timeout: float = RECEIVE_TIMEOUT) -> None:
+    """Wait until condition() holds (the server reacts to a closed stream asynchronously)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)

@@ -1,0 +1,253 @@
+"""End to end in Kubernetes mode: an app creates VirtualServices through the real `kubernetes` client
+against the fake API server; `xds-operator serve --kubeconfig` (a subprocess) watches it; a real Envoy,
+identified as a pod the API server knows, forwards datagrams to echo workers that stand in for pods.
+
+Worker "pods" get distinct loopback IPs (127.0.0.2, 127.0.0.3, ...) so that, as in a cluster, every
+pod of a selector serves on the same port.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_apiserver import FakeApiServer
+from kubernetes import client
+
+from xds_operator.echo import EchoWorker
+
+from .conftest import (
+    ControlPlane,
+    Envoy,
+    assert_silent,
+    free_port,
+    free_udp_port,
+    launch_control_plane,
+    send_until_answer,
+    wait_all_answered_by,
+    wait_until,
+)
+
+GROUP, VERSION, PLURAL = "servicemesh.l7mp.io", "v1", "virtualservices"
+NS = "media"
+INGRESS = {"app": "envoy-ingress"}
+WORKERS = {"app": "worker"}
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiServer]:
+    with FakeApiServer(bookmark_interval=1.0) as server:
+        yield server
+
+
+@pytest.fixture
+def operator(request: pytest.FixtureRequest, tmp_path: Path, apiserver: FakeApiServer) -> Iterator[ControlPlane]:
+    kubeconfig = apiserver.kubeconfig(tmp_path / "kubeconfig")
+    yield from launch_control_plane(request, tmp_path, ["--kubeconfig", str(kubeconfig)])
+
+
+@pytest.fixture
+def xds_server(operator: ControlPlane) -> ControlPlane:
+    return operator
+
+
+class Cluster:
+    """What an app and the kubelet would do, through the real client."""
+
+    def __init__(self, apiserver: FakeApiServer):
+        self.apiserver = apiserver
+        self.api = apiserver.api_client()
+        self.objects = client.CustomObjectsApi(self.api)
+        self.core = client.CoreV1Api(self.api)
+        self.workers: list[EchoWorker] = []
+        self._next_ip = 2
+
+    def pod(self, name: str, labels: Mapping[str, str], ip: str = "", ready: bool = True) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": NS, "labels": dict(labels)},
+            "spec": {"containers": [{"name": "main", "image": "example"}]},
+            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+        }
+        self.core.create_namespaced_pod(NS, body)
+
+    def worker_pod(self, name: str, port: int, health_port: int) -> EchoWorker:
+        """An echo worker on its own loopback IP, and a Ready pod with that IP."""
+        ip = f"127.0.0.{self._next_ip}"
+        self._next_ip += 1
+        worker = EchoWorker(name, host=ip, port=port, health_port=health_port)
+        self.workers.append(worker)
+        self.pod(name, WORKERS, ip)
+        return worker
+
+    def delete_pod(self, name: str) -> None:
+        self.core.delete_namespaced_pod(name, NS)
+
+    def create(self, body: dict[str, Any]) -> None:
+        self.objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
+
+    def delete(self, name: str) -> None:
+        self.objects.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
+
+    def condition(self, name: str, kind: str) -> dict[str, Any]:
+        status = self.objects.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name).get("status") or {}
+        return {c["type"]: c for c in status.get("conditions", [])}.get(kind, {})
+
+    def wait_condition(self, name: str, kind: str, status: str, reason: str | None = None) -> dict[str, Any]:
+        def holds() -> bool:
+            condition = self.condition(name, kind)
+            return condition.get("status") == status and (reason is None or condition.get("reason") == reason)
+
+        wait_until(holds, f"VirtualService {name}: {kind}={status}")
+        return self.condition(name, kind)
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.close()
+        self.api.close()
+
+
+@pytest.fixture
+def cluster(apiserver: FakeApiServer) -> Iterator[Cluster]:
+    made = Cluster(apiserver)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def ingress(cluster: Cluster, start_envoy: Callable[..., Envoy]) -> Envoy:
+    """An Envoy whose node.id names its pod; the labels it would claim are ignored in this mode."""
+    cluster.pod("envoy-0", INGRESS, "127.0.0.1")
+    return start_envoy({}, node_id=f"{NS}/envoy-0")
+
+
+def vs_body(name: str, port: int, worker_port: int, health_port: int | None = None, eds: bool = True) -> dict:
+    cluster: dict[str, Any] = {
+        "name": f"{name}-c",
+        "service_discovery": "eds" if eds else "strictdns",
+        "endpoints": [{"name": "workers", "host": {"selector": dict(WORKERS)}, "port": worker_port}],
+    }
+    if health_port is not None:
+        cluster["health_check"] = {"protocol": "TCP", "interval": 500}
+        cluster["endpoints"][0]["health_check_port"] = health_port
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "selector": dict(INGRESS),
+            "listeners": [{"name": f"{name}-l", "udp": {"port": port, "cluster": cluster}}],
+        },
+    }
+
+
+def healthy_ips(envoy: Envoy, cluster: str) -> set[str]:
+    """The IPs of the hosts Envoy counts as healthy (every worker pod listens on the same port)."""
+    ips = set()
+    for line in envoy.get("/clusters").splitlines():
+        parts = line.split("::")
+        if len(parts) == 4 and parts[0] == cluster and parts[2] == "health_flags" and parts[3] == "healthy":
+            ips.add(parts[1].rsplit(":", 1)[0])
+    return ips
+
+
+def versions(plane: ControlPlane, node_id: str = f"{NS}/envoy-0") -> dict[str, Any]:
+    """The CDS/EDS/LDS versions the proxy ACKed, from the control plane's admin port."""
+    status, body = plane.get("/debug/proxies")
+    assert status == 200
+    (proxy,) = [p for p in json.loads(body) if p["node_id"] == node_id]
+    return {kind: state["acked_version"] for kind, state in proxy["types"].items()}
+
+
+def test_an_app_creates_a_virtualservice_and_datagrams_flow_to_worker_pods(cluster, ingress, operator):
+    worker_port, health_port, port = free_udp_port(), free_port(), free_udp_port()
+    cluster.worker_pod("worker-a", worker_port, health_port)
+    cluster.worker_pod("worker-b", worker_port, health_port)
+    cluster.create(vs_body("calls", port, worker_port, health_port))
+
+    ingress.wait_listener("calls-l", port)
+    assert send_until_answer(port) in {"worker-a", "worker-b"}
+    programmed = cluster.wait_condition("calls", "Programmed", "True")
+    assert programmed["message"] == "1 of 1 selected proxies run it"
+    assert cluster.condition("calls", "Accepted")["status"] == "True"
+
+
+def test_worker_pods_coming_and_going_change_only_eds(cluster, ingress, operator):
+    worker_port, health_port, port = free_udp_port(), free_port(), free_udp_port()
+    cluster.worker_pod("worker-a", worker_port, health_port)
+    cluster.worker_pod("worker-b", worker_port, health_port)
+    cluster.create(vs_body("calls", port, worker_port, health_port))
+    ingress.wait_listener("calls-l", port)
+    wait_until(lambda: healthy_ips(ingress, "calls-c") == {"127.0.0.2", "127.0.0.3"}, "both worker pods healthy")
+    before = versions(operator)
+
+    cluster.delete_pod("worker-a")
+    wait_all_answered_by(port, "worker-b")
+    cluster.worker_pod("worker-c", worker_port, health_port)
+    cluster.delete_pod("worker-b")
+    wait_all_answered_by(port, "worker-c")
+
+    after = versions(operator)
+    assert after["EDS"] != before["EDS"]
+    assert (after["CDS"], after["LDS"]) == (before["CDS"], before["LDS"])  # no cluster or listener re-warm
+
+
+def test_deleting_the_virtualservice_removes_the_listener(cluster, ingress, operator):
+    worker_port, port = free_udp_port(), free_udp_port()
+    cluster.worker_pod("worker-a", worker_port, free_port())
+    cluster.create(vs_body("calls", port, worker_port, eds=False))
+    ingress.wait_listener("calls-l", port)
+    assert send_until_answer(port) == "worker-a"
+    cluster.delete("calls")
+    ingress.wait_listener_absent("calls-l")
+    assert_silent(port)
+
+
+def test_a_rejected_virtualservice_reports_why_and_a_conflict_is_reported_on_the_loser(cluster, ingress, operator):
+    worker_port, port = free_udp_port(), free_udp_port()
+    cluster.worker_pod("worker-a", worker_port, free_port())
+    cluster.create(vs_body("first", port, worker_port))
+    ingress.wait_listener("first-l", port)
+    cluster.wait_condition("first", "Programmed", "True")
+
+    second = vs_body("second", port, worker_port)  # the same port on the same proxy
+    cluster.create(second)
+    conflicted = cluster.wait_condition("second", "Conflicted", "True")
+    assert f"port {port}" in conflicted["message"] and f"{NS}/first" in conflicted["message"]
+    assert cluster.condition("first", "Conflicted")["status"] == "False"
+
+    invalid = vs_body("invalid", free_udp_port(), worker_port)
+    invalid["spec"]["listeners"][0]["udp"]["cluster"]["endpoints"][0]["host"] = {"address": "worker.media.svc"}
+    cluster.create(invalid)  # a DNS name in an EDS cluster: only the operator can tell
+    accepted = cluster.wait_condition("invalid", "Accepted", "False", "Invalid")
+    assert "host.address" in accepted["message"]
+    assert send_until_answer(port) == "worker-a"  # the winner keeps serving throughout
+
+
+def test_dropped_watches_and_410_gone_lose_no_update(cluster, apiserver, ingress, operator):
+    worker_port = free_udp_port()
+    cluster.worker_pod("worker-a", worker_port, free_port())
+    first_port, second_port, third_port = free_udp_port(), free_udp_port(), free_udp_port()
+    cluster.create(vs_body("first", first_port, worker_port))
+    ingress.wait_listener("first-l", first_port)
+
+    apiserver.drop_watches()  # the connection breaks: the operator resumes from its last resourceVersion
+    cluster.create(vs_body("second", second_port, worker_port))
+    ingress.wait_listener("second-l", second_port)
+
+    # Watches fail for a while, changes happen, and the history is compacted: resuming gets 410 Gone,
+    # and the operator relists and reconciles.
+    apiserver.fail_next(4, code=503, path_contains="watch=")
+    apiserver.drop_watches()
+    cluster.delete("first")
+    cluster.create(vs_body("third", third_port, worker_port))
+    apiserver.compact()
+    ingress.wait_listener("third-l", third_port)
+    ingress.wait_listener_absent("first-l")
+    assert set(ingress.listeners()) == {"second-l", "third-l"}
+    assert send_until_answer(third_port) == "worker-a"
+    assert "listing again" in operator.log()
