@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+IMG ?= xds-operator:latest
 
-.PHONY: install run test lint protos clean
+.PHONY: install run test lint protos crds manifests deploy undeploy docker-build clean
 
 install: $(STAMP)
 
@@ -26,6 +27,26 @@ lint: $(STAMP)
 
 protos: $(STAMP)
 	$(BIN)/python -m xds_operator.api.build_protos
+
+# The CRD, generated from protos/ (run `make protos` first after editing the proto).
+crds: $(STAMP)
+	$(BIN)/python -m xds_operator.api.crd
+
+# Every generated file under crds/ and config/: the CRD and the example Envoy's bootstrap.
+manifests: crds
+	$(BIN)/xds-operator bootstrap --node-id envoy-ingress --cluster envoy-ingress \
+		--xds-address xds-operator.xds-operator-system.svc:18000 > config/envoy/bootstrap.yaml.tmp
+	mv config/envoy/bootstrap.yaml.tmp config/envoy/bootstrap.yaml
+
+# The CRD, RBAC and the control plane in namespace xds-operator-system (needs kubectl and a cluster).
+deploy:
+	kubectl apply -k config/default
+
+undeploy:
+	kubectl delete -k config/default --ignore-not-found
+
+docker-build:
+	docker build -t $(IMG) .
 
 clean:
 	rm -rf $(VENV) build *.egg-info

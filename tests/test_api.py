@@ -16,7 +16,7 @@ import yaml
 from xds_operator.api import FieldError, ValidationError, VirtualService, parse_spec, parse_virtual_service
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLES = sorted((REPO / "config" / "samples").glob("*.yaml"))
+SAMPLES = sorted(p for p in (REPO / "config" / "samples").glob("*.yaml") if p.name != "kustomization.yaml")
 
 Doc = dict[str, Any]
 

@@ -195,3 +195,27 @@ def test_serve_rejects_a_missing_directory(tmp_path: Path, capsys: pytest.Captur
     status, _, err = run(["serve", "--dir", str(tmp_path / "absent")], capsys)
     assert status == 2
     assert "not a directory" in err
+
+
+def test_serve_without_dir_and_without_kubernetes_credentials_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    status, _, err = run(["serve", "--xds-port", "0", "--admin-port", "0"], capsys)
+    assert status == 1
+    assert "cannot load Kubernetes credentials" in err and "--kubeconfig" in err and "--dir" in err
+
+
+def test_serve_rejects_kubernetes_options_with_a_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(["serve", "--dir", str(tmp_path), "--namespace", "media"], capsys)
+    assert status == 2
+    assert "--namespace" in err
+
+
+def test_serve_help_explains_both_modes(capsys: pytest.CaptureFixture[str]) -> None:
+    status, out, _ = run(["serve", "--help"], capsys)
+    assert status == 0
+    for option in ("--dir", "--kubeconfig", "--namespace", "node.id", "<namespace>/<pod-name>"):
+        assert option in " ".join(out.split()), option

@@ -15,6 +15,7 @@ from . import virtualservice_pb2 as pb
 API_GROUP = "servicemesh.l7mp.io"
 API_VERSION = "v1"
 KIND = "VirtualService"
+PLURAL = "virtualservices"  # the resource name in API paths (and the CRD's name: PLURAL.API_GROUP)
 SPEC = pb.VirtualServiceSpec.DESCRIPTOR
 
 INTEGER_TYPES = frozenset(
@@ -65,3 +66,28 @@ def integer_bounds(field: FieldDescriptor) -> tuple[int, int]:
     if rules.HasField("maximum"):
         high = min(high, rules.maximum)
     return low, high
+
+
+def unique_path(message: Descriptor, dotted: str) -> list[FieldDescriptor]:
+    """The fields along a FieldRules.unique_by path, from `message` down to a scalar.
+
+    Every field on the way must be singular and required, so each item of the list has a value
+    to compare (a schema check, not a data check: raises ValueError for a bad proto option).
+    """
+    fields: list[FieldDescriptor] = []
+    for name in dotted.split("."):
+        field = message.fields_by_name.get(name) if message is not None else None
+        if field is None:
+            raise ValueError(f"unique_by {dotted!r}: {name!r} is not a field here")
+        if field.is_repeated or not field_rules(field).required:
+            raise ValueError(f"unique_by {dotted!r}: {field.full_name} must be singular and required")
+        fields.append(field)
+        message = field.message_type
+    if fields[-1].message_type is not None:
+        raise ValueError(f"unique_by {dotted!r}: must end at a scalar field")
+    return fields
+
+
+def unique_label(dotted: str) -> str:
+    """How errors name a unique_by key: the path below the item's first field (udp.cluster.name -> "cluster name")."""
+    return " ".join(dotted.split(".")[1:]) or dotted

