@@ -19,12 +19,13 @@ from envoy.config.core.v3 import base_pb2
 from kubernetes import client
 
 from ..api import API_GROUP, API_VERSION, ValidationError, parse_virtual_service
+from ..api.schema import PLURAL
 from ..xds.cache import SnapshotCache
 from ..xds.progress import summarize
 from ..xds.server import AggregatedDiscoveryService
 from .pods import PodChange, PodIndex
 from .reflector import Changed, Event, Reflector, Synced
-from .status import PLURAL, Observed, StatusWriter, WarningEvent, now_rfc3339, status_of
+from .status import Observed, StatusWriter, WarningEvent, now_rfc3339, status_of
 
 log = logging.getLogger(__name__)
 

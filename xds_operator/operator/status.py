@@ -23,11 +23,11 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ..api import API_GROUP, API_VERSION, KIND
+from ..api.schema import PLURAL
 from ..xds.progress import Progress
 
 log = logging.getLogger(__name__)
 
-PLURAL = "virtualservices"
 COMPONENT = "xds-operator"
 MAX_MESSAGE = 1024  # keep conditions readable; Kubernetes allows 32768
 
