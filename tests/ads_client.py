@@ -145,3 +145,126 @@ async def eventually(condition: Callable[[], bool], timeout: float = RECEIVE_TIM
         if loop.time() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.01)
+
+
+class DeltaAdsClient:
+    """One incremental (delta) ADS stream, as Envoy drives it; the proxy's view is kept in `held`.
+
+    `held[type_url]` maps resource name → version, updated from every response (as Envoy does,
+    whether or not it then ACKs), so a reconnect can present it as initial_resource_versions.
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        node_id: str,
+        labels: Mapping[str, str],
+        held: dict[str, dict[str, str]] | None = None,
+    ):
+        self.node = base_pb2.Node(id=node_id, cluster="test")
+        self.node.metadata.update({"labels": dict(labels)})
+        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
+        self.responses: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse] = asyncio.Queue()
+        self.held: dict[str, dict[str, str]] = held if held is not None else {}
+        self.bytes_received = 0
+        self._first = True
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
+            async for response in self.call:
+                self.bytes_received += response.ByteSize()
+                held = self.held.setdefault(response.type_url, {})
+                for resource in response.resources:
+                    held[resource.name] = resource.version
+                for name in response.removed_resources:
+                    held.pop(name, None)
+                self.responses.put_nowait(response)
+
+    async def send(
+        self,
+        type_url: str,
+        *,
+        subscribe: Iterable[str] = (),
+        unsubscribe: Iterable[str] = (),
+        initial: Mapping[str, str] | None = None,
+        nonce: str = "",
+        error: str | None = None,
+    ) -> None:
+        request = discovery_pb2.DeltaDiscoveryRequest(
+            type_url=type_url,
+            resource_names_subscribe=list(subscribe),
+            resource_names_unsubscribe=list(unsubscribe),
+            initial_resource_versions=dict(initial or {}),
+            response_nonce=nonce,
+        )
+        if self._first:
+            request.node.CopyFrom(self.node)
+            self._first = False
+        if error is not None:
+            request.error_detail.CopyFrom(
+                status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=error)
+            )
+        await asyncio.wait_for(self.call.write(request), RECEIVE_TIMEOUT)
+
+    async def recv(self, timeout: float = RECEIVE_TIMEOUT) -> discovery_pb2.DeltaDiscoveryResponse:
+        try:
+            return await asyncio.wait_for(self.responses.get(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no response within {timeout} s") from None
+
+    async def expect(
+        self, type_url: str, changed: Iterable[str] | None = None, removed: Iterable[str] | None = None
+    ) -> discovery_pb2.DeltaDiscoveryResponse:
+        """The next response: its type, and (if given) the names it changes and removes."""
+        response = await self.recv()
+        assert response.type_url == type_url, f"expected {type_url}, got {response.type_url}"
+        assert response.nonce, "every response carries a nonce"
+        if changed is not None:
+            assert delta_names(response) == sorted(changed)
+        if removed is not None:
+            assert sorted(response.removed_resources) == sorted(removed)
+        return response
+
+    async def expect_nothing(self, timeout: float = SILENCE) -> None:
+        try:
+            response = await asyncio.wait_for(self.responses.get(), timeout)
+        except TimeoutError:
+            return
+        raise AssertionError(
+            f"unexpected response: {response.type_url} changed {delta_names(response)} "
+            f"removed {list(response.removed_resources)}"
+        )
+
+    async def ack(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+        await self.send(response.type_url, nonce=response.nonce)
+
+    async def nack(self, response: discovery_pb2.DeltaDiscoveryResponse, message: str) -> None:
+        await self.send(response.type_url, nonce=response.nonce, error=message)
+
+    async def subscribe_and_ack(
+        self, type_url: str, names: Iterable[str] = (), initial: Mapping[str, str] | None = None
+    ) -> discovery_pb2.DeltaDiscoveryResponse:
+        await self.send(type_url, subscribe=names, initial=initial)
+        response = await self.expect(type_url)
+        await self.ack(response)
+        return response
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+def delta_names(response: discovery_pb2.DeltaDiscoveryResponse) -> list[str]:
+    """The names of the resources a delta response carries, checked against their payloads."""
+    for resource in response.resources:
+        assert resource.resource.type_url == response.type_url
+        assert resource.version, "every delta resource carries its version"
+    as_sotw = discovery_pb2.DiscoveryResponse(
+        type_url=response.type_url, resources=[resource.resource for resource in response.resources]
+    )
+    names = resource_names(as_sotw)
+    assert names == sorted(resource.name for resource in response.resources)
+    return names

@@ -8,24 +8,22 @@ says the server must not answer (ACKs, NACKed versions, stale nonces, unchanged 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
 import pytest
-from ads_client import RECEIVE_TIMEOUT, SILENCE, AdsClient, eventually, resource_names
+from ads_client import SILENCE, AdsClient, eventually, resource_names
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import base_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_operator.api import VirtualService, parse_virtual_service
 from xds_operator.xds import server as server_module
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import AggregatedDiscoveryService, start_server
 from xds_operator.xds.snapshot import CLUSTER, ENDPOINT, LISTENER
-from xds_operator.xds.stream import ProxyStream
+from xds_operator.xds.stream import SotwStream
 
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 INGRESS = {"app": "ingress"}
@@ -552,7 +550,7 @@ def test_request_answered_against_a_newer_snapshot_keeps_push_order() -> None:
     """The state machine alone (no I/O): an LDS ACK handled after a change yields CDS, then LDS."""
     cache = SnapshotCache()
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
-    stream = ProxyStream("ingress-1")
+    stream = SotwStream("ingress-1")
     before = cache.snapshot_for(INGRESS)
     (cds,) = stream.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), before)
     assert (
@@ -655,19 +653,6 @@ async def test_unknown_type_url_is_ignored_and_the_stream_keeps_working(
 
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2100, "rtp-c")]))
     await envoy.expect(LISTENER, names=["rtp-l"])
-
-
-async def test_delta_xds_answers_unimplemented(channel: grpc.aio.Channel) -> None:
-    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
-    # The server may abort before the request is written: the outcome is the status either way.
-    with contextlib.suppress(grpc.aio.AioRpcError):
-        await asyncio.wait_for(
-            call.write(discovery_pb2.DeltaDiscoveryRequest(type_url=CLUSTER, node=base_pb2.Node(id="delta-1"))),
-            RECEIVE_TIMEOUT,
-        )
-    code = await asyncio.wait_for(call.code(), RECEIVE_TIMEOUT)
-    assert code == grpc.StatusCode.UNIMPLEMENTED
-    assert "delta" in (await call.details()).lower()
 
 
 async def test_rapid_changes_end_at_the_last_version_without_repeats(cache: SnapshotCache, connect: Connect) -> None:

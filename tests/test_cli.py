@@ -51,6 +51,25 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, capsys: pytest.CaptureFi
     assert "Deprecated field" not in result.stdout + result.stderr
 
 
+def test_bootstrap_delta_uses_incremental_ads_and_envoy_accepts_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, out, err = run(["bootstrap", "--node-id", "ingress-0", "--delta"], capsys)
+    assert status == 0, err
+    assert yaml.safe_load(out)["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
+    status, default, _ = run(["bootstrap", "--node-id", "ingress-0"], capsys)
+    assert yaml.safe_load(default)["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text(out)
+    result = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(config), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, f"envoy rejected the bootstrap:\n{result.stdout}\n{result.stderr}"
+
+
 def test_bootstrap_labels_and_node(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run(
         [

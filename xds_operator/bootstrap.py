@@ -27,8 +27,12 @@ def envoy_bootstrap(
     *,
     cluster: str = "xds-operator",
     admin_address: str = "127.0.0.1:9901",
+    delta: bool = False,
 ) -> dict:
-    """The bootstrap as a dict: ADS over gRPC (HTTP/2) for CDS and LDS, EDS through ADS."""
+    """The bootstrap as a dict: ADS over gRPC (HTTP/2) for CDS and LDS, EDS through ADS.
+
+    delta: incremental xDS (DELTA_GRPC) instead of state of the world (GRPC).
+    """
     xds_host, xds_port = split_host_port(xds_address)
     admin_host, admin_port = split_host_port(admin_address, allow_port_zero=True)
     try:
@@ -40,7 +44,7 @@ def envoy_bootstrap(
         "node": {"id": node_id, "cluster": cluster, "metadata": {"labels": dict(labels)}},
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": "DELTA_GRPC" if delta else "GRPC",
                 "transport_api_version": "V3",
                 "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
                 "set_node_on_first_message_only": True,

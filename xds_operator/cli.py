@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Envoy's own admin address (default: 127.0.0.1:9901)",
     )
     bootstrap.add_argument("--cluster", default="xds-operator", help="node.cluster (default: xds-operator)")
+    bootstrap.add_argument(
+        "--delta",
+        action="store_true",
+        help="use incremental xDS (DELTA_GRPC): only changed resources go on the wire (default: state of the world)",
+    )
     return parser
 
 
@@ -161,7 +166,12 @@ def _bootstrap(args: argparse.Namespace) -> int:
 
     try:
         config = envoy_bootstrap(
-            args.node_id, dict(args.label), args.xds_address, cluster=args.cluster, admin_address=args.admin_address
+            args.node_id,
+            dict(args.label),
+            args.xds_address,
+            cluster=args.cluster,
+            admin_address=args.admin_address,
+            delta=args.delta,
         )
     except ValueError as error:
         print(f"xds-operator bootstrap: {error}", file=sys.stderr)

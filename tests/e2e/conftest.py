@@ -379,11 +379,17 @@ def xds_server(control_plane: ControlPlane) -> ControlPlane:
     return control_plane
 
 
+@pytest.fixture(params=["sotw", "delta"])
+def ads_variant(request: pytest.FixtureRequest) -> str:
+    """Every test with an Envoy runs twice: state-of-the-world ADS and incremental (delta) ADS."""
+    return request.param
+
+
 @pytest.fixture
 def start_envoy(
-    request: pytest.FixtureRequest, tmp_path: Path, envoy_binary: Path, xds_server: ControlPlane
+    request: pytest.FixtureRequest, tmp_path: Path, envoy_binary: Path, xds_server: ControlPlane, ads_variant: str
 ) -> Iterator[Callable[..., Envoy]]:
-    """Start an Envoy with the given labels, bootstrapped by `xds-operator bootstrap`."""
+    """Start an Envoy with the given labels, bootstrapped by `xds-operator bootstrap` (--delta for delta ADS)."""
     started: list[Envoy] = []
     numbers = count(1)
 
@@ -402,6 +408,7 @@ def start_envoy(
             xds_server.xds_address,
             "--admin-address",
             f"127.0.0.1:{admin_port}",
+            *(["--delta"] if ads_variant == "delta" else []),
         ]
         for key, value in labels.items():
             command += ["--label", f"{key}={value}"]

@@ -6,6 +6,7 @@ with Envoy's admin API used only to wait for configuration to arrive.
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 
@@ -279,3 +280,14 @@ def test_measure_edit_to_serve(envoy, workers, vs_files):
         f"\nFIGURE edit-to-serve median_ms={statistics.median(samples):.0f} "
         f"samples_ms={[round(sample) for sample in samples]}"
     )
+
+
+def test_envoy_speaks_the_chosen_ads_variant(envoy, control_plane, ads_variant, workers, vs_files):
+    a = workers("worker-a")
+    port = free_udp_port()
+    vs_files.write("calls.yaml", virtual_service("calls", port, [endpoint(a, health=False)]))
+    assert send_until_answer(port) == "worker-a"
+    status, body = control_plane.get("/debug/proxies")
+    (proxy,) = json.loads(body)
+    assert status == 200 and proxy["variant"] == ads_variant
+    assert {state["state"] for state in proxy["types"].values()} == {"ACKed"}

@@ -1,6 +1,7 @@
-"""The aggregated xDS (ADS) gRPC service, state-of-the-world, on grpc.aio.
+"""The aggregated xDS (ADS) gRPC service on grpc.aio: state-of-the-world and incremental (delta).
 
-Each stream pairs a ProxyStream (the protocol state machine) with a Watch on the cache.
+Each stream pairs a ProxyStream (the protocol state machine: SotwStream or DeltaStream) with
+a Watch on the cache. Both variants run the same handler; only the stream's framing differs.
 Requests and snapshot changes are handled in arrival order on the one event loop.
 """
 
@@ -10,14 +11,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from .cache import SnapshotCache, Watch
+from .delta import DeltaStream
 from .snapshot import Snapshot
-from .stream import ProxyStream
+from .stream import ProxyStream, SotwStream
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +80,12 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
     def proxies(self) -> list[dict]:
         """Per connected stream: node id, labels, and per type version and ACK/NACK state."""
         return [
-            {"node_id": c.stream.node_id, "labels": c.watch.labels, "types": c.stream.status()}
+            {
+                "node_id": c.stream.node_id,
+                "variant": c.stream.variant,
+                "labels": c.watch.labels,
+                "types": c.stream.status(),
+            }
             for c in self._connections.values()
         ]
 
@@ -97,9 +105,24 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     log.info("proxy %s labels: %s", connection.stream.node_id, labels)
                     self._cache.relabel(connection.watch, labels)
 
-    async def StreamAggregatedResources(
+    async def StreamAggregatedResources(  # noqa: N802 (gRPC name)
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
+        """State-of-the-world ADS."""
+        async for response in self._serve(request_iterator, context, SotwStream):
+            yield response
+
+    async def DeltaAggregatedResources(  # noqa: N802 (gRPC name)
+        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
+        """Incremental (delta) ADS: the same snapshots, framed as per-resource changes."""
+        async for response in self._serve(request_iterator, context, DeltaStream):
+            yield response
+
+    async def _serve(
+        self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext, make_stream: Callable[[str], Any]
+    ) -> AsyncIterator:
+        """One stream of either variant: requests and snapshot changes, handled in arrival order."""
         inbox: asyncio.Queue[object] = asyncio.Queue()
         pending_change = False
 
@@ -121,17 +144,17 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     pending_change = False
                     responses = connection.stream.on_snapshot(connection.watch.snapshot) if connection else []
                 else:
-                    assert isinstance(item, discovery_pb2.DiscoveryRequest)
                     if connection is None:
                         # Envoy may send its node only in the first request.
-                        stream = ProxyStream(item.node.id or context.peer())
+                        stream = make_stream(item.node.id or context.peer())
                         watch = self._cache.watch(self._identify(item.node), on_change)
                         connection = self._connections[stream_id] = Connection(item.node, stream, watch)
                         pending_change = False
+                        variant = f"{stream.variant} ADS"
                         if watch.labels is None:
-                            log.info("proxy %s connected; waiting until its pod is known", stream.node_id)
+                            log.info("proxy %s connected (%s); waiting until its pod is known", stream.node_id, variant)
                         else:
-                            log.info("proxy %s connected (labels %s)", stream.node_id, watch.labels)
+                            log.info("proxy %s connected (%s, labels %s)", stream.node_id, variant, watch.labels)
                     responses = connection.stream.on_request(item, connection.watch.snapshot)
                     self._note_progress(connection)
                 for response in responses:
@@ -151,13 +174,8 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             connection.applied = snapshot
         self._on_progress()
 
-    async def DeltaAggregatedResources(self, request_iterator, context):  # noqa: N802 (gRPC name)
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "incremental (delta) xDS is not supported yet; use GRPC (state of the world)"
-        )
 
-
-async def _read_into(requests: AsyncIterator[discovery_pb2.DiscoveryRequest], inbox: asyncio.Queue[object]) -> None:
+async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object]) -> None:
     try:
         async for request in requests:
             inbox.put_nowait(request)

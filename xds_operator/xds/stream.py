@@ -1,22 +1,25 @@
-"""One state-of-the-world ADS stream as a state machine, free of I/O.
+"""One ADS stream as a state machine, free of I/O: what a proxy needs now, and how far it is.
 
-The server feeds it DiscoveryRequests and snapshot changes; it answers with the
-DiscoveryResponses to send, following Envoy's xDS protocol: per type a version and a
-nonce; a request whose nonce is not the latest is stale and ignored; an ACK carries the
-latest nonce; a NACK (error_detail) keeps the last good config, is recorded, and the
-rejected version is not sent again; unchanged content is never re-sent, including to an
-Envoy that reconnects claiming the version it already has.
+The server feeds a stream the proxy's requests and its snapshot changes; the stream answers
+with the responses to send, following Envoy's xDS protocol: per type a nonce; an ACK
+carries the latest nonce; a NACK (error_detail) keeps the last good config, is recorded, and
+the rejected content is not sent again; unchanged content is never re-sent, including to an
+Envoy that reconnects already holding it; clusters and endpoints go before listeners.
+
+`ProxyStream` holds what both protocol variants share: the subscriptions, what the proxy
+wants from a snapshot (`wanted`), ACK/NACK bookkeeping and push order. `SotwStream` frames
+that as state-of-the-world responses; `DeltaStream` (delta.py) as incremental ones.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .snapshot import CLUSTER, LISTENER, NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Snapshot
+from .snapshot import CLUSTER, LISTENER, NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Selection, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +30,12 @@ class TypeState:
 
     subscribed: bool = False
     names: frozenset[str] | None = None  # the names asked for; None for wildcard types
-    sent_version: str | None = None  # the version the proxy has or is being sent
+    sent_version: str | None = None  # the version of what the proxy has or is being sent
     nonce: str = ""  # of the latest response
     acked_version: str | None = None
     nacked_version: str | None = None
     error: str | None = None  # Envoy's text for the latest NACK; cleared by an ACK
+    known: dict[str, str] = field(default_factory=dict)  # delta only: resource name → version the proxy has
 
     @property
     def state(self) -> str:
@@ -45,90 +49,58 @@ class TypeState:
 
 
 class ProxyStream:
-    """The protocol state of one ADS stream for one proxy."""
+    """The protocol state of one ADS stream for one proxy (shared by both variants)."""
+
+    variant = ""
 
     def __init__(self, node_id: str):
         self.node_id = node_id
         self.types: dict[str, TypeState] = {}
         self._nonces = itertools.count(1)
 
-    def on_request(
-        self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None
-    ) -> list[discovery_pb2.DiscoveryResponse]:
-        type_url = request.type_url
-        if type_url not in PUSH_ORDER:
-            log.info("proxy %s asked for unsupported type %s; ignored", self.node_id, type_url)
-            return []
-        state = self.types.setdefault(type_url, TypeState())
-        kind = SHORT_NAMES[type_url]
-        if not state.subscribed:
-            # First request of this type on this stream (any nonce it carries is from an
-            # earlier stream): an Envoy that reconnects says which version it already has,
-            # and is sent nothing if that is still current.
-            state.sent_version = state.acked_version = request.version_info or None
-        elif request.response_nonce != state.nonce:
-            log.debug(
-                "proxy %s: stale %s nonce %r (latest %s) ignored",
-                self.node_id,
-                kind,
-                request.response_nonce,
-                state.nonce,
-            )
-            return []
-        elif request.HasField("error_detail"):
-            state.nacked_version, state.error = state.sent_version, request.error_detail.message
-            # A NACK's version_info is the version the proxy still runs (its ACK may have crossed a push).
-            state.acked_version = request.version_info or None
-            log.warning(
-                "proxy %s NACKed %s version %s (keeps %s): %s",
-                self.node_id,
-                kind,
-                state.sent_version,
-                request.version_info or "nothing",
-                state.error,
-            )
-        else:
-            state.acked_version, state.error = request.version_info, None
-            log.debug("proxy %s ACKed %s version %s", self.node_id, kind, request.version_info)
-        state.subscribed = True
-        if type_url in NAMED_TYPES:
-            state.names = frozenset(request.resource_names)
-        # The snapshot may have changed since the last push (the server handles this request
-        # before the change notice): answering only this type could send a listener before the
-        # cluster it names. Send everything that differs, in push order.
-        return self.on_snapshot(snapshot)
-
-    def on_snapshot(self, snapshot: Snapshot | None) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_snapshot(self, snapshot: Snapshot | None) -> list:
         """The proxy's snapshot changed: send what differs, clusters and endpoints before listeners."""
-        responses: list[discovery_pb2.DiscoveryResponse] = []
+        if snapshot is None:
+            return []  # identity unknown (or gone): the proxy keeps what it has
+        responses = []
         for type_url in PUSH_ORDER:
-            responses.extend(self._respond(type_url, snapshot))
+            state = self.types.get(type_url)
+            if state is not None and state.subscribed:
+                response = self._respond(type_url, state, self.wanted(type_url, snapshot))
+                if response is not None:
+                    responses.append(response)
         return responses
 
-    def _respond(self, type_url: str, snapshot: Snapshot | None) -> list[discovery_pb2.DiscoveryResponse]:
-        state = self.types.get(type_url)
-        if snapshot is None or state is None or not state.subscribed:
-            return []
-        selection = snapshot.select(type_url, state.names)
-        if selection.version == state.sent_version:
-            return []  # unchanged, or the version the proxy rejected: never sent twice
-        state.sent_version = selection.version
+    def wanted(self, type_url: str, snapshot: Snapshot) -> Selection:
+        """What the proxy should hold of a type now: every resource, or the ones it named."""
+        state = self.types[type_url]
+        return snapshot.select(type_url, state.names)
+
+    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> object | None:
+        """The response that brings the proxy to `wanted`, or None if it needs nothing."""
+        raise NotImplementedError
+
+    def _next_nonce(self, state: TypeState) -> str:
         state.nonce = str(next(self._nonces))
-        log.debug(
-            "push %s version %s (%d resources) to proxy %s",
-            SHORT_NAMES[type_url],
-            selection.version,
-            len(selection.resources),
+        return state.nonce
+
+    def _acknowledge(self, type_url: str, state: TypeState, error: str | None, running: str | None) -> None:
+        """An ACK or NACK of the latest response. `running`: the version the proxy keeps after a NACK."""
+        kind = SHORT_NAMES[type_url]
+        if error is None:
+            state.acked_version, state.error = state.sent_version, None
+            log.debug("proxy %s ACKed %s version %s", self.node_id, kind, state.sent_version)
+            return
+        state.nacked_version, state.error = state.sent_version, error
+        state.acked_version = running
+        log.warning(
+            "proxy %s NACKed %s version %s (keeps %s): %s",
             self.node_id,
+            kind,
+            state.sent_version,
+            running or "its previous resources",
+            error,
         )
-        return [
-            discovery_pb2.DiscoveryResponse(
-                version_info=selection.version,
-                type_url=type_url,
-                nonce=state.nonce,
-                resources=[resource.packed for resource in selection.resources],
-            )
-        ]
 
     def has_applied(self, snapshot: Snapshot) -> bool:
         """The proxy ACKed, for every type it subscribed to (clusters and listeners at least), this snapshot."""
@@ -155,3 +127,57 @@ class ProxyStream:
             }
             for type_url, state in self.types.items()
         }
+
+
+class SotwStream(ProxyStream):
+    """State of the world: every response holds all the resources of its type the proxy wants."""
+
+    variant = "sotw"
+
+    def on_request(
+        self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None
+    ) -> list[discovery_pb2.DiscoveryResponse]:
+        type_url = request.type_url
+        if type_url not in PUSH_ORDER:
+            log.info("proxy %s asked for unsupported type %s; ignored", self.node_id, type_url)
+            return []
+        state = self.types.setdefault(type_url, TypeState())
+        if not state.subscribed:
+            # First request of this type on this stream (any nonce it carries is from an
+            # earlier stream): an Envoy that reconnects says which version it already has,
+            # and is sent nothing if that is still current.
+            state.sent_version = state.acked_version = request.version_info or None
+        elif request.response_nonce != state.nonce:
+            log.debug(
+                "proxy %s: stale %s nonce %r ignored", self.node_id, SHORT_NAMES[type_url], request.response_nonce
+            )
+            return []
+        else:
+            error = request.error_detail.message if request.HasField("error_detail") else None
+            # A NACK's version_info is the version the proxy still runs (its ACK may have crossed a push).
+            self._acknowledge(type_url, state, error, request.version_info or None)
+        state.subscribed = True
+        if type_url in NAMED_TYPES:
+            state.names = frozenset(request.resource_names)
+        # The snapshot may have changed since the last push (the server handles this request
+        # before the change notice): answering only this type could send a listener before the
+        # cluster it names. Send everything that differs, in push order.
+        return self.on_snapshot(snapshot)
+
+    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> discovery_pb2.DiscoveryResponse | None:
+        if wanted.version == state.sent_version:
+            return None  # unchanged, or the version the proxy rejected: never sent twice
+        state.sent_version = wanted.version
+        log.debug(
+            "push %s version %s (%d resources) to proxy %s",
+            SHORT_NAMES[type_url],
+            wanted.version,
+            len(wanted.resources),
+            self.node_id,
+        )
+        return discovery_pb2.DiscoveryResponse(
+            version_info=wanted.version,
+            type_url=type_url,
+            nonce=self._next_nonce(state),
+            resources=[resource.packed for resource in wanted.resources],
+        )
