@@ -6,13 +6,15 @@ contract; the golden tests in tests/golden/ pin the exact output.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb2
-from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
-from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
 from envoy.extensions.filters.udp.udp_proxy.v3 import route_pb2, udp_proxy_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
@@ -26,8 +28,7 @@ MAX_HEALTH_CHECK_TIMEOUT_MS = 1000
 CONNECT_TIMEOUT_MS = 1000
 
 
-@dataclass(frozen=True, order=True)
-class UpstreamAddress:
+class UpstreamAddress(NamedTuple):
     """One resolved upstream: an IP or DNS name, its UDP port, where its health check connects."""
 
     host: str
@@ -58,23 +59,38 @@ def resolve_endpoints(namespace: str, cluster: pb.Cluster, resolve_selector: Sel
     addresses: set[UpstreamAddress] = set()
     for endpoint in cluster.endpoints:
         check_port = endpoint.health_check_port if endpoint.HasField("health_check_port") else None
-        if endpoint.host.HasField("address"):
-            hosts: Sequence[str] = (endpoint.host.address,)
+        host = endpoint.host
+        if host.HasField("address"):
+            addresses.add(UpstreamAddress(host.address, endpoint.port, check_port))
         else:
-            hosts = resolve_selector(namespace, endpoint.host.selector)
-        addresses.update(UpstreamAddress(host, endpoint.port, check_port) for host in hosts)
+            port = endpoint.port
+            addresses.update(UpstreamAddress(ip, port, check_port) for ip in resolve_selector(namespace, host.selector))
     return sorted(addresses)
 
 
-def translate_virtual_service(vs: VirtualService, resolve_selector: SelectorResolver = no_pods) -> EnvoyResources:
+Resolved = tuple[tuple[UpstreamAddress, ...], ...]  # per listener, its cluster's upstreams
+
+
+def resolve_virtual_service(vs: VirtualService, resolve_selector: SelectorResolver = no_pods) -> Resolved:
+    """The upstreams of every listener's cluster: what endpoint changes are noticed by."""
+    return tuple(
+        tuple(resolve_endpoints(vs.namespace, listener.udp.cluster, resolve_selector)) for listener in vs.spec.listeners
+    )
+
+
+def translate_virtual_service(
+    vs: VirtualService, resolve_selector: SelectorResolver = no_pods, *, resolved: Resolved | None = None
+) -> EnvoyResources:
+    """Listeners, clusters and (for eds) load assignments; `resolved` saves resolving the endpoints again."""
+    if resolved is None:
+        resolved = resolve_virtual_service(vs, resolve_selector)
     resources = EnvoyResources()
-    for listener in vs.spec.listeners:
-        udp = listener.udp
+    for listener, addresses in zip(vs.spec.listeners, resolved, strict=True):
+        cluster = listener.udp.cluster
         resources.listeners.append(translate_listener(listener))
-        addresses = resolve_endpoints(vs.namespace, udp.cluster, resolve_selector)
-        resources.clusters.append(translate_cluster(udp.cluster, addresses))
-        if udp.cluster.service_discovery == "eds":
-            resources.load_assignments.append(translate_load_assignment(udp.cluster.name, addresses))
+        resources.clusters.append(translate_cluster(cluster, addresses))
+        if cluster.service_discovery == "eds":
+            resources.load_assignments.append(translate_load_assignment(cluster.name, addresses))
     return resources
 
 
@@ -83,15 +99,20 @@ def translate_listener(listener: pb.Listener) -> listener_pb2.Listener:
     config = udp_proxy_pb2.UdpProxyConfig(stat_prefix=listener.name, matcher=_route_to(udp.cluster.name))
     if udp.cluster.HasField("hash_key"):
         config.hash_policies.add(key=udp.cluster.hash_key)
-    return listener_pb2.Listener(
-        name=listener.name,
-        address=address_pb2.Address(
-            socket_address=address_pb2.SocketAddress(
-                protocol=address_pb2.SocketAddress.UDP, address="0.0.0.0", port_value=udp.port
-            )
-        ),
-        listener_filters=[listener_components_pb2.ListenerFilter(name=UDP_PROXY_FILTER, typed_config=_pack(config))],
-    )
+    result = listener_pb2.Listener(name=listener.name)
+    socket_address = result.address.socket_address
+    socket_address.protocol = address_pb2.SocketAddress.UDP
+    socket_address.address = "0.0.0.0"
+    socket_address.port_value = udp.port
+    listener_filter = result.listener_filters.add(name=UDP_PROXY_FILTER)
+    _pack_into(listener_filter.typed_config, config)
+    return result
+
+
+# Parts every cluster shares, built once and copied in (cheaper than building them each time).
+_EDS_OVER_ADS = config_source_pb2.ConfigSource(
+    ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
+)
 
 
 def translate_cluster(cluster: pb.Cluster, addresses: Sequence[UpstreamAddress]) -> cluster_pb2.Cluster:
@@ -103,23 +124,19 @@ def translate_cluster(cluster: pb.Cluster, addresses: Sequence[UpstreamAddress])
     )
     # Apply host health changes at once instead of merging them over Envoy's default 1 s
     # window: a dead worker stops getting datagrams one health-check interval sooner.
-    result.common_lb_config.update_merge_window.CopyFrom(duration_pb2.Duration())
+    result.common_lb_config.update_merge_window.SetInParent()
     if cluster.service_discovery == "eds":
         result.type = cluster_pb2.Cluster.EDS
-        result.eds_cluster_config.eds_config.CopyFrom(
-            config_source_pb2.ConfigSource(
-                ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
-            )
-        )
+        result.eds_cluster_config.eds_config.CopyFrom(_EDS_OVER_ADS)
     else:
         result.type = cluster_pb2.Cluster.STRICT_DNS
         result.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-        result.load_assignment.CopyFrom(translate_load_assignment(cluster.name, addresses))
+        _fill_load_assignment(result.load_assignment, cluster.name, addresses)
     if cluster.HasField("hash_key"):
         # Maglev: the same key picks the same upstream on every Envoy replica.
         result.lb_policy = cluster_pb2.Cluster.MAGLEV
     if cluster.HasField("health_check"):
-        result.health_checks.append(translate_health_check(cluster.health_check))
+        result.health_checks.append(_health_check(cluster.health_check.interval))
         # Never spread traffic over unhealthy hosts, even when most of them are down.
         result.common_lb_config.healthy_panic_threshold.value = 0
     return result
@@ -141,23 +158,34 @@ def translate_health_check(check: pb.HealthCheck) -> health_check_pb2.HealthChec
     )
 
 
+@functools.lru_cache(maxsize=64)
+def _health_check(interval_ms: int) -> health_check_pb2.HealthCheck:
+    """One health check per interval, shared: appending it to a cluster copies it."""
+    return translate_health_check(pb.HealthCheck(protocol="TCP", interval=interval_ms))
+
+
 def translate_load_assignment(
     cluster_name: str, addresses: Sequence[UpstreamAddress]
 ) -> endpoint_pb2.ClusterLoadAssignment:
-    endpoints = []
+    assignment = endpoint_pb2.ClusterLoadAssignment()
+    _fill_load_assignment(assignment, cluster_name, addresses)
+    return assignment
+
+
+def _fill_load_assignment(
+    assignment: endpoint_pb2.ClusterLoadAssignment, cluster_name: str, addresses: Sequence[UpstreamAddress]
+) -> None:
+    assignment.cluster_name = cluster_name
+    if not addresses:
+        return
+    lb_endpoints = assignment.endpoints.add().lb_endpoints
     for upstream in addresses:
-        endpoint = endpoint_components_pb2.Endpoint(
-            address=address_pb2.Address(
-                socket_address=address_pb2.SocketAddress(address=upstream.host, port_value=upstream.port)
-            )
-        )
+        endpoint = lb_endpoints.add().endpoint
+        socket_address = endpoint.address.socket_address
+        socket_address.address = upstream.host
+        socket_address.port_value = upstream.port
         if upstream.health_check_port is not None:
             endpoint.health_check_config.port_value = upstream.health_check_port
-        endpoints.append(endpoint_components_pb2.LbEndpoint(endpoint=endpoint))
-    assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=cluster_name)
-    if endpoints:
-        assignment.endpoints.add().lb_endpoints.extend(endpoints)
-    return assignment
 
 
 def _route_to(cluster_name: str) -> matcher_pb2.Matcher:
@@ -169,11 +197,15 @@ def _route_to(cluster_name: str) -> matcher_pb2.Matcher:
 
 
 def _pack(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    _pack_into(packed, message)
+    return packed
+
+
+def _pack_into(packed: any_pb2.Any, message: Message) -> None:
     # Deterministic bytes, so equal configuration always hashes to an equal version.
-    return any_pb2.Any(
-        type_url=f"type.googleapis.com/{message.DESCRIPTOR.full_name}",
-        value=message.SerializeToString(deterministic=True),
-    )
+    packed.type_url = f"type.googleapis.com/{message.DESCRIPTOR.full_name}"
+    packed.value = message.SerializeToString(deterministic=True)
 
 
 def _millis(value: int) -> duration_pb2.Duration:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..api import VirtualService
-from ..translate import SelectorResolver, no_pods, resolve_endpoints, translate_virtual_service
+from ..translate import SelectorResolver, no_pods, resolve_virtual_service, translate_virtual_service
 from .snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, Resource, Snapshot
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,12 @@ class Translated:
     addresses: tuple  # the resolved upstreams per cluster, to notice endpoint changes
     token: str  # changes whenever any of the resources does
 
+    @cached_property
+    def weight(self) -> int:
+        """A 128-bit hash of (key, token): a group's signature is the sum over its members."""
+        text = f"{self.vs.namespace}/{self.vs.name}\0{self.token}"
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=16).digest())
+
     @cached_property  # read on every rebuild of every group that selects it
     def claims(self) -> frozenset[tuple[str, object]]:
         """What this VirtualService takes on a proxy: listener names, cluster names, ports."""
@@ -50,7 +56,8 @@ class Translated:
 
 
 def translate(vs: VirtualService, resolve_selector: SelectorResolver) -> Translated:
-    envoy = translate_virtual_service(vs, resolve_selector)
+    resolved = resolve_virtual_service(vs, resolve_selector)
+    envoy = translate_virtual_service(vs, resolved=resolved)
     resources: list[Resource] = []
     for listener, cluster in zip(envoy.listeners, envoy.clusters, strict=True):
         resources.append(Resource.of(listener.name, listener, requires=[(CLUSTER, cluster.name)]))
@@ -61,13 +68,7 @@ def translate(vs: VirtualService, resolve_selector: SelectorResolver) -> Transla
     for assignment in envoy.load_assignments:
         resources.append(Resource.of(assignment.cluster_name, assignment))
     token = hashlib.sha256("".join(r.type_url + r.name + r.digest for r in resources).encode()).hexdigest()[:16]
-    return Translated(vs, tuple(resources), _addresses(vs, resolve_selector), token)
-
-
-def _addresses(vs: VirtualService, resolve_selector: SelectorResolver) -> tuple:
-    return tuple(
-        tuple(resolve_endpoints(vs.namespace, listener.udp.cluster, resolve_selector)) for listener in vs.spec.listeners
-    )
+    return Translated(vs, tuple(resources), resolved, token)
 
 
 class Watch:
@@ -84,13 +85,21 @@ class Watch:
             self._notify()
 
 
+Signature = tuple[int, int]  # (sum of member weights mod 2**128, member count): equal content, equal signature
+_MODULUS = 1 << 128
+
+
 @dataclass(eq=False)
 class Group:
+    """Proxies with equal labels, the VirtualServices they get, and their snapshot."""
+
     labels: dict[str, str]
     watches: set[Watch] = field(default_factory=set)
-    selection: tuple | None = None  # ((key, token), ...) of the VirtualServices in its snapshot
-    snapshot: Snapshot = EMPTY
+    members: dict[Key, Translated] = field(default_factory=dict)  # in the snapshot
+    owners: dict[tuple[str, object], Key] = field(default_factory=dict)  # listener/cluster name or port → its holder
     conflicts: dict[Key, str] = field(default_factory=dict)  # left out here, and why
+    signature: Signature | None = None  # None until first built
+    snapshot: Snapshot = EMPTY
 
 
 class SnapshotCache:
@@ -99,7 +108,7 @@ class SnapshotCache:
         self._services: dict[Key, Translated] = {}
         self._groups: dict[LabelSet, Group] = {}
         self._dirty: set[Key] = set()
-        self._by_selection: dict[tuple, Snapshot] = {}  # groups selecting the same content share one
+        self._by_signature: dict[Signature, Snapshot] = {}  # groups selecting the same content share one
         self._reported: dict[Key, str] = {}  # conflicts already logged
         self.translations = 0  # how many VirtualServices were (re)translated, for benchmarks and tests
 
@@ -120,7 +129,7 @@ class SnapshotCache:
         """Re-resolve pod selectors; retranslate those whose upstream addresses changed."""
         for key in list(self._services) if keys is None else keys:
             current = self._services.get(key)
-            if current is not None and _addresses(current.vs, self._resolve_selector) != current.addresses:
+            if current is not None and resolve_virtual_service(current.vs, self._resolve_selector) != current.addresses:
                 self._services[key] = self._translate(current.vs)
                 self._dirty.add(key)
 
@@ -151,14 +160,16 @@ class SnapshotCache:
             return 0
         changed = 0
         for group in self._groups.values():
-            touched = (
-                any(key in dirty for key, _ in group.selection or ())
-                or any(key in dirty for key in group.conflicts)  # a left-out one changed or went away
-                or any(key in self._services and self._services[key].vs.selects(group.labels) for key in dirty)
-            )
-            if touched and self._rebuild(group):
+            touched = [
+                key
+                for key in dirty
+                if key in group.members
+                or key in group.conflicts  # a left-out one changed or went away
+                or (key in self._services and self._services[key].vs.selects(group.labels))
+            ]
+            if touched and self._update(group, touched):
                 changed += 1
-        self._by_selection = {g.selection: g.snapshot for g in self._groups.values() if g.selection is not None}
+        self._by_signature = {g.signature: g.snapshot for g in self._groups.values() if g.signature is not None}
         self._report_conflicts()
         return changed
 
@@ -209,23 +220,79 @@ class SnapshotCache:
         watch._set(group.snapshot)
         self._report_conflicts()
 
+    def _update(self, group: Group, keys: list[Key]) -> bool:
+        """Bring a group up to date after `keys` changed; True if its snapshot changed."""
+        patched = None if group.conflicts or group.signature is None else self._patch(group, keys)
+        if patched is None:
+            return self._rebuild(group)  # conflicts make order matter: decide them all again
+        return patched
+
+    def _patch(self, group: Group, keys: list[Key]) -> bool | None:
+        """The common case, in time proportional to the change: swap the changed VirtualServices' resources.
+
+        Returns whether the snapshot changed, or None (having changed nothing) when a new claim
+        meets another VirtualService's: then conflicts must be decided by age, in a full rebuild.
+        """
+        incoming = {key: self._services[key] for key in keys if key in self._services}
+        incoming = {key: t for key, t in incoming.items() if t.vs.selects(group.labels)}
+        claimed: dict[tuple[str, object], Key] = {}
+        for key, translated in incoming.items():
+            for claim in translated.claims:
+                holder = group.owners.get(claim, key)
+                if (holder != key and holder not in keys) or claimed.setdefault(claim, key) != key:
+                    return None
+        outgoing = {key: group.members[key] for key in keys if key in group.members}
+        if outgoing.keys() == incoming.keys() and all(incoming[k] is t for k, t in outgoing.items()):
+            return False
+        total, count = group.signature or (0, 0)
+        contents = dict(group.snapshot.contents)
+        removed: list[Resource] = []
+        added: list[Resource] = []
+        for key, translated in outgoing.items():
+            del group.members[key]
+            for claim in translated.claims:
+                group.owners.pop(claim, None)
+            removed.extend(translated.resources)
+            contents.pop(key, None)
+            total, count = total - translated.weight, count - 1
+        for key, translated in incoming.items():
+            group.members[key] = translated
+            group.owners.update((claim, key) for claim in translated.claims)
+            added.extend(translated.resources)
+            contents[key] = translated.token
+            total, count = total + translated.weight, count + 1
+        signature = (total % _MODULUS, count)
+        snapshot = self._by_signature.get(signature)
+        if snapshot is None:
+            snapshot = self._by_signature[signature] = group.snapshot.patched(removed, added, contents)
+        self._install(group, signature, snapshot)
+        return True
+
     def _rebuild(self, group: Group) -> bool:
+        """Decide the group from scratch: every selected VirtualService, oldest first, left out on conflict."""
         selected = sorted((t for t in self._services.values() if t.vs.selects(group.labels)), key=Translated.age)
         included = self._leave_out_conflicts(group, selected)
-        selection = tuple((t.vs.key, t.token) for t in included)
-        if selection == group.selection:
+        signature = (sum(t.weight for t in included) % _MODULUS, len(included))
+        group.members = {t.vs.key: t for t in included}
+        group.owners = {claim: t.vs.key for t in included for claim in t.claims}
+        if signature == group.signature:
             return False
-        snapshot = self._by_selection.get(selection)
+        snapshot = self._by_signature.get(signature)
         if snapshot is None:
             by_type: dict[str, list[Resource]] = {CLUSTER: [], ENDPOINT: [], LISTENER: []}
             for translated in included:
                 for resource in translated.resources:
                     by_type[resource.type_url].append(resource)
-            snapshot = self._by_selection[selection] = Snapshot.build(by_type, contents=selection)
-        group.selection, group.snapshot = selection, snapshot
+            contents = {t.vs.key: t.token for t in included}
+            snapshot = self._by_signature[signature] = Snapshot.build(by_type, contents)
+        self._install(group, signature, snapshot)
+        return True
+
+    @staticmethod
+    def _install(group: Group, signature: Signature, snapshot: Snapshot) -> None:
+        group.signature, group.snapshot = signature, snapshot
         for watch in group.watches:
             watch._set(snapshot)
-        return True
 
     def _leave_out_conflicts(self, group: Group, selected: list[Translated]) -> list[Translated]:
         """Keep, oldest first, the VirtualServices whose listener names, cluster names and ports are free."""
@@ -233,11 +300,12 @@ class SnapshotCache:
         included: list[Translated] = []
         conflicts: dict[Key, str] = {}
         for translated in selected:
-            clashes = sorted((claim for claim in translated.claims if claim in claimed), key=str)
-            if not clashes:
+            clashing = claimed.keys() & translated.claims
+            if not clashing:
                 included.append(translated)
-                claimed.update((claim, translated) for claim in translated.claims)
+                claimed.update(dict.fromkeys(translated.claims, translated))
                 continue
+            clashes = sorted(clashing, key=str)
             kind, value = clashes[0]
             conflicts[translated.vs.key] = (
                 f"{kind} {value} is already used by the older VirtualService {claimed[clashes[0]].vs}"

@@ -42,11 +42,12 @@ def summarize(proxies: Iterable[ProxyProgress], services: Mapping[Key, VirtualSe
         if selected is None:
             labels = dict(label_set)
             selected = selected_by_labels[label_set] = [k for k, vs in services.items() if vs.selects(labels)]
-        running = _contents(applied)
-        tokens = dict(current.contents) if current is not None else {}
+        running = applied.contents if applied is not None else {}
+        tokens = current.contents if current is not None else {}
         for key in selected:
             result[key].selected += count
-            if (key, tokens.get(key)) in running:
+            token = tokens.get(key)
+            if token is not None and running.get(key) == token:
                 result[key].applied += count
         if rejection is not None:
             for key in _blamed(current, running):
@@ -55,16 +56,12 @@ def summarize(proxies: Iterable[ProxyProgress], services: Mapping[Key, VirtualSe
     return result
 
 
-def _contents(snapshot: Snapshot | None) -> frozenset:
-    return frozenset(snapshot.contents) if snapshot is not None else frozenset()
-
-
-def _blamed(current: Snapshot | None, running: frozenset) -> list[Key]:
+def _blamed(current: Snapshot | None, running: Mapping) -> list[Key]:
     """The VirtualServices a NACK is about: those new or changed since the last snapshot the proxy took.
 
     If none are (the proxy rejected something it never ran), every one it should run is named.
     """
     if current is None:
         return []
-    changed = [key for key, token in current.contents if (key, token) not in running]
-    return changed or [key for key, _ in current.contents]
+    changed = [key for key, token in current.contents.items() if running.get(key) != token]
+    return changed or list(current.contents)

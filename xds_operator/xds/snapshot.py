@@ -1,13 +1,15 @@
 """Serialized resources and the immutable snapshot one proxy group is served.
 
 A Resource is serialized and hashed once; snapshots share Resource objects, so a change
-to one VirtualService re-serializes only its own resources.
+to one VirtualService re-serializes only its own resources. A type's version is a content
+hash that is updated incrementally (the sum of the resources' hashes), so a new snapshot
+that differs in one resource costs work for that resource, not for all of them.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -24,6 +26,8 @@ PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER)
 NAMED_TYPES = frozenset({ENDPOINT})
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS"}
 
+_MODULUS = 1 << 128
+
 
 @dataclass(frozen=True, eq=False)
 class Resource:
@@ -36,11 +40,15 @@ class Resource:
     # Resources this one refers to, as (type URL, name): a snapshot must hold them too.
     requires: frozenset[tuple[str, str]] = frozenset()
 
+    # This resource's share of a type's version: a 128-bit hash of its name and content.
+    weight: int = 0
+
     @classmethod
     def of(cls, name: str, message: Message, requires: Iterable[tuple[str, str]] = ()) -> Resource:
         body = message.SerializeToString(deterministic=True)
-        digest = hashlib.sha256(body).hexdigest()[:16]
-        return cls(name, TYPE_PREFIX + message.DESCRIPTOR.full_name, body, digest, frozenset(requires))
+        hashed = hashlib.blake2b(name.encode() + b"\0" + body, digest_size=16).digest()
+        type_url = TYPE_PREFIX + message.DESCRIPTOR.full_name
+        return cls(name, type_url, body, hashed[:8].hex(), frozenset(requires), int.from_bytes(hashed))
 
     @cached_property
     def packed(self) -> any_pb2.Any:
@@ -48,22 +56,24 @@ class Resource:
 
 
 def version_of(resources: Iterable[Resource]) -> str:
-    """A content hash over (name, digest) pairs: equal content gives an equal version anywhere."""
-    hasher = hashlib.sha256()
-    for resource in sorted(resources, key=lambda r: r.name):
-        hasher.update(resource.name.encode())
-        hasher.update(b"\0")
-        hasher.update(resource.digest.encode())
-        hasher.update(b"\n")
-    return hasher.hexdigest()[:16]
+    """A content hash of (name, content) pairs, independent of order: equal content, equal version anywhere."""
+    return _version(sum(resource.weight for resource in resources) % _MODULUS)
 
 
-@dataclass(frozen=True)
+def _version(total: int) -> str:
+    return f"{total:032x}"[:16]
+
+
 class Selection:
-    """The answer to a request: a version and the resources it covers."""
+    """The answer to a request: a version and (built on first use) the resources it covers, by name."""
 
-    version: str
-    resources: tuple[Resource, ...]
+    def __init__(self, version: str, resources: Callable[[], tuple[Resource, ...]]):
+        self.version = version
+        self._build = resources
+
+    @cached_property
+    def resources(self) -> tuple[Resource, ...]:
+        return self._build()
 
 
 @dataclass(eq=False)
@@ -71,15 +81,39 @@ class Snapshot:
     """Everything one proxy group is served, by type URL then resource name. Immutable once built."""
 
     resources: Mapping[str, Mapping[str, Resource]]
-    # What it was built from: ((source key, content token), ...); tells which inputs a proxy runs.
-    contents: tuple = ()
+    # What it was built from: source key → content token; tells which inputs a proxy runs.
+    contents: Mapping = field(default_factory=dict)
+    _totals: dict[str, int] = field(default_factory=dict, repr=False)  # per type: the sum of resource weights
     _selections: dict[tuple[str, frozenset[str] | None], Selection] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def build(cls, by_type: Mapping[str, Iterable[Resource]], contents: tuple = ()) -> Snapshot:
-        snapshot = cls({type_url: {r.name: r for r in by_type.get(type_url, ())} for type_url in PUSH_ORDER}, contents)
+    def build(cls, by_type: Mapping[str, Iterable[Resource]], contents: Mapping | None = None) -> Snapshot:
+        resources = {type_url: {r.name: r for r in by_type.get(type_url, ())} for type_url in PUSH_ORDER}
+        totals = {t: sum(r.weight for r in of_type.values()) % _MODULUS for t, of_type in resources.items()}
+        snapshot = cls(resources, dict(contents or {}), totals)
         snapshot.check_consistency()
         return snapshot
+
+    def patched(self, removed: Iterable[Resource], added: Iterable[Resource], contents: Mapping) -> Snapshot:
+        """A new snapshot: this one without `removed`, with `added`. Costs the change, plus a dict copy per type.
+
+        Consistency is the caller's to keep (the cache adds and removes whole VirtualServices,
+        whose resources refer only to each other).
+        """
+        resources = {type_url: of_type for type_url, of_type in self.resources.items()}
+        totals = dict(self._totals)
+        copied: set[str] = set()
+        for resource, sign in [*((r, -1) for r in removed), *((r, 1) for r in added)]:
+            type_url = resource.type_url
+            if type_url not in copied:
+                resources[type_url] = dict(resources[type_url])
+                copied.add(type_url)
+            if sign < 0:
+                del resources[type_url][resource.name]
+            else:
+                resources[type_url][resource.name] = resource
+            totals[type_url] = (totals[type_url] + sign * resource.weight) % _MODULUS
+        return Snapshot(resources, contents, totals)
 
     @cached_property
     def versions(self) -> dict[str, str]:
@@ -92,10 +126,12 @@ class Snapshot:
         if selection is None:
             of_type = self.resources.get(type_url, {})
             if names is None:
-                chosen = tuple(of_type[name] for name in sorted(of_type))
+                selection = Selection(
+                    _version(self._totals.get(type_url, 0)), lambda: tuple(of_type[n] for n in sorted(of_type))
+                )
             else:
                 chosen = tuple(of_type[name] for name in sorted(names) if name in of_type)
-            selection = Selection(version_of(chosen), chosen)
+                selection = Selection(version_of(chosen), lambda: chosen)
             self._selections[key] = selection
         return selection
 
