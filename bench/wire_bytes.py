@@ -57,9 +57,8 @@ def virtual_service(index: int, *, endpoint_octet: int = 1, port_offset: int = 0
 def subscribed_sotw(snapshot, cluster_names):
     stream = SotwStream("sotw")
     for type_url, names in ((CLUSTER, ()), (ENDPOINT, cluster_names), (LISTENER, ())):
-        (response,) = stream.on_request(
-            discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names), snapshot
-        )
+        (raw,) = stream.on_request(discovery_pb2.DiscoveryRequest(type_url=type_url, resource_names=names), snapshot)
+        response = discovery_pb2.DiscoveryResponse.FromString(raw)
         ack = discovery_pb2.DiscoveryRequest(
             type_url=type_url, resource_names=names, version_info=response.version_info, response_nonce=response.nonce
         )
@@ -95,9 +94,9 @@ def measure(count: int) -> list[tuple[str, int, int, int, int]]:
         cache.commit()
         after = cache.snapshot_for(LABELS)
         sotw_responses, delta_responses = sotw.on_snapshot(after), delta.on_snapshot(after)
-        sotw_bytes = sum(r.ByteSize() for r in sotw_responses)
+        sotw_bytes = sum(len(raw) for raw in sotw_responses)  # state of the world is sent pre-serialized
         delta_bytes = sum(r.ByteSize() for r in delta_responses)
-        sotw_resources = sum(len(r.resources) for r in sotw_responses)
+        sotw_resources = sum(len(discovery_pb2.DiscoveryResponse.FromString(raw).resources) for raw in sotw_responses)
         delta_resources = sum(len(r.resources) for r in delta_responses)
         rows.append((label, sotw_bytes, sotw_resources, delta_bytes, delta_resources))
         cache.upsert(virtual_service(count // 2))  # back to the start for the next change

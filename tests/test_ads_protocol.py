@@ -548,11 +548,16 @@ async def test_change_landing_right_after_an_ack_still_sends_clusters_before_lis
 
 def test_request_answered_against_a_newer_snapshot_keeps_push_order() -> None:
     """The state machine alone (no I/O): an LDS ACK handled after a change yields CDS, then LDS."""
+
+    def parsed(responses: list[bytes]) -> list[discovery_pb2.DiscoveryResponse]:
+        return [discovery_pb2.DiscoveryResponse.FromString(raw) for raw in responses]
+
     cache = SnapshotCache()
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
     stream = SotwStream("ingress-1")
     before = cache.snapshot_for(INGRESS)
-    (cds,) = stream.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), before)
+    (cds,) = parsed(stream.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), before))
+    assert cds.nonce and cds.version_info == before.versions[CLUSTER] and resource_names(cds) == ["rtp-c"]
     assert (
         stream.on_request(
             discovery_pb2.DiscoveryRequest(type_url=CLUSTER, version_info=cds.version_info, response_nonce=cds.nonce),
@@ -560,14 +565,31 @@ def test_request_answered_against_a_newer_snapshot_keeps_push_order() -> None:
         )
         == []
     )
-    (lds,) = stream.on_request(discovery_pb2.DiscoveryRequest(type_url=LISTENER), before)
+    (lds,) = parsed(stream.on_request(discovery_pb2.DiscoveryRequest(type_url=LISTENER), before))
+    assert lds.nonce != cds.nonce
 
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c"), listener_spec("rtcp-l", 2001, "rtcp-c")]))
     after = cache.snapshot_for(INGRESS)
     ack = discovery_pb2.DiscoveryRequest(type_url=LISTENER, version_info=lds.version_info, response_nonce=lds.nonce)
-    responses = stream.on_request(ack, after)
+    responses = parsed(stream.on_request(ack, after))
     assert [response.type_url for response in responses] == [CLUSTER, LISTENER]
     assert stream.on_snapshot(after) == []  # the change notice that follows finds nothing left to send
+
+
+def test_streams_share_the_serialized_resources_and_differ_only_in_their_nonce() -> None:
+    cache = SnapshotCache()
+    commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
+    snapshot = cache.snapshot_for(INGRESS)
+    first, second = SotwStream("a"), SotwStream("b")
+    next(iter(second._nonces))  # the second stream's nonces run one ahead
+    (one,) = first.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), snapshot)
+    (two,) = second.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), snapshot)
+    body = snapshot.select(CLUSTER).sotw_body
+    assert one.startswith(body) and two.startswith(body)
+    a, b = discovery_pb2.DiscoveryResponse.FromString(one), discovery_pb2.DiscoveryResponse.FromString(two)
+    assert (a.nonce, b.nonce) == ("1", "2")
+    a.nonce = b.nonce = ""
+    assert a == b and resource_names(a) == ["rtp-c"]
 
 
 # -- selection by labels -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf.message import Message
 
 from .cache import SnapshotCache, Watch
 from .delta import DeltaStream
@@ -107,8 +108,8 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
 
     async def StreamAggregatedResources(  # noqa: N802 (gRPC name)
         self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[discovery_pb2.DiscoveryResponse]:
-        """State-of-the-world ADS."""
+    ) -> AsyncIterator[bytes]:
+        """State-of-the-world ADS (responses pre-serialized: see SotwStream)."""
         async for response in self._serve(request_iterator, context, SotwStream):
             yield response
 
@@ -185,6 +186,30 @@ async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object]) -> N
         inbox.put_nowait(_CLOSED)
 
 
+def _serialize(response: bytes | Message) -> bytes:
+    """Responses come pre-serialized (state of the world) or as messages (delta)."""
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
+def _ads_handler(service: AggregatedDiscoveryService) -> grpc.GenericRpcHandler:
+    """The ADS service's two RPCs, with a serializer that passes pre-serialized responses through."""
+    return grpc.method_handlers_generic_handler(
+        "envoy.service.discovery.v3.AggregatedDiscoveryService",
+        {
+            "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                service.StreamAggregatedResources,
+                request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
+                response_serializer=_serialize,
+            ),
+            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+                service.DeltaAggregatedResources,
+                request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+                response_serializer=_serialize,
+            ),
+        },
+    )
+
+
 async def start_server(service: AggregatedDiscoveryService, address: str) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on address (host:port, port 0 picks one); return it and the bound port."""
     server = grpc.aio.server(
@@ -193,7 +218,7 @@ async def start_server(service: AggregatedDiscoveryService, address: str) -> tup
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
         ]
     )
-    ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(service, server)
+    server.add_generic_rpc_handlers((_ads_handler(service),))
     port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind the xDS server to {address}")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -67,13 +68,23 @@ def _version(total: int) -> str:
 class Selection:
     """The answer to a request: a version and (built on first use) the resources it covers, by name."""
 
-    def __init__(self, version: str, resources: Callable[[], tuple[Resource, ...]]):
+    def __init__(self, type_url: str, version: str, resources: Callable[[], tuple[Resource, ...]]):
+        self.type_url = type_url
         self.version = version
         self._build = resources
 
     @cached_property
     def resources(self) -> tuple[Resource, ...]:
         return self._build()
+
+    @cached_property
+    def sotw_body(self) -> bytes:
+        """A serialized state-of-the-world DiscoveryResponse without its nonce, made once and shared by
+        every stream sent this selection (each appends its own nonce: see stream.with_nonce)."""
+        response = discovery_pb2.DiscoveryResponse(
+            version_info=self.version, type_url=self.type_url, resources=[r.packed for r in self.resources]
+        )
+        return response.SerializeToString(deterministic=True)
 
 
 @dataclass(eq=False)
@@ -127,11 +138,13 @@ class Snapshot:
             of_type = self.resources.get(type_url, {})
             if names is None:
                 selection = Selection(
-                    _version(self._totals.get(type_url, 0)), lambda: tuple(of_type[n] for n in sorted(of_type))
+                    type_url,
+                    _version(self._totals.get(type_url, 0)),
+                    lambda: tuple(of_type[n] for n in sorted(of_type)),
                 )
             else:
                 chosen = tuple(of_type[name] for name in sorted(names) if name in of_type)
-                selection = Selection(version_of(chosen), lambda: chosen)
+                selection = Selection(type_url, version_of(chosen), lambda: chosen)
             self._selections[key] = selection
         return selection
 

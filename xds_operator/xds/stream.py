@@ -134,9 +134,8 @@ class SotwStream(ProxyStream):
 
     variant = "sotw"
 
-    def on_request(
-        self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None
-    ) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_request(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None) -> list[bytes]:
+        """Handle a request; return the serialized DiscoveryResponses to send."""
         type_url = request.type_url
         if type_url not in PUSH_ORDER:
             log.info("proxy %s asked for unsupported type %s; ignored", self.node_id, type_url)
@@ -175,9 +174,19 @@ class SotwStream(ProxyStream):
             len(wanted.resources),
             self.node_id,
         )
-        return discovery_pb2.DiscoveryResponse(
-            version_info=wanted.version,
-            type_url=type_url,
-            nonce=self._next_nonce(state),
-            resources=[resource.packed for resource in wanted.resources],
-        )
+        return with_nonce(wanted.sotw_body, self._next_nonce(state))
+
+
+_NONCE_TAG = bytes([5 << 3 | 2])  # DiscoveryResponse.nonce: field 5, length-delimited
+
+
+def with_nonce(body: bytes, nonce: str) -> bytes:
+    """A serialized DiscoveryResponse with its nonce set.
+
+    Protobuf parsers merge fields appended to a message, so the resources (often hundreds of
+    kilobytes) are serialized once per selection, not once per stream.
+    """
+    encoded = nonce.encode()
+    if len(encoded) > 127:
+        raise ValueError("nonce too long for a one-byte length")
+    return body + _NONCE_TAG + bytes([len(encoded)]) + encoded
