@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 IMG ?= xds-operator:latest
 
-.PHONY: install run test lint protos crds manifests deploy undeploy docker-build clean
+.PHONY: install run test lint bench protos crds manifests deploy undeploy docker-build clean
 
 install: $(STAMP)
 
@@ -24,6 +24,14 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check xds_operator tests bench
 	$(BIN)/ruff format --check xds_operator tests bench
+
+# The benchmark suite (not part of `make test`): a table, bench/results/latest.json and fanout.png.
+bench: $(VENV)/.bench-installed
+	$(BIN)/python bench/run.py
+
+$(VENV)/.bench-installed: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	touch $@
 
 protos: $(STAMP)
 	$(BIN)/python -m xds_operator.api.build_protos

@@ -576,20 +576,22 @@ def test_request_answered_against_a_newer_snapshot_keeps_push_order() -> None:
     assert stream.on_snapshot(after) == []  # the change notice that follows finds nothing left to send
 
 
-def test_streams_share_the_serialized_resources_and_differ_only_in_their_nonce() -> None:
+def test_streams_are_sent_one_shared_serialized_response_equal_to_protobufs_own() -> None:
     cache = SnapshotCache()
-    commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
+    commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c"), listener_spec("rtcp-l", 2001, "rtcp-c")]))
     snapshot = cache.snapshot_for(INGRESS)
-    first, second = SotwStream("a"), SotwStream("b")
-    next(iter(second._nonces))  # the second stream's nonces run one ahead
-    (one,) = first.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), snapshot)
-    (two,) = second.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), snapshot)
-    body = snapshot.select(CLUSTER).sotw_body
-    assert one.startswith(body) and two.startswith(body)
-    a, b = discovery_pb2.DiscoveryResponse.FromString(one), discovery_pb2.DiscoveryResponse.FromString(two)
-    assert (a.nonce, b.nonce) == ("1", "2")
-    a.nonce = b.nonce = ""
-    assert a == b and resource_names(a) == ["rtp-c"]
+    (one,) = SotwStream("a").on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), snapshot)
+    (two,) = SotwStream("b").on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER), snapshot)
+    assert one is two  # serialized once, not per stream
+    selection = snapshot.select(CLUSTER)
+    expected = discovery_pb2.DiscoveryResponse(
+        version_info=selection.version,
+        type_url=CLUSTER,
+        nonce=selection.version,
+        resources=[resource.packed for resource in selection.resources],
+    )
+    assert discovery_pb2.DiscoveryResponse.FromString(one) == expected
+    assert resource_names(expected) == ["rtcp-c", "rtp-c"]
 
 
 # -- selection by labels -------------------------------------------------------------------------

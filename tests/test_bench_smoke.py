@@ -16,3 +16,36 @@ def test_wire_bytes_delta_sends_one_resource_where_sotw_sends_all() -> None:
     for _, sotw_bytes, sotw_resources, delta_bytes, delta_resources in rows:
         assert (sotw_resources, delta_resources) == (20, 1)
         assert delta_bytes < sotw_bytes
+
+
+import json  # noqa: E402
+
+import cold_start  # noqa: E402
+import incremental  # noqa: E402
+import run as bench_run  # noqa: E402
+import snapshot_build  # noqa: E402
+
+
+def test_snapshot_build_reports_both_floors() -> None:
+    (result,) = snapshot_build.run(smoke=True)
+    assert result["parameters"] == {"virtual_services": 50, "resources": 100}
+    assert set(result["ratios"]) == {"vs_serialize_floor", "vs_build_and_serialize"}
+
+
+def test_incremental_change_retranslates_only_the_edited_virtualservice() -> None:
+    (result,) = incremental.run(smoke=True)
+    assert result["figures"]["translated_per_edit"] == 1
+    assert result["figures"]["serialized_resources_per_edit"] == 2  # its listener and its cluster
+
+
+def test_cold_start_gets_a_complete_first_response() -> None:
+    (result,) = cold_start.run(smoke=True)
+    assert result["figures"]["seconds"] > 0
+
+
+def test_the_runner_writes_json_with_targets_judged(tmp_path) -> None:
+    assert bench_run.main(["--smoke", "--only", "snapshot_build", "incremental", "--output", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "smoke.json").read_text())
+    assert report["machine"]["cpus"] >= 1 and report["smoke"] is True
+    assert [r["scenario"] for r in report["results"]] == ["snapshot build", "incremental change"]
+    assert report["results"][1]["met"] in (True, False)

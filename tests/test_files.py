@@ -260,3 +260,52 @@ async def test_watch_picks_up_a_new_file_live(tmp_path: Path) -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
+
+
+async def test_watch_follows_a_configmap_volume_swapping_its_data_symlink(tmp_path: Path) -> None:
+    """Kubernetes updates a mounted ConfigMap by pointing `..data` at a new directory: the files are symlinks."""
+    first = tmp_path / "..2026_01_01_v1"
+    first.mkdir()
+    write(first / "calls.yaml", vs_yaml("calls", port=2000))
+    (tmp_path / "..data").symlink_to(first.name)
+    (tmp_path / "calls.yaml").symlink_to("..data/calls.yaml")
+    src, cache = source(tmp_path)
+    task = asyncio.create_task(src.watch())
+    try:
+        assert ports(cache) == {"calls": 2000}
+        second = tmp_path / "..2026_01_01_v2"
+        second.mkdir()
+        write(second / "calls.yaml", vs_yaml("calls", port=2010))
+        (tmp_path / "..data_tmp").symlink_to(second.name)
+        os.replace(tmp_path / "..data_tmp", tmp_path / "..data")  # what the kubelet does
+        await until(lambda: ports(cache) == {"calls": 2010})
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_watch_applies_a_burst_of_new_files_at_once(tmp_path: Path) -> None:
+    src, cache = source(tmp_path)
+    snapshots: list[int] = []
+    cache.watch(INGRESS, lambda: snapshots.append(1))  # called once per new snapshot of the group
+    task = asyncio.create_task(src.watch())
+    try:
+        await asyncio.sleep(0.05)  # the watch is in place
+        snapshots.clear()
+        for index in range(20):  # like `cp *.yaml dir/`: 20 files written back to back
+            write(tmp_path / f"vs-{index}.yaml", vs_yaml(f"vs-{index}", port=3000 + index))
+        await until(lambda: len(cache.virtual_services()) == 20)
+        assert len(snapshots) == 1  # one snapshot for the burst, not one per file
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -30,9 +30,14 @@ class VirtualService:
         """Deterministic serialization of the spec: equal specs give equal bytes."""
         return self.spec.SerializeToString(deterministic=True)
 
+    @cached_property
+    def selector(self) -> tuple[tuple[str, str], ...]:
+        """spec.selector as plain pairs (read on every group rebuild: cheaper than the proto map)."""
+        return tuple(self.spec.selector.items())
+
     def selects(self, labels: dict[str, str]) -> bool:
         """True when the proxy labels contain every pair of the selector."""
-        return all(labels.get(key) == value for key, value in self.spec.selector.items())
+        return all(labels.get(key) == value for key, value in self.selector)
 
     def same_content(self, other: VirtualService) -> bool:
         return self.key == other.key and self.spec_bytes == other.spec_bytes

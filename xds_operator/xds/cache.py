@@ -111,6 +111,7 @@ class SnapshotCache:
         self._by_signature: dict[Signature, Snapshot] = {}  # groups selecting the same content share one
         self._reported: dict[Key, str] = {}  # conflicts already logged
         self.translations = 0  # how many VirtualServices were (re)translated, for benchmarks and tests
+        self.serialized = 0  # how many resources were serialized, likewise
 
     # -- input -------------------------------------------------------------------------------
 
@@ -145,8 +146,10 @@ class SnapshotCache:
         return found
 
     def _translate(self, vs: VirtualService) -> Translated:
+        translated = translate(vs, self._resolve_selector)
         self.translations += 1
-        return translate(vs, self._resolve_selector)
+        self.serialized += len(translated.resources)
+        return translated
 
     # -- output ------------------------------------------------------------------------------
 
@@ -218,7 +221,8 @@ class SnapshotCache:
             self._rebuild(group)
         group.watches.add(watch)
         watch._set(group.snapshot)
-        self._report_conflicts()
+        if group.conflicts:
+            self._report_conflicts()
 
     def _update(self, group: Group, keys: list[Key]) -> bool:
         """Bring a group up to date after `keys` changed; True if its snapshot changed."""

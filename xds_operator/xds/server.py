@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # Finds a proxy's labels from its node; None while its identity is not known yet.
 Identify = Callable[[base_pb2.Node], Mapping[str, str] | None]
 
+MAX_RESPONSES_IN_FLIGHT = 64  # across all streams
 _SNAPSHOT_CHANGED = object()
 _CLOSED = object()
 
@@ -77,6 +78,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._on_progress = on_progress  # called when a proxy connects, leaves, ACKs or NACKs
         self._connections: dict[int, Connection] = {}
         self._next_stream_id = 0
+        self._sending = asyncio.Semaphore(MAX_RESPONSES_IN_FLIGHT)
 
     def proxies(self) -> list[dict]:
         """Per connected stream: node id, labels, and per type version and ACK/NACK state."""
@@ -159,7 +161,10 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     responses = connection.stream.on_request(item, connection.watch.snapshot)
                     self._note_progress(connection)
                 for response in responses:
-                    yield response
+                    # Every response in flight holds a copy in gRPC's buffers: a bound keeps a
+                    # push to thousands of proxies from holding them all at once.
+                    async with self._sending:
+                        yield response
         finally:
             reader.cancel()
             if connection is not None:
@@ -216,6 +221,10 @@ async def start_server(service: AggregatedDiscoveryService, address: str) -> tup
         options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+            # Thousands of proxies reconnecting at once (a restart): gRPC cancels calls beyond these
+            # while the loop is busy sending snapshots (defaults 1,000 and 3,000).
+            ("grpc.server.max_pending_requests", 20_000),
+            ("grpc.server.max_pending_requests_hard_limit", 40_000),
         ]
     )
     server.add_generic_rpc_handlers((_ads_handler(service),))

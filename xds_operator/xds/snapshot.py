@@ -8,12 +8,12 @@ that differs in one resource costs work for that resource, not for all of them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -55,6 +55,25 @@ class Resource:
     def packed(self) -> any_pb2.Any:
         return any_pb2.Any(type_url=self.type_url, value=self.body)
 
+    @cached_property
+    def as_response_item(self) -> bytes:
+        """This resource as an encoded `DiscoveryResponse.resources` entry (field 2, an Any)."""
+        return length_delimited(2, self.packed.SerializeToString(deterministic=True))
+
+
+def length_delimited(field_number: int, payload: bytes) -> bytes:
+    """A protobuf length-delimited field (wire type 2): tag, length, payload."""
+    return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
 
 def version_of(resources: Iterable[Resource]) -> str:
     """A content hash of (name, content) pairs, independent of order: equal content, equal version anywhere."""
@@ -77,14 +96,33 @@ class Selection:
     def resources(self) -> tuple[Resource, ...]:
         return self._build()
 
-    @cached_property
-    def sotw_body(self) -> bytes:
-        """A serialized state-of-the-world DiscoveryResponse without its nonce, made once and shared by
-        every stream sent this selection (each appends its own nonce: see stream.with_nonce)."""
-        response = discovery_pb2.DiscoveryResponse(
-            version_info=self.version, type_url=self.type_url, resources=[r.packed for r in self.resources]
-        )
-        return response.SerializeToString(deterministic=True)
+    @property
+    def nonce(self) -> str:
+        """The nonce of the state-of-the-world response: its version (a stream never gets one version twice
+        in a row, so consecutive nonces differ, and equal nonces mean equal content)."""
+        return self.version
+
+    @property
+    def sotw_response(self) -> bytes:
+        """The serialized state-of-the-world DiscoveryResponse, made once and sent as is to every stream.
+
+        Kept for the most recent selections only: thousands of distinct groups would otherwise
+        hold a full response each long after it was sent; rebuilding one is a cheap join.
+        """
+        return _encode_sotw(self)
+
+
+@functools.lru_cache(maxsize=256)
+def _encode_sotw(selection: Selection) -> bytes:
+    """Encoded by joining each resource's pre-encoded entry: no message is built or copied per stream."""
+    return b"".join(
+        [
+            length_delimited(1, selection.version.encode()),  # version_info
+            *(resource.as_response_item for resource in selection.resources),  # resources
+            length_delimited(4, selection.type_url.encode()),  # type_url
+            length_delimited(5, selection.nonce.encode()),  # nonce
+        ]
+    )
 
 
 @dataclass(eq=False)

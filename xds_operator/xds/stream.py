@@ -174,19 +174,5 @@ class SotwStream(ProxyStream):
             len(wanted.resources),
             self.node_id,
         )
-        return with_nonce(wanted.sotw_body, self._next_nonce(state))
-
-
-_NONCE_TAG = bytes([5 << 3 | 2])  # DiscoveryResponse.nonce: field 5, length-delimited
-
-
-def with_nonce(body: bytes, nonce: str) -> bytes:
-    """A serialized DiscoveryResponse with its nonce set.
-
-    Protobuf parsers merge fields appended to a message, so the resources (often hundreds of
-    kilobytes) are serialized once per selection, not once per stream.
-    """
-    encoded = nonce.encode()
-    if len(encoded) > 127:
-        raise ValueError("nonce too long for a one-byte length")
-    return body + _NONCE_TAG + bytes([len(encoded)]) + encoded
+        state.nonce = wanted.nonce
+        return wanted.sotw_response
