@@ -104,6 +104,26 @@ def measure(count: int) -> list[tuple[str, int, int, int, int]]:
     return rows
 
 
+def run(smoke: bool = False) -> list[dict]:
+    count = 20 if smoke else 1000
+    return [
+        {
+            "scenario": "wire bytes",
+            "name": f"{label} among {count:,} EDS clusters",
+            "parameters": {"virtual_services": count},
+            "figures": {
+                "sotw_bytes": sotw_bytes,
+                "sotw_resources": sotw_resources,
+                "delta_bytes": delta_bytes,
+                "delta_resources": delta_resources,
+            },
+            "ratios": {"sotw_vs_delta": sotw_bytes / delta_bytes},
+            "targets": {},
+        }
+        for label, sotw_bytes, sotw_resources, delta_bytes, delta_resources in measure(count)
+    ]
+
+
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
     print(f"{count} VirtualServices (1 listener + 1 EDS cluster each), one proxy subscribed to all")
