@@ -29,5 +29,6 @@ def test_every_stream_acks_the_edit_and_every_figure_is_measured() -> None:
         for name in ("server_cpu_seconds", "server_sync_cpu_seconds", "loadgen_push_cpu_seconds"):
             assert figures[name] >= 0, name
         assert figures["p50_seconds"] <= figures["p99_seconds"] <= figures["max_seconds"]
-        assert result["targets"] == {"p99_seconds": 2.0, "server_peak_rss_mb": 300}
+        main = result["parameters"]["groups"] == fanout.MAIN_GROUPS  # the targets are for 50 groups
+        assert result["targets"] == ({"p99_seconds": 2.0, "server_peak_rss_mb": 300} if main else {})
         assert set(result["ratios"]) >= {"p99_vs_target", "cpu_per_group_ms"}
