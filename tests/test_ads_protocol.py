@@ -712,3 +712,15 @@ async def test_proxy_of_unknown_identity_waits_unanswered(cache: SnapshotCache) 
         finally:
             await envoy.close()
     await server.stop(None)
+
+
+async def test_a_proxy_still_gets_its_config_when_every_send_slot_is_held(
+    cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slots bound the responses in flight; proxies that stop reading keep theirs, and must not stall others."""
+    monkeypatch.setattr(server_module, "SLOT_WAIT_SECONDS", 0.05)
+    service._sending = asyncio.Semaphore(0)  # as if stuck proxies held every slot
+    commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
+    envoy = connect()
+    assert resource_names(await envoy.subscribe_and_ack(CLUSTER)) == ["rtp-c"]
+    assert resource_names(await envoy.subscribe_and_ack(LISTENER)) == ["rtp-l"]

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 Identify = Callable[[base_pb2.Node], Mapping[str, str] | None]
 
 MAX_RESPONSES_IN_FLIGHT = 64  # across all streams
+SLOT_WAIT_SECONDS = 1.0  # proxies that stop reading must not stall the others for longer
 _SNAPSHOT_CHANGED = object()
 _CLOSED = object()
 
@@ -162,9 +163,14 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     self._note_progress(connection)
                 for response in responses:
                     # Every response in flight holds a copy in gRPC's buffers: a bound keeps a
-                    # push to thousands of proxies from holding them all at once.
-                    async with self._sending:
+                    # push to thousands of proxies from holding them all at once. A proxy that
+                    # stops reading holds its slot, so the wait for one is bounded too.
+                    slot = await self._send_slot()
+                    try:
                         yield response
+                    finally:
+                        if slot:
+                            self._sending.release()
         finally:
             reader.cancel()
             if connection is not None:
@@ -172,6 +178,15 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             if self._connections.pop(stream_id, None) is not None:
                 log.info("proxy %s disconnected", connection.stream.node_id)
                 self._on_progress()
+
+    async def _send_slot(self) -> bool:
+        """Take one of the in-flight slots; False if none freed up in time (then send anyway)."""
+        try:
+            await asyncio.wait_for(self._sending.acquire(), SLOT_WAIT_SECONDS)
+        except TimeoutError:
+            log.debug("all %d send slots busy for %.1fs; sending anyway", MAX_RESPONSES_IN_FLIGHT, SLOT_WAIT_SECONDS)
+            return False
+        return True
 
     def _note_progress(self, connection: Connection) -> None:
         """After a request: remember a snapshot the proxy now runs in full; tell the status side."""
