@@ -33,22 +33,14 @@ class Translated:
     resources: tuple[Resource, ...]
     addresses: tuple  # the resolved upstreams per cluster, to notice endpoint changes
     token: str  # changes whenever any of the resources does
+    # What it takes on a proxy: ("listener", name), ("cluster", name), ("port", number).
+    claims: frozenset[tuple[str, object]]
 
     @cached_property
     def weight(self) -> int:
         """A 128-bit hash of (key, token): a group's signature is the sum over its members."""
         text = f"{self.vs.namespace}/{self.vs.name}\0{self.token}"
         return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=16).digest())
-
-    @cached_property  # read on every rebuild of every group that selects it
-    def claims(self) -> frozenset[tuple[str, object]]:
-        """What this VirtualService takes on a proxy: listener names, cluster names, ports."""
-        claimed: set[tuple[str, object]] = set()
-        for listener in self.vs.spec.listeners:
-            claimed.add(("listener", listener.name))
-            claimed.add(("cluster", listener.udp.cluster.name))
-            claimed.add(("port", listener.udp.port))
-        return frozenset(claimed)
 
     def age(self) -> tuple[str, str, str]:
         """Conflict order: the oldest wins, then namespace/name order."""
@@ -58,17 +50,23 @@ class Translated:
 def translate(vs: VirtualService, resolve_selector: SelectorResolver) -> Translated:
     resolved = resolve_virtual_service(vs, resolve_selector)
     envoy = translate_virtual_service(vs, resolved=resolved)
+    listeners = [(listener.name, listener.udp.cluster.name, listener.udp.port) for listener in vs.spec.listeners]
+    eds = {assignment.cluster_name: assignment for assignment in envoy.load_assignments}
     resources: list[Resource] = []
-    for listener, cluster in zip(envoy.listeners, envoy.clusters, strict=True):
-        resources.append(Resource.of(listener.name, listener, requires=[(CLUSTER, cluster.name)]))
-    eds_names = {assignment.cluster_name for assignment in envoy.load_assignments}
-    for cluster in envoy.clusters:
-        requires = [(ENDPOINT, cluster.name)] if cluster.name in eds_names else []
-        resources.append(Resource.of(cluster.name, cluster, requires=requires))
-    for assignment in envoy.load_assignments:
-        resources.append(Resource.of(assignment.cluster_name, assignment))
-    token = hashlib.sha256("".join(r.type_url + r.name + r.digest for r in resources).encode()).hexdigest()[:16]
-    return Translated(vs, tuple(resources), resolved, token)
+    claims: set[tuple[str, object]] = set()
+    for (listener_name, cluster_name, port), listener, cluster in zip(
+        listeners, envoy.listeners, envoy.clusters, strict=True
+    ):
+        resources.append(Resource.of(listener_name, listener, requires=[(CLUSTER, cluster_name)]))
+        resources.append(
+            Resource.of(cluster_name, cluster, requires=[(ENDPOINT, cluster_name)] if cluster_name in eds else ())
+        )
+        claims.update((("listener", listener_name), ("cluster", cluster_name), ("port", port)))
+    resources.extend(Resource.of(name, assignment) for name, assignment in eds.items())
+    token = hashlib.blake2b(
+        "".join(r.type_url + r.name + r.digest for r in resources).encode(), digest_size=8
+    ).hexdigest()
+    return Translated(vs, tuple(resources), resolved, token, frozenset(claims))
 
 
 class Watch:
