@@ -18,8 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from .api import KIND, ValidationError, VirtualService, parse_virtual_service
-from .xds.cache import Key, SnapshotCache
+from .api import KIND, Key, ValidationError, VirtualService, key_of, parse_virtual_service
+from .xds.cache import SnapshotCache
 
 # libyaml's parser (PyYAML's C extension) when present: about ten times faster on large directories.
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -79,7 +79,7 @@ def read_file(path: Path) -> FileContents:
         if isinstance(document, dict) and document.get("kind") != KIND and isinstance(document.get("kind"), str):
             log.debug("%s: skipping kind %s", where, document["kind"])
             continue
-        key = _key_of(document)
+        key = key_of(document)
         if key is not None:
             where += f" ({key[0]}/{key[1]})"
         try:
@@ -89,15 +89,6 @@ def read_file(path: Path) -> FileContents:
             if key is not None:
                 contents.invalid_keys.add(key)
     return contents
-
-
-def _key_of(document: object) -> Key | None:
-    """(namespace, name) of a document, when it says them, even if it is otherwise invalid."""
-    metadata = document.get("metadata") if isinstance(document, dict) else None
-    if isinstance(metadata, dict) and isinstance(metadata.get("name"), str):
-        namespace = metadata.get("namespace")
-        return (namespace if isinstance(namespace, str) and namespace else "default", metadata["name"])
-    return None
 
 
 def _yaml_problem(error: yaml.YAMLError) -> str:

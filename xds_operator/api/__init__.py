@@ -1,7 +1,7 @@
 """The VirtualService API: typed model, parsing and validation (driven by protos/)."""
 
 from . import virtualservice_pb2 as pb
-from .model import VirtualService
+from .model import Key, VirtualService, key_of
 from .schema import API_GROUP, API_VERSION, KIND
 from .validate import FieldError, ValidationError, parse_spec, parse_virtual_service
 
@@ -10,8 +10,10 @@ __all__ = [
     "API_VERSION",
     "KIND",
     "FieldError",
+    "Key",
     "ValidationError",
     "VirtualService",
+    "key_of",
     "parse_spec",
     "parse_virtual_service",
     "pb",

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 from . import virtualservice_pb2 as pb
+
+Key = tuple[str, str]  # (namespace, name): a VirtualService's identity everywhere
+
+
+def key_of(document: Any) -> Key | None:
+    """(namespace, name) of a VirtualService document, when it says them, even if it is otherwise invalid."""
+    metadata = document.get("metadata") if isinstance(document, Mapping) else None
+    if isinstance(metadata, Mapping) and isinstance(metadata.get("name"), str):
+        namespace = metadata.get("namespace")
+        return (namespace if isinstance(namespace, str) and namespace else "default", metadata["name"])
+    return None
 
 
 @dataclass(frozen=True, eq=False)
@@ -19,7 +32,7 @@ class VirtualService:
     origin: str = ""  # where it came from, for messages: a file path, or "kubernetes"
 
     @property
-    def key(self) -> tuple[str, str]:
+    def key(self) -> Key:
         return (self.namespace, self.name)
 
     def __str__(self) -> str:

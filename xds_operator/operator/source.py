@@ -18,7 +18,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from kubernetes import client
 
-from ..api import API_GROUP, API_VERSION, ValidationError, parse_virtual_service
+from ..api import API_GROUP, API_VERSION, Key, ValidationError, key_of, parse_virtual_service
 from ..api.schema import PLURAL
 from ..xds.cache import SnapshotCache
 from ..xds.progress import summarize
@@ -29,7 +29,6 @@ from .status import Observed, StatusWriter, WarningEvent, now_rfc3339, status_of
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]
 COALESCE_SECONDS = 0.05  # events closer together than this become one snapshot
 STATUS_INTERVAL_SECONDS = 0.25  # status is recomputed at most this often
 
@@ -213,8 +212,8 @@ class KubernetesSource:
 
 
 def _key_of(obj: Mapping[str, Any]) -> Key:
-    metadata = obj.get("metadata") or {}
-    return (metadata.get("namespace") or "default", metadata.get("name") or "")
+    """The API server only sends named objects; a nameless one would fail validation under this key."""
+    return key_of(obj) or ("default", "")
 
 
 def start_watches(

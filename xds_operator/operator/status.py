@@ -22,7 +22,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ..api import API_GROUP, API_VERSION, KIND
+from ..api import API_GROUP, API_VERSION, KIND, Key
 from ..api.schema import PLURAL
 from ..xds.progress import Progress
 
@@ -108,9 +108,6 @@ def _condition(
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-Key = tuple[str, str]
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..api import VirtualService
+from ..api import Key, VirtualService
 from ..translate import SelectorResolver, no_pods, resolve_virtual_service, translate_virtual_service
 from .snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, Resource, Snapshot
 
 log = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name)
 LabelSet = frozenset[tuple[str, str]]
 
 

@@ -11,11 +11,9 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from ..api import VirtualService
+from ..api import Key, VirtualService
 from .server import ProxyProgress
 from .snapshot import Snapshot
-
-Key = tuple[str, str]
 
 
 @dataclass
