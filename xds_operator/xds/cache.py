@@ -17,7 +17,7 @@ from functools import cached_property
 
 from ..api import Key, VirtualService
 from ..translate import SelectorResolver, no_pods, resolve_virtual_service, translate_virtual_service
-from .snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, Resource, Snapshot
+from .snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, MODULUS, Resource, Snapshot, weight_of
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,7 @@ class Translated:
     @cached_property
     def weight(self) -> int:
         """A 128-bit hash of (key, token): a group's signature is the sum over its members."""
-        text = f"{self.vs.namespace}/{self.vs.name}\0{self.token}"
-        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=16).digest())
+        return weight_of(f"{self.vs.namespace}/{self.vs.name}\0{self.token}".encode())
 
     def age(self) -> tuple[str, str, str]:
         """Conflict order: the oldest wins, then namespace/name order."""
@@ -83,7 +82,6 @@ class Watch:
 
 
 Signature = tuple[int, int]  # (sum of member weights mod 2**128, member count): equal content, equal signature
-_MODULUS = 1 << 128
 
 
 @dataclass(eq=False)
@@ -262,7 +260,7 @@ class SnapshotCache:
             added.extend(translated.resources)
             contents[key] = translated.token
             total, count = total + translated.weight, count + 1
-        signature = (total % _MODULUS, count)
+        signature = (total % MODULUS, count)
         snapshot = self._by_signature.get(signature)
         if snapshot is None:
             snapshot = self._by_signature[signature] = group.snapshot.patched(removed, added, contents)
@@ -273,7 +271,7 @@ class SnapshotCache:
         """Decide the group from scratch: every selected VirtualService, oldest first, left out on conflict."""
         selected = sorted((t for t in self._services.values() if t.vs.selects(group.labels)), key=Translated.age)
         included = self._leave_out_conflicts(group, selected)
-        signature = (sum(t.weight for t in included) % _MODULUS, len(included))
+        signature = (sum(t.weight for t in included) % MODULUS, len(included))
         group.members = {t.vs.key: t for t in included}
         group.owners = {claim: t.vs.key for t in included for claim in t.claims}
         if signature == group.signature:

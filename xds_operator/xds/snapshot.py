@@ -27,7 +27,14 @@ PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER)
 NAMED_TYPES = frozenset({ENDPOINT})
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS"}
 
-_MODULUS = 1 << 128
+# Content hashes of sets are sums of 128-bit weights modulo this: independent of order, and
+# updated in O(1) when one member comes or goes.
+MODULUS = 1 << 128
+
+
+def weight_of(data: bytes) -> int:
+    """A member's 128-bit weight in such a sum."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=16).digest())
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,9 +54,10 @@ class Resource:
     @classmethod
     def of(cls, name: str, message: Message, requires: Iterable[tuple[str, str]] = ()) -> Resource:
         body = message.SerializeToString(deterministic=True)
-        hashed = hashlib.blake2b(name.encode() + b"\0" + body, digest_size=16).digest()
+        weight = weight_of(name.encode() + b"\0" + body)
         type_url = TYPE_PREFIX + message.DESCRIPTOR.full_name
-        return cls(name, type_url, body, hashed[:8].hex(), frozenset(requires), int.from_bytes(hashed))
+        digest = f"{weight:032x}"[:16]  # the weight's leading 64 bits, as hex: the resource's version
+        return cls(name, type_url, body, digest, frozenset(requires), weight)
 
     @cached_property
     def packed(self) -> any_pb2.Any:
@@ -77,7 +85,7 @@ def _varint(value: int) -> bytes:
 
 def version_of(resources: Iterable[Resource]) -> str:
     """A content hash of (name, content) pairs, independent of order: equal content, equal version anywhere."""
-    return _version(sum(resource.weight for resource in resources) % _MODULUS)
+    return _version(sum(resource.weight for resource in resources) % MODULUS)
 
 
 def _version(total: int) -> str:
@@ -138,7 +146,7 @@ class Snapshot:
     @classmethod
     def build(cls, by_type: Mapping[str, Iterable[Resource]], contents: Mapping | None = None) -> Snapshot:
         resources = {type_url: {r.name: r for r in by_type.get(type_url, ())} for type_url in PUSH_ORDER}
-        totals = {t: sum(r.weight for r in of_type.values()) % _MODULUS for t, of_type in resources.items()}
+        totals = {t: sum(r.weight for r in of_type.values()) % MODULUS for t, of_type in resources.items()}
         snapshot = cls(resources, dict(contents or {}), totals)
         snapshot.check_consistency()
         return snapshot
@@ -161,7 +169,7 @@ class Snapshot:
                 del resources[type_url][resource.name]
             else:
                 resources[type_url][resource.name] = resource
-            totals[type_url] = (totals[type_url] + sign * resource.weight) % _MODULUS
+            totals[type_url] = (totals[type_url] + sign * resource.weight) % MODULUS
         return Snapshot(resources, contents, totals)
 
     @cached_property
