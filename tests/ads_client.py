@@ -39,25 +39,74 @@ def resource_names(response: discovery_pb2.DiscoveryResponse) -> list[str]:
     return sorted(names)
 
 
-class AdsClient:
-    """One ADS stream, as Envoy drives it: node on the first request, then nonce + version.
+class _EnvoyLikeStream:
+    """What the clients of both ADS variants share: the node on the first request only, error
+    details for NACKs, and a background task that drains responses into a queue, so receiving
+    with a timeout never cancels the RPC itself."""
 
-    A background task drains the responses into a queue, so receiving with a timeout never
-    cancels the RPC itself.
-    """
-
-    def __init__(self, channel: grpc.aio.Channel, node_id: str, labels: Mapping[str, str]):
+    def __init__(self, call: Any, node_id: str, labels: Mapping[str, str]):
         self.node = base_pb2.Node(id=node_id, cluster="test")
         self.node.metadata.update({"labels": dict(labels)})
-        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-        self.responses: asyncio.Queue[discovery_pb2.DiscoveryResponse] = asyncio.Queue()
+        self.call = call
+        self.responses: asyncio.Queue[Any] = asyncio.Queue()
         self._first = True
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
             async for response in self.call:
+                self._received(response)
                 self.responses.put_nowait(response)
+
+    def _received(self, response: Any) -> None:
+        """A hook for what a client tracks of each response as it arrives."""
+
+    async def _write(self, request: Any, error: str | None) -> None:
+        if self._first:  # Envoy sends its node on the first request of a stream only
+            request.node.CopyFrom(self.node)
+            self._first = False
+        if error is not None:
+            request.error_detail.CopyFrom(
+                status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=error)
+            )
+        await asyncio.wait_for(self.call.write(request), RECEIVE_TIMEOUT)
+
+    async def recv(self, timeout: float = RECEIVE_TIMEOUT) -> Any:
+        try:
+            return await asyncio.wait_for(self.responses.get(), timeout)
+        except TimeoutError:
+            raise AssertionError(f"no response within {timeout} s") from None
+
+    async def _expect_type(self, type_url: str) -> Any:
+        response = await self.recv()
+        assert response.type_url == type_url, f"expected {type_url}, got {response.type_url}"
+        assert response.nonce, "every response carries a nonce"
+        return response
+
+    async def expect_nothing(self, timeout: float = SILENCE) -> None:
+        try:
+            response = await asyncio.wait_for(self.responses.get(), timeout)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected response: {self._describe(response)}")
+
+    def _describe(self, response: Any) -> str:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
+
+
+class AdsClient(_EnvoyLikeStream):
+    """One state-of-the-world ADS stream, as Envoy drives it: node on the first request, then nonce + version."""
+
+    def __init__(self, channel: grpc.aio.Channel, node_id: str, labels: Mapping[str, str]):
+        super().__init__(
+            ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources(), node_id, labels
+        )
 
     async def send(
         self,
@@ -71,42 +120,21 @@ class AdsClient:
         request = discovery_pb2.DiscoveryRequest(
             type_url=type_url, resource_names=list(names), version_info=version, response_nonce=nonce
         )
-        if self._first:  # Envoy sends its node on the first request of a stream only
-            request.node.CopyFrom(self.node)
-            self._first = False
-        if error is not None:
-            request.error_detail.CopyFrom(
-                status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=error)
-            )
-        await asyncio.wait_for(self.call.write(request), RECEIVE_TIMEOUT)
-
-    async def recv(self, timeout: float = RECEIVE_TIMEOUT) -> discovery_pb2.DiscoveryResponse:
-        try:
-            return await asyncio.wait_for(self.responses.get(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no response within {timeout} s") from None
+        await self._write(request, error)
 
     async def expect(
         self, type_url: str, names: Iterable[str] | None = None, version: str | None = None
     ) -> discovery_pb2.DiscoveryResponse:
         """Receive the next response and check its type (and resource names and version, if given)."""
-        response = await self.recv()
-        assert response.type_url == type_url, f"expected {type_url}, got {response.type_url}"
-        assert response.nonce, "every response carries a nonce"
+        response = await self._expect_type(type_url)
         if names is not None:
             assert resource_names(response) == sorted(names)
         if version is not None:
             assert response.version_info == version
         return response
 
-    async def expect_nothing(self, timeout: float = SILENCE) -> None:
-        try:
-            response = await asyncio.wait_for(self.responses.get(), timeout)
-        except TimeoutError:
-            return
-        raise AssertionError(
-            f"unexpected response: {response.type_url} version {response.version_info} {resource_names(response)}"
-        )
+    def _describe(self, response: discovery_pb2.DiscoveryResponse) -> str:
+        return f"{response.type_url} version {response.version_info} {resource_names(response)}"
 
     async def ack(self, response: discovery_pb2.DiscoveryResponse, names: Iterable[str] = ()) -> None:
         await self.send(response.type_url, names=names, version=response.version_info, nonce=response.nonce)
@@ -130,12 +158,6 @@ class AdsClient:
         await self.ack(response, names)
         return response
 
-    async def close(self) -> None:
-        self.call.cancel()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
-
 
 async def eventually(condition: Callable[[], bool], timeout: float = RECEIVE_TIMEOUT) -> None:
     """Wait until condition() holds (the server reacts to a closed stream asynchronously)."""
@@ -147,7 +169,7 @@ async def eventually(condition: Callable[[], bool], timeout: float = RECEIVE_TIM
         await asyncio.sleep(0.01)
 
 
-class DeltaAdsClient:
+class DeltaAdsClient(_EnvoyLikeStream):
     """One incremental (delta) ADS stream, as Envoy drives it; the proxy's view is kept in `held`.
 
     `held[type_url]` maps resource name → version, updated from every response (as Envoy does,
@@ -161,25 +183,17 @@ class DeltaAdsClient:
         labels: Mapping[str, str],
         held: dict[str, dict[str, str]] | None = None,
     ):
-        self.node = base_pb2.Node(id=node_id, cluster="test")
-        self.node.metadata.update({"labels": dict(labels)})
-        self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources()
-        self.responses: asyncio.Queue[discovery_pb2.DeltaDiscoveryResponse] = asyncio.Queue()
         self.held: dict[str, dict[str, str]] = held if held is not None else {}
-        self.bytes_received = 0
-        self._first = True
-        self._reader = asyncio.create_task(self._read())
+        super().__init__(
+            ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).DeltaAggregatedResources(), node_id, labels
+        )
 
-    async def _read(self) -> None:
-        with contextlib.suppress(grpc.aio.AioRpcError, asyncio.CancelledError):
-            async for response in self.call:
-                self.bytes_received += response.ByteSize()
-                held = self.held.setdefault(response.type_url, {})
-                for resource in response.resources:
-                    held[resource.name] = resource.version
-                for name in response.removed_resources:
-                    held.pop(name, None)
-                self.responses.put_nowait(response)
+    def _received(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
+        held = self.held.setdefault(response.type_url, {})
+        for resource in response.resources:
+            held[resource.name] = resource.version
+        for name in response.removed_resources:
+            held.pop(name, None)
 
     async def send(
         self,
@@ -198,43 +212,21 @@ class DeltaAdsClient:
             initial_resource_versions=dict(initial or {}),
             response_nonce=nonce,
         )
-        if self._first:
-            request.node.CopyFrom(self.node)
-            self._first = False
-        if error is not None:
-            request.error_detail.CopyFrom(
-                status_pb2.Status(code=grpc.StatusCode.INVALID_ARGUMENT.value[0], message=error)
-            )
-        await asyncio.wait_for(self.call.write(request), RECEIVE_TIMEOUT)
-
-    async def recv(self, timeout: float = RECEIVE_TIMEOUT) -> discovery_pb2.DeltaDiscoveryResponse:
-        try:
-            return await asyncio.wait_for(self.responses.get(), timeout)
-        except TimeoutError:
-            raise AssertionError(f"no response within {timeout} s") from None
+        await self._write(request, error)
 
     async def expect(
         self, type_url: str, changed: Iterable[str] | None = None, removed: Iterable[str] | None = None
     ) -> discovery_pb2.DeltaDiscoveryResponse:
         """The next response: its type, and (if given) the names it changes and removes."""
-        response = await self.recv()
-        assert response.type_url == type_url, f"expected {type_url}, got {response.type_url}"
-        assert response.nonce, "every response carries a nonce"
+        response = await self._expect_type(type_url)
         if changed is not None:
             assert delta_names(response) == sorted(changed)
         if removed is not None:
             assert sorted(response.removed_resources) == sorted(removed)
         return response
 
-    async def expect_nothing(self, timeout: float = SILENCE) -> None:
-        try:
-            response = await asyncio.wait_for(self.responses.get(), timeout)
-        except TimeoutError:
-            return
-        raise AssertionError(
-            f"unexpected response: {response.type_url} changed {delta_names(response)} "
-            f"removed {list(response.removed_resources)}"
-        )
+    def _describe(self, response: discovery_pb2.DeltaDiscoveryResponse) -> str:
+        return f"{response.type_url} changed {delta_names(response)} removed {list(response.removed_resources)}"
 
     async def ack(self, response: discovery_pb2.DeltaDiscoveryResponse) -> None:
         await self.send(response.type_url, nonce=response.nonce)
@@ -249,12 +241,6 @@ class DeltaAdsClient:
         response = await self.expect(type_url)
         await self.ack(response)
         return response
-
-    async def close(self) -> None:
-        self.call.cancel()
-        self._reader.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._reader
 
 
 def delta_names(response: discovery_pb2.DeltaDiscoveryResponse) -> list[str]:
