@@ -27,6 +27,18 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     return status, captured.out, captured.err
 
 
+def envoy_validate(tmp_path: Path, bootstrap: str) -> subprocess.CompletedProcess[str]:
+    """The real Envoy's verdict on a bootstrap (`envoy --mode validate`)."""
+    config = tmp_path / "bootstrap.yaml"
+    config.write_text(bootstrap)
+    return subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(config), "--log-level", "warn"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 # -- bootstrap ------------------------------------------------------------------------------
 
 
@@ -39,14 +51,7 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, capsys: pytest.CaptureFi
         ["bootstrap", "--node-id", "ingress-0", "--label", "app=envoy-ingress", "--xds-address", xds_address], capsys
     )
     assert status == 0, err
-    config = tmp_path / "bootstrap.yaml"
-    config.write_text(out)
-    result = subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(config), "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = envoy_validate(tmp_path, out)
     assert result.returncode == 0, f"envoy rejected the bootstrap:\n{result.stdout}\n{result.stderr}\n---\n{out}"
     assert "Deprecated field" not in result.stdout + result.stderr
 
@@ -59,14 +64,7 @@ def test_bootstrap_delta_uses_incremental_ads_and_envoy_accepts_it(
     assert yaml.safe_load(out)["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
     status, default, _ = run(["bootstrap", "--node-id", "ingress-0"], capsys)
     assert yaml.safe_load(default)["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
-    config = tmp_path / "bootstrap.yaml"
-    config.write_text(out)
-    result = subprocess.run(
-        [str(ENVOY), "--mode", "validate", "-c", str(config), "--log-level", "warn"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = envoy_validate(tmp_path, out)
     assert result.returncode == 0, f"envoy rejected the bootstrap:\n{result.stdout}\n{result.stderr}"
 
 
