@@ -24,6 +24,7 @@ import grpc
 import yaml
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from harness import Ports, serve_command
 from snapshot_build import LABELS, virtual_service
 
 from xds_operator.xds.snapshot import CLUSTER, LISTENER
@@ -36,12 +37,6 @@ def write_directory(directory: Path, count: int) -> None:
     for start in range(0, count, PER_FILE):
         documents = [virtual_service(index) for index in range(start, min(count, start + PER_FILE))]
         (directory / f"vs-{start:06d}.yaml").write_text(yaml.safe_dump_all(documents, sort_keys=False))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, deadline: float) -> None:
@@ -86,23 +81,9 @@ def measure(count: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="xds-cold-start-") as temporary:
         directory = Path(temporary)
         write_directory(directory, count)
-        port, admin_port = free_port(), free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "xds_operator.cli",
-            "--log-level",
-            os.environ.get("COLD_START_LOG_LEVEL", "warning"),
-            "serve",
-            "--dir",
-            str(directory),
-            "--xds-address",
-            "127.0.0.1",
-            "--xds-port",
-            str(port),
-            "--admin-port",
-            str(admin_port),
-        ]
+        ports = Ports()
+        port, admin_port = ports.take(), ports.take()
+        command = serve_command(directory, port, admin_port, os.environ.get("COLD_START_LOG_LEVEL", "warning"))
         log = directory / "server.log"
         started = time.monotonic()
         with open(log, "wb") as output:

@@ -41,7 +41,6 @@ import math
 import os
 import random
 import re
-import signal
 import socket
 import statistics
 import subprocess
@@ -57,6 +56,7 @@ from typing import Any
 
 import yaml
 from google.protobuf.json_format import MessageToDict
+from harness import Ports, serve_command, stop, tail
 
 from xds_operator.api import parse_virtual_service
 from xds_operator.echo import EchoWorker
@@ -70,7 +70,6 @@ TARGET_VS_FLOOR = 1.5
 CONVERGE_TIMEOUT = 10.0  # seconds from an edit to the first answer before giving up
 START_TIMEOUT = 20.0  # seconds for a process to come up
 SEND_INTERVAL = 0.002  # seconds between datagrams while waiting for the new port to answer
-LOG_TAIL = 4000  # characters of each log quoted in an error
 WORKER = "worker"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -81,14 +80,6 @@ class BenchError(RuntimeError):
 
 
 # ---------------------------------------------------------------- processes and ports
-
-
-def tail(path: Path, limit: int = LOG_TAIL) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError as error:
-        return f"({path}: {error.strerror})"
-    return text if len(text) <= limit else f"... ({len(text) - limit} characters left out)\n" + text[-limit:]
 
 
 @dataclass
@@ -105,34 +96,7 @@ class Process:
         return f"--- {self.title} log ({self.log_path}):\n{tail(self.log_path)}"
 
     def stop(self) -> None:
-        if self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-
-class Ports:
-    """Free ports, never the same one twice in a run (UDP listener ports must be free on 0.0.0.0)."""
-
-    def __init__(self) -> None:
-        self._handed_out: set[tuple[int, int]] = set()
-
-    def take(self, kind: int = socket.SOCK_STREAM) -> int:
-        for _ in range(1000):
-            with socket.socket(socket.AF_INET, kind) as sock:
-                sock.bind(("0.0.0.0", 0))
-                port = sock.getsockname()[1]
-            if (kind, port) not in self._handed_out:
-                self._handed_out.add((kind, port))
-                return port
-        raise BenchError("no free port found")
-
-    def udp(self) -> int:
-        return self.take(socket.SOCK_DGRAM)
+        stop(self.process)
 
 
 def http_get(url: str, timeout: float = 1.0) -> int:
@@ -381,22 +345,7 @@ def setup(*, log_level: str = "warning") -> Iterator[Setup]:
             log_path = directory / "xds-operator.log"
             with open(log_path, "wb") as log:
                 process = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "xds_operator.cli",
-                        "--log-level",
-                        log_level,
-                        "serve",
-                        "--dir",
-                        str(served),
-                        "--xds-address",
-                        "127.0.0.1",
-                        "--xds-port",
-                        str(xds_port),
-                        "--admin-port",
-                        str(admin_port),
-                    ],
+                    serve_command(served, xds_port, admin_port, log_level),
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,

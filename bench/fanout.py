@@ -22,12 +22,10 @@ generator's own CPU time (both processes share the machine's cores).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
 import queue
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,6 +38,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
+from harness import Ports, serve_command, stop, tail
 from snapshot_build import virtual_service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,17 +116,6 @@ def file_name(start: int) -> str:
 # -- processes ---------------------------------------------------------------------------------
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc/<pid>/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -154,30 +142,6 @@ def settle(pid: int, timeout: float = 5.0) -> float:
     return previous
 
 
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def stop(process: subprocess.Popen | None) -> None:
-    if process is None:
-        return
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-    for pipe in (process.stdin, process.stdout):
-        if pipe is not None:
-            with contextlib.suppress(OSError):  # a broken pipe to a process that is gone
-                pipe.close()
-
-
 class Run:
     """One configuration: its server and load generator, and what they report."""
 
@@ -196,26 +160,12 @@ class Run:
         served.mkdir()
         staged.mkdir()
         edit_from, edit_to = write_files(config, served, staged)
-        xds_port, admin_port = free_ports(2)
+        ports = Ports()
+        xds_port, admin_port = ports.take(), ports.take()
         try:
             started = time.monotonic()
             self.server = self._start(
-                [
-                    sys.executable,
-                    "-m",
-                    "xds_operator.cli",
-                    "--log-level",
-                    "warning",
-                    "serve",
-                    "--dir",
-                    str(served),
-                    "--xds-address",
-                    "127.0.0.1",
-                    "--xds-port",
-                    str(xds_port),
-                    "--admin-port",
-                    str(admin_port),
-                ],
+                serve_command(served, xds_port, admin_port),
                 self.server_log,
             )
             self._wait_ready(admin_port, started + config.ready_timeout)

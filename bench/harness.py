@@ -1,0 +1,78 @@
+"""What the benchmarks that run processes share: the control plane's command line, free ports,
+log tails, and stopping a process."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+LOG_TAIL = 12_000  # characters of a log shown with a failure
+
+
+def serve_command(directory: Path, xds_port: int, admin_port: int, log_level: str = "warning") -> list[str]:
+    """`xds-operator serve` on a directory, xDS on 127.0.0.1:xds_port, admin on admin_port."""
+    return [
+        sys.executable,
+        "-m",
+        "xds_operator.cli",
+        "--log-level",
+        log_level,
+        "serve",
+        "--dir",
+        str(directory),
+        "--xds-address",
+        "127.0.0.1",
+        "--xds-port",
+        str(xds_port),
+        "--admin-port",
+        str(admin_port),
+    ]
+
+
+class Ports:
+    """Free ports, never the same one twice in a run (UDP listener ports must be free on 0.0.0.0)."""
+
+    def __init__(self) -> None:
+        self._handed_out: set[tuple[int, int]] = set()
+
+    def take(self, kind: int = socket.SOCK_STREAM) -> int:
+        for _ in range(1000):
+            with socket.socket(socket.AF_INET, kind) as sock:
+                sock.bind(("0.0.0.0", 0))
+                port = sock.getsockname()[1]
+            if (kind, port) not in self._handed_out:
+                self._handed_out.add((kind, port))
+                return port
+        raise RuntimeError("no free port found")
+
+    def udp(self) -> int:
+        return self.take(socket.SOCK_DGRAM)
+
+
+def tail(path: Path, limit: int = LOG_TAIL) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError as error:
+        return f"({path}: {error.strerror})"
+    return text if len(text) <= limit else f"... ({len(text) - limit} characters left out)\n" + text[-limit:]
+
+
+def stop(process: subprocess.Popen | None) -> None:
+    """SIGTERM, then SIGKILL after 5 s; close the pipes we hold to it."""
+    if process is None:
+        return
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):  # a broken pipe to a process that is gone
+                pipe.close()
