@@ -13,14 +13,23 @@ from .admin import AdminServer, Handler
 from .files import DirectorySource
 from .xds.cache import SnapshotCache
 from .xds.server import AggregatedDiscoveryService, start_server
+from .xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
 
 log = logging.getLogger(__name__)
 
 GRACE_SECONDS = 2.0  # how long open streams get to finish on shutdown
 
 
-async def serve_directory(directory: Path, xds_address: str, admin_host: str, admin_port: int) -> None:
-    """Serve the VirtualServices in `directory` until SIGINT or SIGTERM."""
+async def serve_directory(
+    directory: Path,
+    xds_address: str,
+    admin_host: str,
+    admin_port: int,
+    *,
+    tls: ServerTls | None = None,
+    policy: ConnectionPolicy = DEFAULT_POLICY,
+) -> None:
+    """Serve the VirtualServices in `directory` until SIGINT or SIGTERM (xDS over TLS if `tls`)."""
     cache = SnapshotCache()
     source = DirectorySource(directory, cache)
     source.load()
@@ -32,11 +41,20 @@ async def serve_directory(directory: Path, xds_address: str, admin_host: str, ad
         admin_port,
         background=[source.watch()],
         description=f"VirtualServices from {directory}",
+        tls=tls,
+        policy=policy,
     )
 
 
 async def serve_kubernetes(
-    kubeconfig: Path | None, namespaces: Sequence[str], xds_address: str, admin_host: str, admin_port: int
+    kubeconfig: Path | None,
+    namespaces: Sequence[str],
+    xds_address: str,
+    admin_host: str,
+    admin_port: int,
+    *,
+    tls: ServerTls | None = None,
+    policy: ConnectionPolicy = DEFAULT_POLICY,
 ) -> None:
     """Serve the cluster's VirtualServices (in `namespaces`, or all) until SIGINT or SIGTERM."""
     from .operator.kube import api_client
@@ -63,6 +81,8 @@ async def serve_kubernetes(
             before_serving=source.synced(),
             description=f"VirtualServices from Kubernetes ({where})",
             routes={"/debug/virtualservices": lambda: (200, _records(source))},
+            tls=tls,
+            policy=policy,
         )
     finally:
         for reflector in reflectors:
@@ -92,6 +112,8 @@ async def _run(
     description: str,
     before_serving: Coroutine[Any, Any, None] | None = None,
     routes: dict[str, Handler] | None = None,
+    tls: ServerTls | None = None,
+    policy: ConnectionPolicy = DEFAULT_POLICY,
 ) -> None:
     """Admin port first (so probes answer), then wait for the source's first state, then serve xDS."""
     serving = False
@@ -122,10 +144,11 @@ async def _run(
             _raise_if_failed(tasks)
             if stop.is_set():
                 return
-        server, bound_xds = await start_server(service, xds_address)
+        server, bound_xds = await start_server(service, xds_address, tls=tls, policy=policy)
         serving = True
         log.info(
-            "serving xDS on %s (port %d), admin on %s:%d, %s",
+            "serving xDS (%s) on %s (port %d), admin on %s:%d, %s",
+            "plaintext" if tls is None else "mTLS" if tls.client_ca else "TLS",
             xds_address,
             bound_xds,
             admin_host,

@@ -9,6 +9,16 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .bootstrap import DEFAULT_KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS, MIN_KEEPALIVE_SECONDS
+from .xds.transport import (
+    DEFAULT_POLICY,
+    MIN_CLIENT_PING_INTERVAL_SECONDS,
+    SERVER_PING_TIMEOUT_SECONDS,
+    ConnectionPolicy,
+    ServerTls,
+    TlsFileError,
+    load_server_tls,
+)
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -16,6 +26,85 @@ def _label(text: str) -> tuple[str, str]:
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
     return key, value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a number of seconds") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number of seconds, 0 or more")
+    return value
+
+
+def _add_serve_transport_arguments(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "transport security and connections",
+        "xDS is plaintext unless --tls-cert and --tls-key are given; --client-ca then also requires client "
+        "certificates (mTLS). The admin port stays plain HTTP.",
+    )
+    group.add_argument(
+        "--tls-cert", type=Path, metavar="FILE", help="serve xDS over TLS with this PEM certificate chain"
+    )
+    group.add_argument("--tls-key", type=Path, metavar="FILE", help="the PEM private key of --tls-cert (unencrypted)")
+    group.add_argument(
+        "--client-ca",
+        type=Path,
+        metavar="FILE",
+        help="mTLS: accept only clients whose certificate this PEM CA bundle signed (needs --tls-cert)",
+    )
+    group.add_argument(
+        "--keepalive",
+        type=_seconds,
+        default=DEFAULT_POLICY.keepalive,
+        metavar="SECONDS",
+        help="ping each connection after this long without traffic; close it if no answer within "
+        f"{SERVER_PING_TIMEOUT_SECONDS:g}s (default: {DEFAULT_POLICY.keepalive:g}; 0: off). Client pings are "
+        f"allowed every {MIN_CLIENT_PING_INTERVAL_SECONDS:g}s",
+    )
+    group.add_argument(
+        "--max-connection-age",
+        type=_seconds,
+        default=DEFAULT_POLICY.max_connection_age,
+        metavar="SECONDS",
+        help="close each connection after this long (±10%% jitter), so proxies spread over new replicas; "
+        f"they reconnect and are re-sent nothing they hold (default: {DEFAULT_POLICY.max_connection_age:g}; 0: never)",
+    )
+    group.add_argument(
+        "--max-connection-age-grace",
+        type=_seconds,
+        default=DEFAULT_POLICY.max_connection_age_grace,
+        metavar="SECONDS",
+        help="after GOAWAY at the maximum age, how long the open stream may go on before the connection is "
+        f"closed (default: {DEFAULT_POLICY.max_connection_age_grace:g})",
+    )
+
+
+def _add_bootstrap_transport_arguments(bootstrap: argparse.ArgumentParser) -> None:
+    group = bootstrap.add_argument_group(
+        "transport security and keepalive",
+        "With --tls-ca the proxy connects over TLS and verifies the control plane's certificate: signed by "
+        "that CA, with --tls-server-name as a SAN. Paths are as Envoy sees them.",
+    )
+    group.add_argument("--tls-ca", metavar="FILE", help="connect over TLS, trusting this PEM CA for the server")
+    group.add_argument("--tls-cert", metavar="FILE", help="mTLS: the proxy's PEM client certificate (with --tls-key)")
+    group.add_argument("--tls-key", metavar="FILE", help="mTLS: the private key of --tls-cert")
+    group.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the DNS name or IP address the server's certificate must carry as a SAN; sent as SNI when a "
+        "name (default: the host of --xds-address)",
+    )
+    group.add_argument(
+        "--keepalive",
+        type=_seconds,
+        default=DEFAULT_KEEPALIVE_SECONDS,
+        metavar="SECONDS",
+        help=f"HTTP/2 PING interval on the xDS connection (default: {DEFAULT_KEEPALIVE_SECONDS:g}; 0: off; "
+        f"at least {MIN_KEEPALIVE_SECONDS:g}); no answer within min(interval, {KEEPALIVE_TIMEOUT_SECONDS:g}s) "
+        "closes it and Envoy reconnects",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="admin HTTP port: /healthz, /readyz, /debug/proxies (default: 19000)",
     )
+    _add_serve_transport_arguments(serve)
 
     validate = commands.add_parser(
         "validate",
@@ -103,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="use incremental xDS (DELTA_GRPC): only changed resources go on the wire (default: state of the world)",
     )
+    _add_bootstrap_transport_arguments(bootstrap)
     return parser
 
 
@@ -120,6 +211,10 @@ def _serve(args: argparse.Namespace) -> int:
     from .operator.kube import NoKubernetesConfig
 
     xds_address = f"{args.xds_address}:{args.xds_port}"
+    transport = _serve_transport(args)
+    if isinstance(transport, int):
+        return transport
+    tls, policy = transport
     if args.dir is not None:
         if args.kubeconfig is not None or args.namespace:
             print("xds-operator: --kubeconfig and --namespace apply without --dir only", file=sys.stderr)
@@ -127,15 +222,38 @@ def _serve(args: argparse.Namespace) -> int:
         if not args.dir.is_dir():
             print(f"xds-operator: --dir {args.dir}: not a directory", file=sys.stderr)
             return 2
-        serving = serve_directory(args.dir, xds_address, args.admin_address, args.admin_port)
+        serving = serve_directory(args.dir, xds_address, args.admin_address, args.admin_port, tls=tls, policy=policy)
     else:
-        serving = serve_kubernetes(args.kubeconfig, args.namespace, xds_address, args.admin_address, args.admin_port)
+        serving = serve_kubernetes(
+            args.kubeconfig, args.namespace, xds_address, args.admin_address, args.admin_port, tls=tls, policy=policy
+        )
     try:
         asyncio.run(serving)
     except (OSError, NoKubernetesConfig) as error:
         print(f"xds-operator: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve_transport(args: argparse.Namespace) -> tuple[ServerTls | None, ConnectionPolicy] | int:
+    """The TLS files (checked now) and connection policy; or the exit status after a printed error."""
+    policy = ConnectionPolicy(args.keepalive, args.max_connection_age, args.max_connection_age_grace)
+    if args.tls_cert is None and args.tls_key is None:
+        if args.client_ca is not None:
+            print(
+                "xds-operator: --client-ca needs --tls-cert and --tls-key (mTLS is TLS with client certificates)",
+                file=sys.stderr,
+            )
+            return 2
+        return None, policy
+    if args.tls_cert is None or args.tls_key is None:
+        print("xds-operator: --tls-cert and --tls-key go together: give both", file=sys.stderr)
+        return 2
+    try:
+        return load_server_tls(args.tls_cert, args.tls_key, args.client_ca), policy
+    except TlsFileError as error:
+        print(f"xds-operator: {error}", file=sys.stderr)
+        return 1
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -162,9 +280,17 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
-    from .bootstrap import envoy_bootstrap, render
+    from .bootstrap import ClientTls, envoy_bootstrap, render
 
+    if args.tls_ca is None and (args.tls_cert or args.tls_key or args.tls_server_name):
+        print(
+            "xds-operator bootstrap: --tls-cert, --tls-key and --tls-server-name need --tls-ca: "
+            "Envoy must verify the control plane's certificate",
+            file=sys.stderr,
+        )
+        return 2
     try:
+        tls = None if args.tls_ca is None else ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
         config = envoy_bootstrap(
             args.node_id,
             dict(args.label),
@@ -172,6 +298,8 @@ def _bootstrap(args: argparse.Namespace) -> int:
             cluster=args.cluster,
             admin_address=args.admin_address,
             delta=args.delta,
+            tls=tls,
+            keepalive=args.keepalive,
         )
     except ValueError as error:
         print(f"xds-operator bootstrap: {error}", file=sys.stderr)

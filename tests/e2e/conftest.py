@@ -393,7 +393,15 @@ def start_envoy(
     started: list[Envoy] = []
     numbers = count(1)
 
-    def start(labels: Mapping[str, str], node_id: str | None = None) -> Envoy:
+    def start(
+        labels: Mapping[str, str],
+        node_id: str | None = None,
+        *,
+        bootstrap_args: Sequence[str] = (),
+        wait_live: bool = True,
+    ) -> Envoy:
+        """bootstrap_args: more `xds-operator bootstrap` options. wait_live=False: return once the admin
+        port is up, without waiting for Envoy to go LIVE (it never does without its first config)."""
         number = next(numbers)
         node_id = node_id or f"e2e-envoy-{number}"
         admin_port = free_port()
@@ -409,6 +417,7 @@ def start_envoy(
             "--admin-address",
             f"127.0.0.1:{admin_port}",
             *(["--delta"] if ads_variant == "delta" else []),
+            *bootstrap_args,
         ]
         for key, value in labels.items():
             command += ["--label", f"{key}={value}"]
@@ -461,9 +470,10 @@ def start_envoy(
                 if not text:
                     return False
                 envoy.admin = text
-            return _http_get(f"http://{envoy.admin}/ready")[0] == 200
+            status = _http_get(f"http://{envoy.admin}/ready")[0]
+            return status == 200 or (not wait_live and status != 0)
 
-        wait_until(admin_up, f"Envoy {node_id} to be LIVE (admin /ready)")
+        wait_until(admin_up, f"Envoy {node_id} to be {'LIVE (admin /ready)' if wait_live else 'up (admin port)'}")
         return envoy
 
     try:

@@ -22,6 +22,7 @@ from .cache import SnapshotCache, Watch
 from .delta import DeltaStream
 from .snapshot import Snapshot
 from .stream import ProxyStream, SotwStream
+from .transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
 
 log = logging.getLogger(__name__)
 
@@ -230,8 +231,17 @@ def _ads_handler(service: AggregatedDiscoveryService) -> grpc.GenericRpcHandler:
     )
 
 
-async def start_server(service: AggregatedDiscoveryService, address: str) -> tuple[grpc.aio.Server, int]:
-    """Start the gRPC server on address (host:port, port 0 picks one); return it and the bound port."""
+async def start_server(
+    service: AggregatedDiscoveryService,
+    address: str,
+    *,
+    tls: ServerTls | None = None,
+    policy: ConnectionPolicy = DEFAULT_POLICY,
+) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server on address (host:port, port 0 picks one); return it and the bound port.
+
+    With tls, only TLS clients are served (and with tls.client_ca only those with a certificate it signed).
+    """
     server = grpc.aio.server(
         options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -240,10 +250,11 @@ async def start_server(service: AggregatedDiscoveryService, address: str) -> tup
             # while the loop is busy sending snapshots (defaults 1,000 and 3,000).
             ("grpc.server.max_pending_requests", 20_000),
             ("grpc.server.max_pending_requests_hard_limit", 40_000),
+            *policy.grpc_options(),
         ]
     )
     server.add_generic_rpc_handlers((_ads_handler(service),))
-    port = server.add_insecure_port(address)
+    port = server.add_insecure_port(address) if tls is None else server.add_secure_port(address, tls.credentials())
     if port == 0:
         raise OSError(f"cannot bind the xDS server to {address}")
     await server.start()

@@ -1,0 +1,146 @@
+"""How the xDS server talks on the wire: TLS / mTLS credentials, keepalive and maximum connection age.
+
+The certificate files are checked with the standard library's `ssl` before gRPC sees them, so a
+missing, unreadable or mismatched file is reported by flag and path instead of failing later in a
+handshake.
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+# A proxy whose peer vanished (node crash, network partition) leaves a half-open connection
+# and a watch behind: the server pings each connection after this long without traffic.
+SERVER_PING_TIMEOUT_SECONDS = 20.0  # no answer to a ping within this: the connection is closed
+# gRPC's default lets a client ping only once every 5 minutes while no data flows and answers
+# more frequent pings with GOAWAY (too_many_pings); Envoy's HTTP/2 keepalive pings more often.
+MIN_CLIENT_PING_INTERVAL_SECONDS = 1.0
+
+
+class TlsFileError(ValueError):
+    """A certificate, key or CA file that cannot be used; the message names the flag and the file."""
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """PEM bytes of the server's certificate chain and key; client_ca set means mTLS."""
+
+    certificate_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None = None
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.ssl_server_credentials(
+            [(self.private_key, self.certificate_chain)],
+            root_certificates=self.client_ca,
+            require_client_auth=self.client_ca is not None,
+        )
+
+
+@dataclass(frozen=True)
+class ConnectionPolicy:
+    """Keepalive and connection age of every xDS connection, in seconds (0 turns a setting off)."""
+
+    keepalive: float = 60.0
+    max_connection_age: float = 1800.0
+    max_connection_age_grace: float = 10.0
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        options = [
+            # Permit Envoy's keepalive pings, with or without an open stream.
+            ("grpc.http2.min_ping_interval_without_data_ms", _ms(MIN_CLIENT_PING_INTERVAL_SECONDS)),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        if self.keepalive > 0:
+            options += [
+                ("grpc.keepalive_time_ms", _ms(self.keepalive)),
+                ("grpc.keepalive_timeout_ms", _ms(SERVER_PING_TIMEOUT_SECONDS)),
+                # By default gRPC stops pinging after 2 pings without data; an idle ADS stream
+                # sends no data for hours, and it is exactly the one to watch.
+                ("grpc.http2.max_pings_without_data", 0),
+            ]
+        if self.max_connection_age > 0:
+            # gRPC adds ±10% jitter to the age, so connections made together do not all close together.
+            # At the age the server sends GOAWAY; the ADS stream never ends by itself, so after the grace
+            # period the connection is closed and Envoy reconnects, possibly to another replica.
+            options += [
+                ("grpc.max_connection_age_ms", _ms(self.max_connection_age)),
+                ("grpc.max_connection_age_grace_ms", _ms(self.max_connection_age_grace)),
+            ]
+        return options
+
+
+DEFAULT_POLICY = ConnectionPolicy()
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def load_server_tls(certificate: Path, key: Path, client_ca: Path | None = None) -> ServerTls:
+    """Read and check the server's TLS files; raise TlsFileError naming the flag and file at fault."""
+    chain = _read("--tls-cert", certificate)
+    private_key = _read("--tls-key", key)
+    ca = _read("--client-ca", client_ca) if client_ca is not None else None
+    _check_certificates("--tls-cert", certificate, chain)
+    if ca is not None:
+        _check_certificates("--client-ca", client_ca, ca)
+    _check_key_matches(certificate, key)
+    return ServerTls(chain, private_key, ca)
+
+
+def _read(flag: str, path: Path) -> bytes:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise TlsFileError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise TlsFileError(f"{flag} {path}: is a directory, expected a PEM file") from None
+    except OSError as error:
+        raise TlsFileError(f"{flag} {path}: cannot read: {error.strerror}") from None
+    if b"-----BEGIN " not in data:
+        raise TlsFileError(f"{flag} {path}: not a PEM file (no -----BEGIN line)")
+    return data
+
+
+def _check_certificates(flag: str, path: Path, data: bytes) -> None:
+    """The file holds at least one readable certificate."""
+    if b"-----BEGIN CERTIFICATE-----" not in data:
+        raise TlsFileError(f"{flag} {path}: holds no certificate (no -----BEGIN CERTIFICATE----- block)")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cadata=data.decode("ascii", errors="replace"))
+    except (ssl.SSLError, ValueError) as error:
+        raise TlsFileError(f"{flag} {path}: not a valid PEM certificate ({_reason(error)})") from None
+
+
+def _check_key_matches(certificate: Path, key: Path) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(certificate, key, password=_no_password)
+    except _EncryptedKey:
+        raise TlsFileError(f"--tls-key {key}: the key is encrypted; give an unencrypted PEM key") from None
+    except ssl.SSLError as error:
+        if "KEY_VALUES_MISMATCH" in str(error) or "key values mismatch" in str(error):
+            raise TlsFileError(f"--tls-key {key}: does not match the certificate in --tls-cert {certificate}") from None
+        raise TlsFileError(f"--tls-key {key}: not a valid PEM private key ({_reason(error)})") from None
+
+
+class _EncryptedKey(Exception):
+    pass
+
+
+def _no_password() -> bytes:
+    # Called only for an encrypted key; without it OpenSSL would prompt on the terminal.
+    raise _EncryptedKey
+
+
+def _reason(error: Exception) -> str:
+    """OpenSSL's words without the C source location."""
+    text = re.sub(r"^\[\w+\]\s*|\s*\(_ssl\.c:\d+\)", "", str(error)).strip()
+    return "unreadable PEM data" if text in ("", "PEM lib") else text
