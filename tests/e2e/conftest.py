@@ -304,6 +304,15 @@ class Envoy:
             lambda: self.cluster_hosts(cluster) == ports, f"cluster {cluster!r} hosts == {sorted(ports)}", timeout
         )
 
+    def stats(self) -> dict[str, int]:
+        """Envoy's counters and gauges (name → value)."""
+        values = {}
+        for line in self.get("/stats").splitlines():
+            name, sep, value = line.partition(": ")
+            if sep and value.strip().lstrip("-").isdigit():
+                values[name] = int(value)
+        return values
+
     def config_dump(self) -> dict:
         return json.loads(self.get("/config_dump"))
 

@@ -1,0 +1,67 @@
+"""End to end in Kubernetes mode over mTLS: the operator (fake API server, real client) serves a real Envoy
+identified by its pod, with a client certificate; an Envoy without one gets nothing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from certs import Pki, make_pki
+from fake_apiserver import FakeApiServer
+
+from .conftest import ControlPlane, Envoy, free_port, free_udp_port, launch_control_plane, send_until_answer
+from .test_kubernetes import INGRESS, NS, Cluster, vs_body
+from .test_tls import assert_refused, envoy_flags, server_flags
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def ads_variant() -> str:
+    return "sotw"  # the transport is the same for both ADS variants
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiServer]:
+    with FakeApiServer(bookmark_interval=1.0) as server:
+        yield server
+
+
+@pytest.fixture
+def cluster(apiserver: FakeApiServer) -> Iterator[Cluster]:
+    made = Cluster(apiserver)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def operator(request: pytest.FixtureRequest, tmp_path: Path, apiserver: FakeApiServer, pki: Pki):
+    kubeconfig = apiserver.kubeconfig(tmp_path / "kubeconfig")
+    yield from launch_control_plane(request, tmp_path, ["--kubeconfig", str(kubeconfig), *server_flags(pki, "mtls")])
+
+
+@pytest.fixture
+def xds_server(operator: ControlPlane) -> ControlPlane:
+    return operator
+
+
+@pytest.mark.usefixtures("xds_server")
+def test_kubernetes_mode_serves_over_mtls(pki, cluster: Cluster, operator, start_envoy: Callable[..., Envoy]):
+    worker_port, port = free_udp_port(), free_udp_port()
+    cluster.worker_pod("worker-a", worker_port, free_port())
+    cluster.create(vs_body("calls", port, worker_port))
+    cluster.pod("envoy-0", INGRESS, "127.0.0.1")
+    cluster.pod("envoy-1", INGRESS, "127.0.0.1")
+    envoy = start_envoy(
+        {}, node_id=f"{NS}/envoy-0", bootstrap_args=envoy_flags(pki.ca.cert, (pki.client.cert, pki.client.key))
+    )
+    no_cert = start_envoy({}, node_id=f"{NS}/envoy-1", bootstrap_args=envoy_flags(pki.ca.cert), wait_live=False)
+
+    envoy.wait_listener("calls-l", port)
+    assert send_until_answer(port) == "worker-a"
+    cluster.wait_condition("calls", "Programmed", "True")
+    assert_refused(no_cert, operator)
