@@ -428,3 +428,33 @@ def test_makefile_targets() -> None:
     assert re.search(r"^crds: \$\(STAMP\)$", makefile, re.M)
     _, main, _ = operator()
     assert main["image"] == "xds-operator:latest"  # what `make docker-build` tags by default
+
+
+# -------------------------------------------------------------------------------- config/tls (mTLS overlay)
+
+
+def test_tls_overlay_serves_mtls_from_the_certificate_secret() -> None:
+    objects = rendered("tls")
+    certificate = one(objects, "Certificate", "xds-operator-tls")
+    for obj in objects:
+        if obj["kind"] != "Certificate":  # cert-manager's kind: not in Kubernetes' schemas
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    deployment = one(objects, "Deployment", "xds-operator")
+    main = container(deployment)
+    args = cli.build_parser().parse_args(main["args"])
+    [mount] = [m for m in main["volumeMounts"] if m["name"] == "tls"]
+    [volume] = [v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls"]
+    directory = Path(mount["mountPath"])
+    assert (args.tls_cert, args.tls_key, args.client_ca) == (
+        directory / "tls.crt",
+        directory / "tls.key",
+        directory / "ca.crt",
+    )
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert certificate["metadata"]["namespace"] == NAMESPACE
+    # Envoys reach the control plane at its Service's name: the certificate must carry it.
+    _, _, service = operator()
+    assert f"{service['metadata']['name']}.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
+    # The key file (root-owned, mode 0440) is readable through the pod's fsGroup, the container's group.
+    pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
+    assert pod_security["fsGroup"] == pod_security["runAsGroup"]
