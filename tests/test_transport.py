@@ -5,6 +5,9 @@ transport socket and keepalive as the real Envoy validates them."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -104,7 +107,8 @@ def tls_channel(port: int, pki: Pki, *, trust: Path | None = None, client: tuple
         private_key=client[1].read_bytes() if client else None,
         certificate_chain=client[0].read_bytes() if client else None,
     )
-    return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials)
+    # A channel of its own (no shared subchannel): every call makes a new connection and handshake.
+    return grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 async def test_a_tls_server_serves_tls_clients_and_refuses_plaintext(serve, pki: Pki) -> None:
@@ -127,6 +131,50 @@ async def test_an_mtls_server_serves_only_clients_with_a_certificate_from_its_ca
 async def test_a_plaintext_server_still_serves_plaintext_clients(serve, pki: Pki) -> None:
     port = await serve(None)
     assert await first_answer(grpc.aio.insecure_channel(f"127.0.0.1:{port}")) == "config"
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not(
+    serve, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+
+    def install(new_cert: Path, new_key: Path) -> None:
+        """Replace both files the way a Secret volume does: whole files, swapped in at once."""
+        for source, target in ((new_cert, cert), (new_key, key)):
+            temporary = target.with_suffix(".tmp")
+            shutil.copyfile(source, temporary)
+            os.replace(temporary, target)
+
+    install(pki.server.cert, pki.server.key)
+    port = await serve(load_server_tls(cert, key))
+    assert await first_answer(tls_channel(port, pki)) == "config"
+
+    install(pki.other_server.cert, pki.other_server.key)  # renewed, by another CA
+    await eventually_answers(lambda: tls_channel(port, pki, trust=pki.other_ca.cert), "config")
+    assert await first_answer(tls_channel(port, pki)) == "UNAVAILABLE"  # the old certificate is gone
+
+    install(pki.server.cert, pki.other_server.key)  # a key that does not match: not used
+    with caplog.at_level(logging.WARNING, logger="xds_operator.xds.transport"):
+        await eventually_answers(lambda: tls_channel(port, pki, trust=pki.other_ca.cert), "config", until_log=caplog)
+    assert "keeping the previous certificate" in caplog.text and str(key) in caplog.text
+
+
+async def eventually_answers(
+    channel: Callable[[], grpc.aio.Channel], expected: str, until_log: pytest.LogCaptureFixture | None = None
+) -> None:
+    """New connections until one gets `expected` (and, with until_log, a warning was logged); each
+    answer before that must be `expected` too when waiting for the log."""
+    deadline = asyncio.get_running_loop().time() + ANSWER_TIMEOUT
+    while True:
+        answer = await first_answer(channel())
+        if until_log is None and answer == expected:
+            return
+        if until_log is not None:
+            assert answer == expected
+            if until_log.records:
+                return
+        assert asyncio.get_running_loop().time() < deadline, f"still {answer!r} after {ANSWER_TIMEOUT}s"
+        await asyncio.sleep(0.1)
 
 
 # -- checking the files ------------------------------------------------------------------------------

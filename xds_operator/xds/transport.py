@@ -7,12 +7,16 @@ handshake.
 
 from __future__ import annotations
 
+import logging
 import re
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+
+log = logging.getLogger(__name__)
 
 # A proxy whose peer vanished (node crash, network partition) leaves a half-open connection
 # and a watch behind: the server pings each connection after this long without traffic.
@@ -20,6 +24,7 @@ SERVER_PING_TIMEOUT_SECONDS = 20.0  # no answer to a ping within this: the conne
 # gRPC's default lets a client ping only once every 5 minutes while no data flows and answers
 # more frequent pings with GOAWAY (too_many_pings); Envoy's HTTP/2 keepalive pings more often.
 MIN_CLIENT_PING_INTERVAL_SECONDS = 1.0
+RELOAD_CHECK_SECONDS = 1.0  # how often, at most, the TLS files are looked at for a renewed certificate
 
 
 class TlsFileError(ValueError):
@@ -27,19 +32,83 @@ class TlsFileError(ValueError):
 
 
 @dataclass(frozen=True)
+class TlsFiles:
+    certificate: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True)
 class ServerTls:
-    """PEM bytes of the server's certificate chain and key; client_ca set means mTLS."""
+    """PEM bytes of the server's certificate chain and key; client_ca set means mTLS.
+
+    files: where they were read from; then a changed file (a renewed certificate) is read again
+    before the next handshake, and takes effect if it passes the same checks.
+    """
 
     certificate_chain: bytes
     private_key: bytes
     client_ca: bytes | None = None
+    files: TlsFiles | None = None
+
+    def configuration(self) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration([(self.private_key, self.certificate_chain)], self.client_ca)
 
     def credentials(self) -> grpc.ServerCredentials:
-        return grpc.ssl_server_credentials(
-            [(self.private_key, self.certificate_chain)],
-            root_certificates=self.client_ca,
-            require_client_auth=self.client_ca is not None,
+        if self.files is None:
+            return grpc.ssl_server_credentials(
+                [(self.private_key, self.certificate_chain)],
+                root_certificates=self.client_ca,
+                require_client_auth=self.client_ca is not None,
+            )
+        return grpc.dynamic_ssl_server_credentials(
+            self.configuration(), CertificateReloader(self), require_client_authentication=self.client_ca is not None
         )
+
+
+class CertificateReloader:
+    """gRPC calls this before every TLS handshake: a new configuration once the files changed, else None.
+
+    It looks at the files' metadata at most once per RELOAD_CHECK_SECONDS. A Secret volume swaps all
+    files at once (its ..data link), so the three are read together; a set that fails the checks (say,
+    a key that does not match its certificate) is logged and the previous certificate stays in use.
+    """
+
+    def __init__(self, current: ServerTls):
+        assert current.files is not None
+        self._files = current.files
+        self._mtls = current.client_ca is not None
+        self._signature = _signature(self._files)
+        self._next_check = 0.0
+
+    def __call__(self) -> grpc.ServerCertificateConfiguration | None:
+        now = time.monotonic()
+        if now < self._next_check:
+            return None
+        self._next_check = now + RELOAD_CHECK_SECONDS
+        signature = _signature(self._files)
+        if signature == self._signature:
+            return None
+        self._signature = signature
+        try:
+            tls = load_server_tls(self._files.certificate, self._files.key, self._files.client_ca)
+        except TlsFileError as error:
+            log.warning("TLS files changed but cannot be used, keeping the previous certificate: %s", error)
+            return None
+        log.info("TLS files changed: serving the new certificate %s", self._files.certificate)
+        return tls.configuration()
+
+
+def _signature(files: TlsFiles) -> tuple:
+    """What changes when a file is replaced or rewritten (stat follows a Secret volume's symlinks)."""
+    result = []
+    for path in (files.certificate, files.key, files.client_ca):
+        try:
+            info = path.stat() if path is not None else None
+        except OSError:
+            info = None
+        result.append(None if info is None else (info.st_ino, info.st_mtime_ns, info.st_size))
+    return tuple(result)
 
 
 @dataclass(frozen=True)
@@ -91,7 +160,7 @@ def load_server_tls(certificate: Path, key: Path, client_ca: Path | None = None)
     if ca is not None:
         _check_certificates("--client-ca", client_ca, ca)
     _check_key_matches(certificate, key)
-    return ServerTls(chain, private_key, ca)
+    return ServerTls(chain, private_key, ca, TlsFiles(certificate, key, client_ca))
 
 
 def _read(flag: str, path: Path) -> bytes:
