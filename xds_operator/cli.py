@@ -21,7 +21,7 @@ def _label(text: str) -> tuple[str, str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xds-operator",
-        description="An Envoy xDS control plane for UDP VirtualServices (servicemesh.l7mp.io/v1).",
+        description="An Envoy xDS control plane for UDP and TCP VirtualServices (servicemesh.l7mp.io/v1).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--node-id", required=True, help="the proxy's node id (unique per Envoy)")
     bootstrap.add_argument(
         "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="a proxy label; repeatable"
+    )
+    bootstrap.add_argument(
+        "--labels-from-env",
+        metavar="VAR",
+        help="also take proxy labels from environment variable VAR, written k1=v1,k2=v2 (whitespace around items "
+        "is ignored, a value may be empty: k=); on the same key an explicit --label wins",
     )
     bootstrap.add_argument(
         "--xds-address",
@@ -162,12 +168,17 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
+    import os
+
     from .bootstrap import envoy_bootstrap, render
+    from .labels import labels_from_env
 
     try:
+        labels = labels_from_env(args.labels_from_env, os.environ) if args.labels_from_env is not None else {}
+        labels.update(args.label)  # explicit --label wins
         config = envoy_bootstrap(
             args.node_id,
-            dict(args.label),
+            labels,
             args.xds_address,
             cluster=args.cluster,
             admin_address=args.admin_address,
