@@ -13,7 +13,17 @@ from typing import Any
 import pytest
 import yaml
 
-from xds_operator.api import FieldError, ValidationError, VirtualService, parse_spec, parse_virtual_service
+from xds_operator.api import (
+    FieldError,
+    ValidationError,
+    VirtualService,
+    cluster_of,
+    parse_spec,
+    parse_virtual_service,
+    pb,
+    port_of,
+    protocol_of,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = sorted(p for p in (REPO / "config" / "samples").glob("*.yaml") if p.name != "kustomization.yaml")
@@ -62,14 +72,23 @@ def endpoint(doc: Doc, index: int = 0, listener_index: int = 0) -> Doc:
     return cluster(doc, listener_index)["endpoints"][index]
 
 
-def second_listener(doc: Doc, *, name: str = "rtp2-l", port: int = 3000, cluster_name: str = "rtp2-c") -> Doc:
-    """Append a copy of listener 0 with the given name, port and cluster name."""
+def second_listener(
+    doc: Doc, *, name: str = "rtp2-l", port: int = 3000, cluster_name: str = "rtp2-c", protocol: str = "udp"
+) -> Doc:
+    """Append a copy of listener 0 (as a `protocol` block) with the given name, port and cluster name."""
     extra = copy.deepcopy(listener(doc))
     extra["name"] = name
-    extra["udp"]["port"] = port
-    extra["udp"]["cluster"]["name"] = cluster_name
+    block = extra[protocol] = extra.pop("udp", None) or extra.pop("tcp")
+    block["port"] = port
+    block["cluster"]["name"] = cluster_name
     doc["spec"]["listeners"].append(extra)
     return extra
+
+
+def as_tcp(doc: Doc, index: int = 0) -> Doc:
+    """Turn listener `index` into a TCP listener with the same fields."""
+    listener(doc, index)["tcp"] = listener(doc, index).pop("udp")
+    return doc
 
 
 def errors_of(document: Any) -> list[tuple[str, str]]:
@@ -267,7 +286,6 @@ def test_spec_must_be_an_object() -> None:
         (lambda d: d["spec"].pop("selector"), "spec.selector"),
         (lambda d: d["spec"].pop("listeners"), "spec.listeners"),
         (lambda d: listener(d).pop("name"), "spec.listeners[0].name"),
-        (lambda d: listener(d).pop("udp"), "spec.listeners[0].udp"),
         (lambda d: listener(d)["udp"].pop("port"), "spec.listeners[0].udp.port"),
         (lambda d: listener(d)["udp"].pop("cluster"), "spec.listeners[0].udp.cluster"),
         (lambda d: cluster(d).pop("name"), "spec.listeners[0].udp.cluster.name"),
@@ -279,7 +297,6 @@ def test_spec_must_be_an_object() -> None:
         (lambda d: d.pop("spec"), "spec"),
         (lambda d: d.pop("metadata"), "metadata"),
         (lambda d: d["metadata"].pop("name"), "metadata.name"),
-        (lambda d: listener(d).update(udp=None), "spec.listeners[0].udp"),  # explicit YAML null
     ],
     ids=lambda v: v if isinstance(v, str) else "",
 )
@@ -398,22 +415,83 @@ def test_strictdns_cluster_accepts_dns_name() -> None:
     assert parse_virtual_service(doc).spec.listeners[0].udp.cluster.endpoints[0].host.address == "worker.media.svc"
 
 
-# -- reserved tcp block ---------------------------------------------------------------------
+# -- tcp listeners -------------------------------------------------------------------------
 
 
-def test_tcp_listener_block_is_rejected() -> None:
+def test_tcp_listener_parses_with_the_same_fields() -> None:
+    vs = parse_virtual_service(as_tcp(valid_doc()))
+    [only] = vs.spec.listeners
+    assert only.WhichOneof("protocol") == "tcp"
+    assert (protocol_of(only), port_of(only), cluster_of(only).name) == ("TCP", 2000, "rtp-c")
+    assert cluster_of(only).hash_key == "callid"
+    assert [e.name for e in cluster_of(only).endpoints] == ["a", "b"]
+
+
+def test_protocol_helpers_on_a_udp_listener() -> None:
+    [only] = parse_virtual_service(valid_doc()).spec.listeners
+    assert (protocol_of(only), port_of(only), cluster_of(only).name) == ("UDP", 2000, "rtp-c")
+
+
+def test_protocol_helpers_name_a_listener_without_a_block() -> None:
+    with pytest.raises(ValueError, match="'bare' has neither a udp nor a tcp block"):
+        protocol_of(pb.Listener(name="bare"))
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: listener(d).pop("udp"),
+        lambda d: listener(d).update(udp=None),  # explicit YAML null
+        lambda d: listener(d).update(udp={}),
+    ],
+    ids=["absent", "null", "empty"],
+)
+def test_listener_needs_a_udp_or_a_tcp_block(mutate: Callable[[Doc], object]) -> None:
+    assert ("spec.listeners[0]", "set exactly one of udp, tcp") in rejected(mutate)
+
+
+def test_listener_with_both_blocks_is_rejected_once() -> None:
+    """Only the listener is blamed: the other listeners' ports and clusters are not reported as duplicates."""
+
     def mutate(d: Doc) -> None:
-        listener(d)["tcp"] = listener(d).pop("udp")
+        second_listener(d, name="tcp-l", cluster_name="tcp-c", port=2000, protocol="tcp")
+        listener(d)["tcp"] = copy.deepcopy(listener(d)["udp"])
+
+    assert rejected(mutate) == [("spec.listeners[0]", "set exactly one of udp, tcp")]
+
+
+def test_tcp_errors_name_the_tcp_path() -> None:
+    def mutate(d: Doc) -> None:
+        as_tcp(d)
+        listener(d)["tcp"]["port"] = 0
+        listener(d)["tcp"]["cluster"]["service_discovery"] = "eds"
+        listener(d)["tcp"]["cluster"]["endpoints"][0]["host"] = {"address": "worker.media.svc"}
 
     errors = rejected(mutate)
-    assert ("spec.listeners[0].tcp", "tcp listeners are reserved and not supported yet; use a udp block") in errors
-    assert ("spec.listeners[0].udp", "required") in errors
+    assert ("spec.listeners[0].tcp.port", "must be at least 1, got 0") in errors
+    assert any(path == "spec.listeners[0].tcp.cluster.endpoints[0].host.address" for path, _ in errors)
 
 
-def test_tcp_block_next_to_udp_is_rejected() -> None:
-    [(path, message)] = rejected(lambda d: listener(d).update(tcp={"port": 3000}))
-    assert path == "spec.listeners[0].tcp"
-    assert "reserved" in message and "udp" in message
+def test_udp_and_tcp_listeners_may_share_a_port() -> None:
+    doc = valid_doc()
+    second_listener(doc, port=2000, protocol="tcp")
+    spec = parse_virtual_service(doc).spec
+    assert [(protocol_of(item), port_of(item)) for item in spec.listeners] == [("UDP", 2000), ("TCP", 2000)]
+
+
+def test_two_tcp_listeners_may_not_share_a_port() -> None:
+    def mutate(d: Doc) -> None:
+        as_tcp(d)
+        second_listener(d, port=3000, protocol="tcp")
+        second_listener(d, name="rtp3-l", cluster_name="rtp3-c", port=3000, protocol="tcp")
+
+    assert rejected(mutate) == [("spec.listeners[2].tcp.port", "duplicate port 3000 (also in spec.listeners[1])")]
+
+
+def test_cluster_names_are_unique_across_protocols() -> None:
+    assert rejected(lambda d: second_listener(d, cluster_name="rtp-c", protocol="tcp")) == [
+        ("spec.listeners[1].tcp.cluster.name", "duplicate cluster name 'rtp-c' (also in spec.listeners[0])")
+    ]
 
 
 # -- uniqueness -----------------------------------------------------------------------------

@@ -8,14 +8,16 @@ from typing import Any
 
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3.address_pb2 import SocketAddress
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 
-from xds_operator.api import VirtualService, parse_virtual_service
+from xds_operator.api import VirtualService, cluster_of, parse_virtual_service
 from xds_operator.xds.cache import SnapshotCache, Watch
 from xds_operator.xds.snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, Resource, Snapshot
 
 INGRESS = {"app": "envoy-ingress"}
+UDP, TCP = SocketAddress.UDP, SocketAddress.TCP
 
 
 def vs_doc(
@@ -30,8 +32,9 @@ def vs_doc(
     address: str = "10.0.0.1",
     created: str | None = None,
     pod_selector: Mapping[str, str] | None = None,
+    protocol: str = "udp",
 ) -> dict[str, Any]:
-    """A one-listener VirtualService document; names default to <name>-l / <name>-c."""
+    """A one-listener VirtualService document (`protocol`: udp or tcp); names default to <name>-l / <name>-c."""
     host: dict[str, Any] = {"selector": dict(pod_selector)} if pod_selector else {"address": address}
     metadata: dict[str, Any] = {"name": name, "namespace": namespace}
     if created is not None:
@@ -45,7 +48,7 @@ def vs_doc(
             "listeners": [
                 {
                     "name": listener or f"{name}-l",
-                    "udp": {
+                    protocol: {
                         "port": port,
                         "cluster": {
                             "name": cluster or f"{name}-c",
@@ -257,13 +260,20 @@ def test_unchanged_resources_are_reused_between_snapshots() -> None:
     [
         ({"listener": "shared-l"}, "listener", "shared-l"),
         ({"cluster": "shared-c"}, "cluster", "shared-c"),
-        ({"port": 2000}, "port", "2000"),
+        ({"port": 2000}, "UDP port", "2000"),
+        ({"port": 2000, "protocol": "tcp", "old_protocol": "tcp"}, "TCP port", "2000"),
     ],
-    ids=["listener-name", "cluster-name", "port"],
+    ids=["listener-name", "cluster-name", "udp-port", "tcp-port"],
 )
 def test_conflict_older_service_wins(clash: dict[str, Any], kind: str, value: str) -> None:
+    clash = dict(clash)
+    old_protocol = clash.pop("old_protocol", "udp")
     old = make_vs(
-        "zz-old", port=2000, created="2024-01-01T00:00:00Z", **{k: v for k, v in clash.items() if k != "port"}
+        "zz-old",
+        port=2000,
+        protocol=old_protocol,
+        created="2024-01-01T00:00:00Z",
+        **{k: v for k, v in clash.items() if k not in ("port", "protocol")},
     )
     new = make_vs("aa-new", created="2024-06-01T00:00:00Z", **{"port": 2001, **clash})
     cache = loaded(new, old)
@@ -278,7 +288,20 @@ def test_conflict_older_service_wins(clash: dict[str, Any], kind: str, value: st
     [listener] = [listener_pb2.Listener.FromString(r.body) for r in listeners.values()]
     assert listener.address.socket_address.port_value == 2000  # the old one's
     clusters = [cluster_pb2.Cluster.FromString(r.body).name for r in watch.snapshot.resources[CLUSTER].values()]
-    assert clusters == [old.spec.listeners[0].udp.cluster.name]
+    assert clusters == [cluster_of(old.spec.listeners[0]).name]
+
+
+def test_a_udp_and_a_tcp_listener_may_share_a_port_number() -> None:
+    udp = make_vs("zz-old", port=2000, created="2024-01-01T00:00:00Z")
+    tcp = make_vs("aa-new", port=2000, protocol="tcp", created="2024-06-01T00:00:00Z")
+    cache = loaded(udp, tcp)
+    watch = cache.watch(INGRESS, Counter())
+    assert cache.conflicts == {}
+    listeners = [listener_pb2.Listener.FromString(r.body) for r in watch.snapshot.resources[LISTENER].values()]
+    bound = {
+        (lst.name, lst.address.socket_address.protocol, lst.address.socket_address.port_value) for lst in listeners
+    }
+    assert bound == {("zz-old-l", UDP, 2000), ("aa-new-l", TCP, 2000)}
 
 
 def test_conflict_same_age_namespace_then_name_order() -> None:

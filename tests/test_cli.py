@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,98 @@ def test_bootstrap_bad_label(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 2
     assert out == ""
     assert "'novalue': expected KEY=VALUE" in err
+
+
+def bootstrap_labels(out: str) -> dict[str, str]:
+    return yaml.safe_load(out)["node"]["metadata"]["labels"]
+
+
+def test_bootstrap_labels_from_env_merge_with_label_which_wins(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROXY_LABELS", " app=envoy-ingress , zone = eu-1,empty=,expr=a=b,  tier=edge ,")
+    status, out, err = run(
+        ["bootstrap", "--node-id", "n", "--labels-from-env", "PROXY_LABELS", "--label", "tier=core", "--label", "x=1"],
+        capsys,
+    )
+    assert (status, err) == (0, "")
+    assert bootstrap_labels(out) == {
+        "app": "envoy-ingress",
+        "zone": "eu-1",
+        "empty": "",
+        "expr": "a=b",
+        "tier": "core",  # the explicit --label, not the variable's edge
+        "x": "1",
+    }
+
+
+def test_bootstrap_labels_from_an_empty_variable_is_no_labels(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROXY_LABELS", "  ")
+    status, out, _ = run(["bootstrap", "--node-id", "n", "--labels-from-env", "PROXY_LABELS"], capsys)
+    assert status == 0
+    assert bootstrap_labels(out) == {}
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("app=envoy,zone", "'zone' is not KEY=VALUE (no '=')"),
+        ("app=envoy, =eu-1", "'=eu-1' has an empty key"),
+        ("app=envoy,app=other", "key 'app' appears twice"),
+    ],
+    ids=["missing =", "empty key", "repeated key"],
+)
+def test_bootstrap_labels_from_env_bad_item(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, value: str, problem: str
+) -> None:
+    monkeypatch.setenv("PROXY_LABELS", value)
+    status, out, err = run(["bootstrap", "--node-id", "n", "--labels-from-env", "PROXY_LABELS"], capsys)
+    assert (status, out) == (2, "")
+    assert err.strip() == (
+        f"xds-operator bootstrap: --labels-from-env PROXY_LABELS (environment variable PROXY_LABELS): {problem}"
+    )
+
+
+def test_bootstrap_labels_from_an_unset_variable(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NO_SUCH_LABELS", raising=False)
+    status, out, err = run(["bootstrap", "--node-id", "n", "--labels-from-env", "NO_SUCH_LABELS"], capsys)
+    assert (status, out) == (2, "")
+    assert "--labels-from-env NO_SUCH_LABELS: the environment variable NO_SUCH_LABELS is not set" in err
+
+
+def test_bootstrap_labels_from_env_as_a_real_process(tmp_path: Path) -> None:
+    """The variable is read from the process's own environment; Envoy accepts the result."""
+    result = subprocess.run(
+        [sys.executable, "-m", "xds_operator.cli", "bootstrap", "--node-id", "n", "--labels-from-env", "LABELS"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "LABELS": "app=envoy-ingress,tier=edge"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert bootstrap_labels(result.stdout) == {"app": "envoy-ingress", "tier": "edge"}
+    checked = envoy_validate(tmp_path, result.stdout)
+    assert checked.returncode == 0, f"envoy rejected the bootstrap:\n{checked.stdout}\n{checked.stderr}"
+
+
+def test_bootstrap_y_and_n_stay_strings_for_envoy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Envoy's YAML parser reads a plain y or n as a boolean (a node id `n` was rejected): they are quoted."""
+    status, out, _ = run(["bootstrap", "--node-id", "n", "--label", "canary=y", "--label", "Y=N"], capsys)
+    assert status == 0
+    assert bootstrap_labels(out) == {"canary": "y", "Y": "N"}
+    checked = envoy_validate(tmp_path, out)
+    assert checked.returncode == 0, f"envoy rejected the bootstrap:\n{checked.stdout}\n{checked.stderr}"
+
+
+def test_bootstrap_help_explains_labels_from_env(capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(["bootstrap", "--help"], capsys)
+    text = " ".join(out.split())
+    assert "--labels-from-env VAR" in text
+    assert "k1=v1,k2=v2" in text and "explicit --label wins" in text
 
 
 def test_bootstrap_requires_node_id(capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,6 +13,7 @@ import copy
 import difflib
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
@@ -52,7 +53,7 @@ def openapi_schema() -> Doc:
 
 
 def valid_doc() -> Doc:
-    """Two listeners; endpoints with an address, a selector, and both forms of an optional field."""
+    """A UDP and a TCP listener on one port number; endpoints with an address, a selector, both forms of optionals."""
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
@@ -77,11 +78,11 @@ def valid_doc() -> Doc:
                     },
                 },
                 {
-                    "name": "rtcp-l",
-                    "udp": {
-                        "port": 2001,
+                    "name": "sip-l",
+                    "tcp": {
+                        "port": 2000,
                         "cluster": {
-                            "name": "rtcp-c",
+                            "name": "sip-c",
                             "endpoints": [{"name": "a", "host": {"address": "worker.media.svc"}, "port": 9003}],
                         },
                     },
@@ -95,8 +96,14 @@ def listener(doc: Doc, index: int = 0) -> Doc:
     return doc["spec"]["listeners"][index]
 
 
+def block(doc: Doc, index: int = 0) -> Doc:
+    """The listener's udp or tcp block."""
+    item = listener(doc, index)
+    return item["udp"] if "udp" in item else item["tcp"]
+
+
 def cluster(doc: Doc, index: int = 0) -> Doc:
-    return listener(doc, index)["udp"]["cluster"]
+    return block(doc, index)["cluster"]
 
 
 def endpoint(doc: Doc, index: int = 0) -> Doc:
@@ -221,7 +228,22 @@ def test_every_schema_node_is_structural() -> None:
         if node.get("x-kubernetes-list-type") == "map":
             assert set(node["x-kubernetes-list-map-keys"]) <= set(node["items"]["required"]), path
         if node.get("x-kubernetes-preserve-unknown-fields"):
-            assert path.endswith(".tcp"), f"{path}: preserve-unknown-fields only where a field is rejected whole"
+            name = path.rsplit(".", 1)[-1]
+            assert name in rejected_fields(), f"{path}: preserve-unknown-fields only where a field is rejected whole"
+
+
+def rejected_fields() -> set[str]:
+    """Names of the API's fields marked FieldRules.rejected (reserved)."""
+    found: set[str] = set()
+    pending = [pb.VirtualServiceSpec.DESCRIPTOR]
+    while pending:
+        message = pending.pop()
+        for field in message.fields:
+            if field.GetOptions().Extensions[pb.field].rejected:
+                found.add(field.name)
+            if field.message_type is not None:
+                pending.append(field.message_type)
+    return found
 
 
 def test_names_and_columns() -> None:
@@ -234,7 +256,8 @@ def test_names_and_columns() -> None:
     columns = {column["name"]: column["jsonPath"] for column in version["additionalPrinterColumns"]}
     assert columns == {
         "Listeners": ".spec.listeners[*].name",
-        "Ports": ".spec.listeners[*].udp.port",
+        "UDP": ".spec.listeners[*].udp.port",
+        "TCP": ".spec.listeners[*].tcp.port",
         "Programmed": '.status.conditions[?(@.type=="Programmed")].status',
         "Age": ".metadata.creationTimestamp",
     }
@@ -336,9 +359,11 @@ SCHEMA_REJECTIONS: dict[str, Callable[[Doc], object]] = {
     "empty listener name": lambda d: listener(d).update(name=""),
     "listener name with a space": lambda d: listener(d).update(name="rtp l"),
     "listener name of 201 characters": lambda d: listener(d).update(name="l" * 201),
-    "missing udp": lambda d: listener(d).pop("udp"),
     "missing port": lambda d: listener(d)["udp"].pop("port"),
     "missing cluster": lambda d: listener(d)["udp"].pop("cluster"),
+    "missing tcp port": lambda d: block(d, 1).pop("port"),
+    "tcp port 0": lambda d: block(d, 1).update(port=0),
+    "unknown tcp field": lambda d: block(d, 1).update(protocol="tcp"),
     "missing cluster name": lambda d: cluster(d).pop("name"),
     "cluster name ending in a dot": lambda d: cluster(d).update(name="rtp."),
     "hash key of 257 characters": lambda d: cluster(d).update(hash_key="k" * 257),
@@ -424,8 +449,6 @@ def all_rules() -> list[tuple[str, Doc]]:
     ]
 
 
-TCP_MESSAGE = pb.Listener.DESCRIPTOR.fields_by_name["tcp"].GetOptions().Extensions[pb.field].rejected
-
 # (mutation, the CEL error it must cause, the validator error it must cause)
 CEL_REJECTIONS: dict[str, tuple[Callable[[Doc], object], tuple[str, str], tuple[str, str]]] = {
     "host with address and selector": (
@@ -443,25 +466,42 @@ CEL_REJECTIONS: dict[str, tuple[Callable[[Doc], object], tuple[str, str], tuple[
         ("spec.listeners[0].udp.cluster.endpoints[0].host", "set exactly one of address, selector"),
         ("spec.listeners[0].udp.cluster.endpoints[0].host", "set exactly one of address, selector"),
     ),
-    "tcp block next to udp": (
-        lambda d: listener(d).update(tcp={"port": 3000}),
-        ("spec.listeners[0].tcp", TCP_MESSAGE),
-        ("spec.listeners[0].tcp", TCP_MESSAGE),
+    "listener with udp and tcp": (
+        lambda d: listener(d).update(tcp={**copy.deepcopy(block(d, 0)), "port": 3000}),
+        ("spec.listeners[0]", "set exactly one of udp, tcp"),
+        ("spec.listeners[0]", "set exactly one of udp, tcp"),
+    ),
+    "listener with neither udp nor tcp": (
+        lambda d: listener(d).pop("udp"),
+        ("spec.listeners[0]", "set exactly one of udp, tcp"),
+        ("spec.listeners[0]", "set exactly one of udp, tcp"),
     ),
     "duplicate listener name": (
         lambda d: listener(d, 1).update(name="rtp-l"),
         ("spec.listeners", "duplicate name: every item of listeners needs its own name"),
         ("spec.listeners[1].name", "duplicate name 'rtp-l' (also in spec.listeners[0])"),
     ),
-    "duplicate port": (
-        lambda d: listener(d, 1)["udp"].update(port=2000),
+    "duplicate udp port": (
+        lambda d: d["spec"]["listeners"].append(
+            {"name": "rtp2-l", "udp": {"port": 2000, "cluster": {**cluster(d, 1), "name": "rtp2-c"}}}
+        ),
         ("spec.listeners", "duplicate port: every item of listeners needs its own udp.port"),
-        ("spec.listeners[1].udp.port", "duplicate port 2000 (also in spec.listeners[0])"),
+        ("spec.listeners[2].udp.port", "duplicate port 2000 (also in spec.listeners[0])"),
     ),
-    "duplicate cluster name": (
+    "duplicate tcp port": (
+        lambda d: d["spec"]["listeners"].append(
+            {"name": "sip2-l", "tcp": {"port": 2000, "cluster": {**cluster(d, 1), "name": "sip2-c"}}}
+        ),
+        ("spec.listeners", "duplicate port: every item of listeners needs its own tcp.port"),
+        ("spec.listeners[2].tcp.port", "duplicate port 2000 (also in spec.listeners[1])"),
+    ),
+    "duplicate cluster name across protocols": (
         lambda d: cluster(d, 1).update(name="rtp-c"),
-        ("spec.listeners", "duplicate cluster name: every item of listeners needs its own udp.cluster.name"),
-        ("spec.listeners[1].udp.cluster.name", "duplicate cluster name 'rtp-c' (also in spec.listeners[0])"),
+        (
+            "spec.listeners",
+            "duplicate cluster name: every item of listeners needs its own udp.cluster.name or tcp.cluster.name",
+        ),
+        ("spec.listeners[1].tcp.cluster.name", "duplicate cluster name 'rtp-c' (also in spec.listeners[0])"),
     ),
     "duplicate endpoint name": (
         lambda d: endpoint(d, 1).update(name="a"),
@@ -500,10 +540,19 @@ def test_every_rule_has_a_rejection_case() -> None:
     [
         lambda d: endpoint(d).update(host={"address": "10.0.0.1", "selector": {}}),  # an empty selector is unset
         lambda d: cluster(d, 1)["endpoints"][0].update(name="b"),  # endpoint names may repeat across clusters
-        lambda d: listener(d, 1).pop("udp"),  # the schema's error (required), not a CEL evaluation error
+        lambda d: block(d, 1).pop("port"),  # the schema's error (required), not a CEL evaluation error
         lambda d: cluster(d, 1).pop("name"),
+        lambda d: cluster(d, 0).pop("name"),
+        lambda d: block(d, 1).update(port=2001),
     ],
-    ids=["address and empty selector", "same endpoint name in two clusters", "missing udp", "missing cluster name"],
+    ids=[
+        "address and empty selector",
+        "same endpoint name in two clusters",
+        "missing tcp port",
+        "missing tcp cluster name",
+        "missing udp cluster name",
+        "distinct port numbers",
+    ],
 )
 def test_cel_rules_accept_or_leave_it_to_the_schema(mutate: Callable[[Doc], object]) -> None:
     assert cel_errors(mutated(mutate)) == []
@@ -531,12 +580,14 @@ def estimated_cost(path: str, node: Doc, rule: Doc, ancestors: list[Doc]) -> int
     if "exists_one(y," not in text or not text.startswith("self.all(x,"):
         return cardinality * (20 + 10 * text.count("has("))  # no comprehension over data: a few operations
     assert "maxItems" in node, f"{path}: {text} iterates a list without maxItems"
-    key = text.split("y.")[-1].split(" == ")[0]  # the compared path, e.g. udp.cluster.name
+    keys = text.split(" ? self.exists_one(y, ")[1].split(" == ")[0]  # what is compared, with its guards
+    paths = sorted(set(re.findall(r"\by\.([a-z_.]+)", keys)))  # e.g. udp.cluster.name, udp.cluster, udp
     leaf: Doc = node["items"]
-    for name in key.split("."):
+    for name in max(paths, key=len).split("."):
         leaf = leaf["properties"][name]
     compare = math.ceil(0.1 * 4 * leaf["maxLength"]) if leaf["type"] == "string" else 1
-    inner = compare + 4 * (key.count(".") + 1) + 10  # has() guards, selections, the step and the accumulator
+    # has() guards and selections on both sides, the step and the accumulator
+    inner = compare + 4 * sum(path.count(".") + 1 for path in paths) + 10
     items = node["maxItems"]
     return cardinality * items * (items * inner + 10)
 

@@ -206,3 +206,18 @@ def test_send_without_a_listener_says_no_answer(tmp_path: Path) -> None:
         )
     assert result.stdout.splitlines() == ["no answer within 1 s"] * 2
     assert result.returncode == 1
+
+
+def test_the_demo_plan_skips_tcp_listeners_with_a_warning(tmp_path: Path) -> None:
+    """The demo drives UDP: a TCP listener in the directory is named in a warning, not a crash."""
+    from xds_operator.demo import make_plan
+
+    shutil.copy(SAMPLES / "ingress-calls.yaml", tmp_path / "ingress-calls.yaml")
+    (tmp_path / "signaling.yaml").write_text(
+        "apiVersion: servicemesh.l7mp.io/v1\nkind: VirtualService\nmetadata: {name: signaling}\n"
+        "spec:\n  selector: {app: envoy-ingress}\n  listeners:\n  - name: sip-l\n    tcp:\n      port: 5060\n"
+        "      cluster: {name: sip-c, endpoints: [{name: w, host: {address: 127.0.0.1}, port: 5070}]}\n"
+    )
+    plan = make_plan(tmp_path)
+    assert [listener.name for listener in plan.listeners] == ["ingress-rtp-l"]
+    assert any("sip-l is a TCP listener" in warning for warning in plan.warnings)

@@ -17,13 +17,23 @@ from pathlib import Path
 import pytest
 import yaml
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import config_source_pb2
+from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.filters.udp.udp_proxy.v3 import route_pb2, udp_proxy_pb2
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from xds_operator.api import VirtualService, parse_virtual_service
-from xds_operator.translate import UDP_PROXY_FILTER, EnvoyResources, translate_virtual_service
+from xds_operator.api import VirtualService, cluster_of, parse_virtual_service, port_of, protocol_of
+from xds_operator.translate import (
+    HASH_KEY_STATE,
+    HASHABLE_STRING_FACTORY,
+    SET_FILTER_STATE_FILTER,
+    TCP_PROXY_FILTER,
+    UDP_PROXY_FILTER,
+    EnvoyResources,
+    translate_virtual_service,
+)
 
 GOLDEN = Path(__file__).resolve().parent / "golden"
 CASES = sorted(path.name.removesuffix(".input.yaml") for path in GOLDEN.glob("*.input.yaml"))
@@ -72,11 +82,31 @@ def udp_proxy_config(listener: Message) -> udp_proxy_pb2.UdpProxyConfig:
     return config
 
 
+def tcp_filters(listener: Message) -> list[tuple[str, Message]]:
+    """The network filters of a TCP listener's only filter chain, unpacked, in order."""
+    assert list(listener.listener_filters) == []
+    [chain] = listener.filter_chains
+    kinds = {SET_FILTER_STATE_FILTER: set_filter_state_pb2.Config, TCP_PROXY_FILTER: tcp_proxy_pb2.TcpProxy}
+    unpacked = []
+    for network_filter in chain.filters:
+        config = kinds[network_filter.name]()
+        assert network_filter.typed_config.Unpack(config)
+        unpacked.append((network_filter.name, config))
+    return unpacked
+
+
+def listener_pairs(case: str) -> list[tuple[object, Message, Message]]:
+    """(spec listener, Envoy listener, Envoy cluster) of a golden case."""
+    vs = load(case)
+    translation = translate_virtual_service(vs, fake_pods)
+    return list(zip(vs.spec.listeners, translation.listeners, translation.clusters, strict=True))
+
+
 # -- golden files ---------------------------------------------------------------------------
 
 
 def test_there_are_golden_cases() -> None:
-    assert {"strictdns-hash-healthcheck", "eds-addresses", "plain", "selector"} <= set(CASES)
+    assert {"strictdns-hash-healthcheck", "eds-addresses", "plain", "selector", "tcp"} <= set(CASES)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -105,8 +135,10 @@ def test_golden(case: str) -> None:
 
 
 def test_udp_proxy_routes_through_matcher_never_the_deprecated_cluster_field() -> None:
-    for translation, case in zip(all_translations(), CASES, strict=True):
-        for listener, cluster in zip(translation.listeners, translation.clusters, strict=True):
+    for case in CASES:
+        for spec_listener, listener, cluster in listener_pairs(case):
+            if protocol_of(spec_listener) != "UDP":
+                continue
             config = udp_proxy_config(listener)
             assert config.cluster == "", case
             assert config.WhichOneof("route_specifier") == "matcher", case
@@ -119,43 +151,67 @@ def test_udp_proxy_routes_through_matcher_never_the_deprecated_cluster_field() -
             assert config.stat_prefix == listener.name
 
 
-def test_listener_binds_udp_on_all_addresses() -> None:
-    vs = load("selector")
-    translation = translate_virtual_service(vs, fake_pods)
-    for spec_listener, listener in zip(vs.spec.listeners, translation.listeners, strict=True):
-        socket = listener.address.socket_address
-        assert listener.name == spec_listener.name
-        assert (socket.address, socket.port_value, socket.protocol) == ("0.0.0.0", spec_listener.udp.port, socket.UDP)
+def test_listener_binds_its_protocol_on_all_addresses() -> None:
+    protocols = {"UDP": address_pb2.SocketAddress.UDP, "TCP": address_pb2.SocketAddress.TCP}
+    seen = set()
+    for case in ("selector", "tcp"):
+        for spec_listener, listener, _ in listener_pairs(case):
+            socket = listener.address.socket_address
+            assert listener.name == spec_listener.name
+            expected = ("0.0.0.0", port_of(spec_listener), protocols[protocol_of(spec_listener)])
+            assert (socket.address, socket.port_value, socket.protocol) == expected
+            seen.add(protocol_of(spec_listener))
+    assert seen == {"UDP", "TCP"}
+
+
+def test_tcp_listener_is_one_filter_chain_with_tcp_proxy_to_its_cluster() -> None:
+    tcp = [(s, listener, c) for s, listener, c in listener_pairs("tcp") if protocol_of(s) == "TCP"]
+    assert len(tcp) == 2
+    for spec_listener, listener, cluster in tcp:
+        *before, (name, proxy) = tcp_filters(listener)
+        assert name == TCP_PROXY_FILTER
+        assert (proxy.cluster, proxy.stat_prefix) == (cluster.name, listener.name)
+        assert [filter_name for filter_name, _ in before] == (
+            [SET_FILTER_STATE_FILTER] if cluster_of(spec_listener).HasField("hash_key") else []
+        )
+
+
+def test_tcp_hash_key_reaches_tcp_proxy_through_a_hashable_filter_state_object() -> None:
+    """set_filter_state stores the key (a format string: % doubled) where tcp_proxy's hash policy reads it."""
+    [(spec_listener, listener, _)] = [p for p in listener_pairs("tcp") if p[0].name == "sip-l"]
+    assert cluster_of(spec_listener).hash_key == "call%id"
+    (_, state), (_, proxy) = tcp_filters(listener)
+    [value] = state.on_new_connection
+    assert (value.object_key, value.factory_key) == (HASH_KEY_STATE, HASHABLE_STRING_FACTORY)
+    assert value.format_string.text_format_source.inline_string == "call%%id"
+    [policy] = proxy.hash_policy
+    assert policy.filter_state.key == HASH_KEY_STATE
 
 
 def test_maglev_and_hash_policy_only_with_hash_key() -> None:
     seen = set()
     for case in CASES:
-        vs = load(case)
-        translation = translate_virtual_service(vs, fake_pods)
-        for spec_listener, listener, cluster in zip(
-            vs.spec.listeners, translation.listeners, translation.clusters, strict=True
-        ):
-            has_key = spec_listener.udp.cluster.HasField("hash_key")
-            seen.add(has_key)
-            policies = [policy.key for policy in udp_proxy_config(listener).hash_policies]
-            if has_key:
-                assert cluster.lb_policy == cluster_pb2.Cluster.MAGLEV
-                assert policies == [spec_listener.udp.cluster.hash_key]
+        for spec_listener, listener, cluster in listener_pairs(case):
+            spec_cluster = cluster_of(spec_listener)
+            has_key = spec_cluster.HasField("hash_key")
+            seen.add((protocol_of(spec_listener), has_key))
+            if protocol_of(spec_listener) == "UDP":
+                policies = [policy.key for policy in udp_proxy_config(listener).hash_policies]
+                expected = [spec_cluster.hash_key] if has_key else []
             else:
-                assert cluster.lb_policy == cluster_pb2.Cluster.ROUND_ROBIN
-                assert policies == []
-    assert seen == {True, False}  # both branches are covered by the cases
+                proxy = tcp_filters(listener)[-1][1]
+                policies = [policy.filter_state.key for policy in proxy.hash_policy]
+                expected = [HASH_KEY_STATE] if has_key else []
+            assert policies == expected
+            assert cluster.lb_policy == (cluster_pb2.Cluster.MAGLEV if has_key else cluster_pb2.Cluster.ROUND_ROBIN)
+    assert seen == {("UDP", True), ("UDP", False), ("TCP", True), ("TCP", False)}  # every branch has a case
 
 
 def test_health_check_rules() -> None:
     seen = set()
     for case in CASES:
-        vs = load(case)
-        for spec_listener, cluster in zip(
-            vs.spec.listeners, translate_virtual_service(vs, fake_pods).clusters, strict=True
-        ):
-            spec_cluster = spec_listener.udp.cluster
+        for spec_listener, _, cluster in listener_pairs(case):
+            spec_cluster = cluster_of(spec_listener)
             seen.add(spec_cluster.HasField("health_check"))
             if not spec_cluster.HasField("health_check"):
                 assert list(cluster.health_checks) == []

@@ -159,5 +159,18 @@ def _duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
+class _Dumper(yaml.SafeDumper):
+    """Quotes the strings Envoy's YAML parser (yaml-cpp) would read as booleans but PyYAML leaves plain: y, n."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "'" if value in ("y", "Y", "n", "N") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def render(bootstrap: dict) -> str:
-    return yaml.safe_dump(bootstrap, sort_keys=False)
+    """YAML whose strings stay strings for Envoy: a node id or label value `n` is not the boolean false."""
+    return yaml.dump(bootstrap, Dumper=_Dumper, sort_keys=False)

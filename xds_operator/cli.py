@@ -110,7 +110,7 @@ def _add_bootstrap_transport_arguments(bootstrap: argparse.ArgumentParser) -> No
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="xds-operator",
-        description="An Envoy xDS control plane for UDP VirtualServices (servicemesh.l7mp.io/v1).",
+        description="An Envoy xDS control plane for UDP and TCP VirtualServices (servicemesh.l7mp.io/v1).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
@@ -174,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     bootstrap.add_argument("--node-id", required=True, help="the proxy's node id (unique per Envoy)")
     bootstrap.add_argument(
         "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="a proxy label; repeatable"
+    )
+    bootstrap.add_argument(
+        "--labels-from-env",
+        metavar="VAR",
+        help="also take proxy labels from environment variable VAR, written k1=v1,k2=v2 (whitespace around items "
+        "is ignored, a value may be empty: k=); on the same key an explicit --label wins",
     )
     bootstrap.add_argument(
         "--xds-address",
@@ -280,7 +286,10 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _bootstrap(args: argparse.Namespace) -> int:
+    import os
+
     from .bootstrap import ClientTls, envoy_bootstrap, render
+    from .labels import labels_from_env
 
     if args.tls_ca is None and (args.tls_cert or args.tls_key or args.tls_server_name):
         print(
@@ -291,9 +300,11 @@ def _bootstrap(args: argparse.Namespace) -> int:
         return 2
     try:
         tls = None if args.tls_ca is None else ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
+        labels = labels_from_env(args.labels_from_env, os.environ) if args.labels_from_env is not None else {}
+        labels.update(args.label)  # explicit --label wins
         config = envoy_bootstrap(
             args.node_id,
-            dict(args.label),
+            labels,
             args.xds_address,
             cluster=args.cluster,
             admin_address=args.admin_address,

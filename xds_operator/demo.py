@@ -37,7 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .api import VirtualService
+from .api import VirtualService, protocol_of
 from .bootstrap import envoy_bootstrap, render, split_host_port
 from .echo import EchoWorker
 from .echo import send as send_datagram
@@ -126,6 +126,12 @@ def make_plan(directory: Path) -> Plan:
             )
             continue
         for listener in vs.spec.listeners:
+            if protocol_of(listener) != "UDP":
+                plan.warnings.append(
+                    f"{file}: listener {listener.name} is a TCP listener; the control plane serves it, "
+                    "but the demo drives UDP listeners only"
+                )
+                continue
             udp = listener.udp
             if listener.name in names or udp.port in ports:
                 plan.warnings.append(

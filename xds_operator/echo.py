@@ -1,8 +1,10 @@
-"""A UDP echo worker with a TCP health port: the backend of `make run` and of the end-to-end tests.
+"""Echo workers: the backends of `make run` and of the end-to-end tests.
 
-Every datagram is answered with `<name>: <payload>`, so the sender sees which worker
-answered. The health port accepts TCP connections (what Envoy's TCP health check needs)
-and can be closed to make the worker look dead while it keeps echoing.
+EchoWorker is a UDP echo worker with a TCP health port. Every datagram is answered with
+`<name>: <payload>`, so the sender sees which worker answered. The health port accepts TCP
+connections (what Envoy's TCP health check needs) and can be closed to make the worker look
+dead while it keeps echoing. TcpEchoWorker answers every chunk read on a TCP connection the
+same way; its own port doubles as its health port.
 """
 
 from __future__ import annotations
@@ -69,6 +71,58 @@ class EchoWorker:
             except OSError:
                 return  # closed
             connection.close()
+
+
+class TcpEchoWorker:
+    """A TCP echo worker: each chunk received on a connection is answered with `<name>: <chunk>`."""
+
+    def __init__(self, name: str, host: str = "127.0.0.1", port: int = 0):
+        self.name = name
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._listener.bind((host, port))
+        self._listener.listen(128)
+        self.host, self.port = self._listener.getsockname()
+        self.connections = 0  # accepted so far (Envoy's health checks included)
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, name=f"tcp-echo-{name}", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop listening and drop every open connection."""
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        with self._lock:
+            connections, self._open = list(self._open), set()
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            with self._lock:
+                self.connections += 1
+                self._open.add(connection)
+            threading.Thread(target=self._echo, args=(connection,), name=f"tcp-echo-{self.name}", daemon=True).start()
+
+    def _echo(self, connection: socket.socket) -> None:
+        with connection:
+            while True:
+                try:
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        break  # the peer closed its side
+                    connection.sendall(self.name.encode() + b": " + chunk)
+                except OSError:
+                    break
+        with self._lock:
+            self._open.discard(connection)
 
 
 def send(host: str, port: int, payload: bytes, *, timeout: float = 1.0) -> bytes | None:

@@ -1,4 +1,4 @@
-"""End-to-end harness: the control plane and a real Envoy as subprocesses, UDP echo workers in-process.
+"""End-to-end harness: the control plane and a real Envoy as subprocesses, UDP and TCP echo workers in-process.
 
 Every test gets its own watched directory, its own control plane (`xds-operator serve`) and its
 own Envoy(s), bootstrapped through the real `xds-operator bootstrap` command. Waits are bounded
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from xds_operator.echo import EchoWorker
+from xds_operator.echo import EchoWorker, TcpEchoWorker
 
 ENVOY = Path(sys.executable).parent / "envoy"  # never `import envoy`: xds-protos owns that package too
 POLL = 0.05  # seconds between polls
@@ -186,6 +186,45 @@ def wait_all_answered_by(port: int, name: str, *, n: int = 10, timeout: float = 
         wait_until(agreed, f"all of {n} datagrams to port {port} answered by {name}", timeout, interval=0.1)
     except pytest.fail.Exception as error:
         pytest.fail(f"{error.msg}; last batch: {last}")
+
+
+def tcp_exchange(port: int, payloads: Sequence[bytes], *, timeout: float = 2.0) -> tuple[list[bytes], int]:
+    """Send payloads one by one over one new TCP connection to 127.0.0.1:port, each answer read in full.
+
+    Returns (answers, source port); answers stop early if the connection fails or goes quiet.
+    """
+    got: list[bytes] = []
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(("127.0.0.1", port))
+        except OSError:
+            return got, 0
+        source = sock.getsockname()[1]
+        for payload in payloads:
+            sock.sendall(payload)
+            answer = b""
+            try:
+                while not answer.endswith(b": " + payload):  # an echo is `<name>: <payload>`
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return got, source  # closed: Envoy found no upstream, or the worker went away
+                    answer += chunk
+            except OSError:
+                return got, source
+            got.append(answer)
+    return got, source
+
+
+def tcp_answered_by(port: int, payload: bytes = b"hello", *, timeout: float = 2.0) -> tuple[str | None, int]:
+    """Who answers one payload on a new TCP connection (None: no answer), and the connection's source port."""
+    got, source = tcp_exchange(port, [payload], timeout=timeout)
+    return (answered_by(got[0]) if got else None), source
+
+
+def tcp_wait_answer(port: int, timeout: float = WAIT) -> str:
+    """Connect until a worker answers over the TCP listener (it takes a moment to start accepting)."""
+    return str(wait_until(lambda: tcp_answered_by(port, timeout=0.5)[0], f"an answer over TCP port {port}", timeout))
 
 
 def assert_silent(port: int, *, attempts: int = 3, timeout: float = 0.3) -> None:
@@ -519,6 +558,21 @@ def workers() -> Iterator[Callable[[str], EchoWorker]]:
         worker.close()
 
 
+@pytest.fixture
+def tcp_workers() -> Iterator[Callable[..., TcpEchoWorker]]:
+    """Make TCP echo workers (their port is also their health port); all closed at teardown."""
+    made: list[TcpEchoWorker] = []
+
+    def make(name: str, port: int = 0) -> TcpEchoWorker:
+        worker = TcpEchoWorker(name, port=port)
+        made.append(worker)
+        return worker
+
+    yield make
+    for worker in made:
+        worker.close()
+
+
 @dataclass
 class VsFiles:
     directory: Path
@@ -548,10 +602,10 @@ def vs_files(vs_dir: Path) -> VsFiles:
     return VsFiles(vs_dir)
 
 
-def endpoint(worker: EchoWorker, *, health: bool = True) -> dict:
-    """A VirtualService endpoint pointing at an echo worker by address."""
+def endpoint(worker: EchoWorker | TcpEchoWorker, *, health: bool = True) -> dict:
+    """A VirtualService endpoint pointing at an echo worker by address (a TCP worker is checked on its port)."""
     entry: dict = {"name": worker.name, "host": {"address": "127.0.0.1"}, "port": worker.port}
-    if health:
+    if health and isinstance(worker, EchoWorker):
         entry["health_check_port"] = worker.health_port
     return entry
 
@@ -566,8 +620,9 @@ def virtual_service(
     hash_key: str | None = None,
     health_check_ms: int | None = None,
     namespace: str = "default",
+    protocol: str = "udp",
 ) -> dict:
-    """A VirtualService with one UDP listener `<name>-l` and its cluster `<name>-c`."""
+    """A VirtualService with one listener `<name>-l` (`protocol`: udp or tcp) and its cluster `<name>-c`."""
     cluster: dict = {"name": f"{name}-c", "service_discovery": discovery}
     if hash_key is not None:
         cluster["hash_key"] = hash_key
@@ -580,6 +635,6 @@ def virtual_service(
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "selector": dict(selector if selector is not None else {"app": PROXY_LABELS["app"]}),
-            "listeners": [{"name": f"{name}-l", "udp": {"port": port, "cluster": cluster}}],
+            "listeners": [{"name": f"{name}-l", protocol: {"port": port, "cluster": cluster}}],
         },
     }

@@ -17,7 +17,7 @@ import pytest
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
-from xds_operator.echo import EchoWorker
+from xds_operator.echo import EchoWorker, TcpEchoWorker
 
 from .conftest import (
     ControlPlane,
@@ -27,6 +27,8 @@ from .conftest import (
     free_udp_port,
     launch_control_plane,
     send_until_answer,
+    tcp_answered_by,
+    tcp_wait_answer,
     wait_all_answered_by,
     wait_until,
 )
@@ -62,7 +64,7 @@ class Cluster:
         self.api = apiserver.api_client()
         self.objects = client.CustomObjectsApi(self.api)
         self.core = client.CoreV1Api(self.api)
-        self.workers: list[EchoWorker] = []
+        self.workers: list[EchoWorker | TcpEchoWorker] = []
         self._next_ip = 2
 
     def pod(self, name: str, labels: Mapping[str, str], ip: str = "", ready: bool = True) -> None:
@@ -80,6 +82,15 @@ class Cluster:
         ip = f"127.0.0.{self._next_ip}"
         self._next_ip += 1
         worker = EchoWorker(name, host=ip, port=port, health_port=health_port)
+        self.workers.append(worker)
+        self.pod(name, WORKERS, ip)
+        return worker
+
+    def tcp_worker_pod(self, name: str, port: int) -> TcpEchoWorker:
+        """A TCP echo worker on its own loopback IP, and a Ready pod with that IP."""
+        ip = f"127.0.0.{self._next_ip}"
+        self._next_ip += 1
+        worker = TcpEchoWorker(name, host=ip, port=port)
         self.workers.append(worker)
         self.pod(name, WORKERS, ip)
         return worker
@@ -125,7 +136,15 @@ def ingress(cluster: Cluster, start_envoy: Callable[..., Envoy]) -> Envoy:
     return start_envoy({}, node_id=f"{NS}/envoy-0")
 
 
-def vs_body(name: str, port: int, worker_port: int, health_port: int | None = None, eds: bool = True) -> dict:
+def vs_body(
+    name: str,
+    port: int,
+    worker_port: int,
+    health_port: int | None = None,
+    eds: bool = True,
+    protocol: str = "udp",
+    hash_key: str | None = None,
+) -> dict:
     cluster: dict[str, Any] = {
         "name": f"{name}-c",
         "service_discovery": "eds" if eds else "strictdns",
@@ -134,13 +153,15 @@ def vs_body(name: str, port: int, worker_port: int, health_port: int | None = No
     if health_port is not None:
         cluster["health_check"] = {"protocol": "TCP", "interval": 500}
         cluster["endpoints"][0]["health_check_port"] = health_port
+    if hash_key is not None:
+        cluster["hash_key"] = hash_key
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "VirtualService",
         "metadata": {"name": name, "namespace": NS},
         "spec": {
             "selector": dict(INGRESS),
-            "listeners": [{"name": f"{name}-l", "udp": {"port": port, "cluster": cluster}}],
+            "listeners": [{"name": f"{name}-l", protocol: {"port": port, "cluster": cluster}}],
         },
     }
 
@@ -174,6 +195,20 @@ def test_an_app_creates_a_virtualservice_and_datagrams_flow_to_worker_pods(clust
     programmed = cluster.wait_condition("calls", "Programmed", "True")
     assert programmed["message"] == "1 of 1 selected proxies run it"
     assert cluster.condition("calls", "Accepted")["status"] == "True"
+
+
+def test_a_tcp_listener_with_a_hash_key_pins_every_connection_to_one_worker_pod(cluster, ingress, operator):
+    worker_port, port = free_port(), free_port()
+    ips = {cluster.tcp_worker_pod(name, worker_port).host for name in ("worker-a", "worker-b", "worker-c")}
+    cluster.create(vs_body("signaling", port, worker_port, protocol="tcp", hash_key="callid"))
+
+    ingress.wait_listener("signaling-l", port)
+    # No health check: every host counts as healthy once Envoy has it.
+    wait_until(lambda: healthy_ips(ingress, "signaling-c") == ips, "the three worker pods in Envoy's cluster")
+    chosen = tcp_wait_answer(port)
+    names = {tcp_answered_by(port, f"call-{i}".encode())[0] for i in range(20)}
+    assert names == {chosen}
+    assert cluster.wait_condition("signaling", "Programmed", "True")["message"] == "1 of 1 selected proxies run it"
 
 
 def test_worker_pods_coming_and_going_change_only_eds(cluster, ingress, operator):

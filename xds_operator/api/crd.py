@@ -33,8 +33,8 @@ from .schema import (
     is_map,
     is_repeated,
     message_rules,
+    unique_alternatives,
     unique_label,
-    unique_path,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +93,8 @@ def object_schema() -> Schema:
     """The openAPIV3Schema of a whole VirtualService object."""
     return {
         "description": (
-            f"{KIND}: UDP proxying for Envoy proxies, served to them over xDS by the xds-operator control plane."
+            f"{KIND}: UDP and TCP proxying for Envoy proxies, "
+            "served to them over xDS by the xds-operator control plane."
         ),
         "type": "object",
         "required": ["spec"],
@@ -242,19 +243,36 @@ def _present(variable: str, field: FieldDescriptor) -> str:
 
 
 def _unique_rule(field: FieldDescriptor, key: str) -> Schema:
-    """Items of a list must differ in `key`: every item has exactly one item (itself) with its value."""
-    unique_path(field.message_type, key)  # raises unless every field on the way is required and singular
-    segments = key.split(".")
+    """Items of a list must differ in `key`: every item has exactly one item (itself) with its value.
 
-    def present(variable: str) -> str:
+    A key of alternatives (udp.cluster.name|tcp.cluster.name) compares the value at whichever path
+    an item has.
+    """
+    paths = unique_alternatives(field.message_type, key)  # raises unless every path can be compared
+
+    def has_path(variable: str, dotted: str) -> str:
+        segments = dotted.split(".")
         return " && ".join(f"has({variable}.{'.'.join(segments[: depth + 1])})" for depth in range(len(segments)))
 
-    # An item without the key is the schema's error (required): the rule skips it rather than fail to
-    # evaluate. (A ternary, not `!has(..) || ..`: cel-python does not absorb an error on the right of ||.)
+    def present(variable: str) -> str:
+        if len(paths) == 1:
+            return has_path(variable, paths[0])
+        return "(" + " || ".join(f"({has_path(variable, dotted)})" for dotted in paths) + ")"
+
+    def value(variable: str) -> str:
+        text = f"{variable}.{paths[-1]}"
+        for dotted in reversed(paths[:-1]):
+            text = f"({has_path(variable, dotted)} ? {variable}.{dotted} : {text})"
+        return text
+
+    # An item without the key is the schema's error (required) or another protocol's: the rule skips it
+    # rather than fail to evaluate. (A ternary, not `!has(..) || ..`: cel-python does not absorb an error
+    # on the right of ||.)
     label = unique_label(key)
     return {
-        "rule": f"self.all(x, {present('x')} ? self.exists_one(y, {present('y')} && y.{key} == x.{key}) : true)",
-        "message": f"duplicate {label}: every item of {field.name} needs its own {key}",
+        "rule": f"self.all(x, {present('x')} ? self.exists_one(y, {present('y')} && {value('y')} == {value('x')})"
+        " : true)",
+        "message": f"duplicate {label}: every item of {field.name} needs its own {' or '.join(paths)}",
         "reason": "FieldValueDuplicate",
     }
 
@@ -333,7 +351,8 @@ CONDITION_SCHEMA: Schema = {
 
 PRINTER_COLUMNS = [
     {"name": "Listeners", "type": "string", "jsonPath": ".spec.listeners[*].name"},
-    {"name": "Ports", "type": "string", "jsonPath": ".spec.listeners[*].udp.port"},
+    {"name": "UDP", "type": "string", "jsonPath": ".spec.listeners[*].udp.port", "description": "UDP ports."},
+    {"name": "TCP", "type": "string", "jsonPath": ".spec.listeners[*].tcp.port", "description": "TCP ports."},
     {
         "name": "Programmed",
         "type": "string",

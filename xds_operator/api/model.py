@@ -5,11 +5,35 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import Any, Literal
 
 from . import virtualservice_pb2 as pb
 
 Key = tuple[str, str]  # (namespace, name): a VirtualService's identity everywhere
+Protocol = Literal["UDP", "TCP"]
+_PROTOCOLS: dict[str, Protocol] = {"udp": "UDP", "tcp": "TCP"}  # the Listener.protocol oneof's fields
+
+
+def protocol_of(listener: pb.Listener) -> Protocol:
+    """Whether a (validated) listener is a UDP or a TCP one."""
+    return _PROTOCOLS[_block_name(listener)]
+
+
+def port_of(listener: pb.Listener) -> int:
+    """The port a listener binds, whatever its protocol."""
+    return getattr(listener, _block_name(listener)).port
+
+
+def cluster_of(listener: pb.Listener) -> pb.Cluster:
+    """The cluster a listener proxies to, whatever its protocol."""
+    return getattr(listener, _block_name(listener)).cluster
+
+
+def _block_name(listener: pb.Listener) -> str:
+    name = listener.WhichOneof("protocol")
+    if name is None:  # validation guarantees one; this is a programming error, said clearly
+        raise ValueError(f"listener {listener.name!r} has neither a udp nor a tcp block")
+    return name
 
 
 def key_of(document: Any) -> Key | None:

@@ -69,18 +69,20 @@ def integer_bounds(field: FieldDescriptor) -> tuple[int, int]:
 
 
 def unique_path(message: Descriptor, dotted: str) -> list[FieldDescriptor]:
-    """The fields along a FieldRules.unique_by path, from `message` down to a scalar.
+    """The fields along one dotted FieldRules.unique_by path, from `message` down to a scalar.
 
-    Every field on the way must be singular and required, so each item of the list has a value
-    to compare (a schema check, not a data check: raises ValueError for a bad proto option).
+    Every field on the way must be singular and either required or one of its message's
+    exactly_one_of choices, so each item has at most one value to compare (a schema check, not
+    a data check: raises ValueError for a bad proto option). Items without a value are skipped.
     """
     fields: list[FieldDescriptor] = []
     for name in dotted.split("."):
         field = message.fields_by_name.get(name) if message is not None else None
         if field is None:
             raise ValueError(f"unique_by {dotted!r}: {name!r} is not a field here")
-        if field.is_repeated or not field_rules(field).required:
-            raise ValueError(f"unique_by {dotted!r}: {field.full_name} must be singular and required")
+        chosen = name in message_rules(message).exactly_one_of
+        if field.is_repeated or not (field_rules(field).required or chosen):
+            raise ValueError(f"unique_by {dotted!r}: {field.full_name} must be singular, and required or a choice")
         fields.append(field)
         message = field.message_type
     if fields[-1].message_type is not None:
@@ -88,6 +90,19 @@ def unique_path(message: Descriptor, dotted: str) -> list[FieldDescriptor]:
     return fields
 
 
-def unique_label(dotted: str) -> str:
+def unique_alternatives(message: Descriptor, key: str) -> list[str]:
+    """The dotted paths of a unique_by key: one, or several joined by "|" whose values share one space.
+
+    "udp.cluster.name|tcp.cluster.name": an item's value is at whichever path it has, and a UDP
+    and a TCP listener may not share a cluster name. Each path is checked with unique_path.
+    """
+    paths = key.split("|")
+    for dotted in paths:
+        unique_path(message, dotted)
+    return paths
+
+
+def unique_label(key: str) -> str:
     """How errors name a unique_by key: the path below the item's first field (udp.cluster.name -> "cluster name")."""
+    dotted = key.split("|")[0]
     return " ".join(dotted.split(".")[1:]) or dotted

@@ -158,6 +158,8 @@ def _fill(message: Message, data: Any, path: str, errors: list[FieldError]) -> N
         present = [name for name in choices if _is_set(data.get(name))]
         if len(present) != 1:
             errors.append(FieldError(path, f"set exactly one of {', '.join(choices)}"))
+            for name in choices:  # so later checks (uniqueness) do not blame other items for this one
+                message.ClearField(name)
 
 
 def _fill_field(message: Message, field: FieldDescriptor, value: Any, path: str, errors: list[FieldError]) -> None:
@@ -223,16 +225,20 @@ def _fill_repeated(message: Message, field: FieldDescriptor, value: Any, path: s
 
 
 def _check_unique(items: Any, key: str, path: str, errors: list[FieldError]) -> None:
-    """Report items whose `key` (a dotted path) repeats an earlier item's; unset or invalid values don't count."""
+    """Report items whose `key` (a dotted path, or alternatives joined by |) repeats an earlier item's.
+
+    Unset or invalid values don't count.
+    """
     label = unique_label(key)
     seen: dict[Any, int] = {}
     for index, item in enumerate(items):
-        value = _value_at(item, key)
-        if value is None:
+        found = next(((dotted, v) for dotted in key.split("|") if (v := _value_at(item, dotted)) is not None), None)
+        if found is None:
             continue
+        dotted, value = found
         if value in seen:
             errors.append(
-                FieldError(f"{path}[{index}].{key}", f"duplicate {label} {value!r} (also in {path}[{seen[value]}])")
+                FieldError(f"{path}[{index}].{dotted}", f"duplicate {label} {value!r} (also in {path}[{seen[value]}])")
             )
         else:
             seen[value] = index
@@ -295,10 +301,13 @@ def _check_cross_field_rules(spec: pb.VirtualServiceSpec, path: str, errors: lis
     (Unique names and ports across listeners are FieldRules.unique_by, checked while filling.)
     """
     for index, listener in enumerate(spec.listeners):
-        udp = listener.udp
-        here = f"{path}.listeners[{index}].udp"
-        if udp.cluster.service_discovery == "eds":
-            for position, endpoint in enumerate(udp.cluster.endpoints):
+        protocol = listener.WhichOneof("protocol")
+        if protocol is None:  # already reported
+            continue
+        cluster = getattr(listener, protocol).cluster
+        here = f"{path}.listeners[{index}].{protocol}"
+        if cluster.service_discovery == "eds":
+            for position, endpoint in enumerate(cluster.endpoints):
                 if endpoint.host.HasField("address") and not _is_ip(endpoint.host.address):
                     errors.append(
                         FieldError(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#servicemesh/v1/virtualservice.proto\x12\x0eservicemesh.v1\x1a google/protobuf/descriptor.proto\"\xf3\x01\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x14\n\x07minimum\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x07maximum\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04\x65num\x18\x04 \x03(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x05 \x01(\t\x12\x11\n\tunique_by\x18\x06 \x03(\t\x12\x0f\n\x07pattern\x18\x07 \x01(\t\x12\x12\n\nmax_length\x18\x08 \x01(\r\x12\x10\n\x08rejected\x18\t \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\x11\n\tmax_items\x18\x0b \x01(\rB\n\n\x08_minimumB\n\n\x08_maximum\";\n\x0cMessageRules\x12\x16\n\x0e\x65xactly_one_of\x18\x01 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xd3\x03\n\x12VirtualServiceSpec\x12\x97\x01\n\x08selector\x18\x01 \x03(\x0b\x32\x30.servicemesh.v1.VirtualServiceSpec.SelectorEntryBS\xca\xf3\x18O\x08\x01RKProxies whose labels contain all of these pairs receive this configuration.\x12\x8a\x01\n\tlisteners\x18\x02 \x03(\x0b\x32\x18.servicemesh.v1.ListenerB]\xca\xf3\x18Y\x08\x01\x32\x04name2\x08udp.port2\x10udp.cluster.nameR1UDP listeners to program on every selected proxy.X@\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:e\xca\xf3\x18\x61\x12_UDP listeners, their clusters and endpoints, for the Envoy proxies whose labels match selector.\"\x82\x03\n\x08Listener\x12i\n\x04name\x18\x01 \x01(\tB[\xca\xf3\x18W\x08\x01:([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?@\xc8\x01R&Envoy listener name; unique per proxy.\x12h\n\x03udp\x18\x02 \x01(\x0b\x32\x1b.servicemesh.v1.UdpListenerB>\xca\xf3\x18:\x08\x01R6A UDP listener proxying every datagram to its cluster.\x12\xa0\x01\n\x03tcp\x18\x03 \x01(\x0b\x32\x1b.servicemesh.v1.TcpListenerBv\xca\xf3\x18rJAtcp listeners are reserved and not supported yet; use a udp blockR-Reserved for TCP listeners; rejected for now.\"\x9e\x01\n\x0bUdpListener\x12H\n\x04port\x18\x01 \x01(\rB:\xca\xf3\x18\x36\x08\x01\x10\x01\x18\xff\xff\x03R,The listener binds 0.0.0.0 on this UDP port.\x12\x45\n\x07\x63luster\x18\x02 \x01(\x0b\x32\x17.servicemesh.v1.ClusterB\x1b\xca\xf3\x18\x17\x08\x01R\x13Where datagrams go.\"E\n\x0bTcpListener\x12\x0c\n\x04port\x18\x01 \x01(\r\x12(\n\x07\x63luster\x18\x02 \x01(\x0b\x32\x17.servicemesh.v1.Cluster\"\xfc\x04\n\x07\x43luster\x12h\n\x04name\x18\x01 \x01(\tBZ\xca\xf3\x18V\x08\x01:([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?@\xc8\x01R%Envoy cluster name; unique per proxy.\x12\x88\x01\n\x11service_discovery\x18\x02 \x01(\tBm\xca\xf3\x18i\"\tstrictdns\"\x03\x65\x64s*\tstrictdnsRLstrictdns: endpoints inline in the cluster; eds: endpoints delivered by EDS.\x12m\n\x08hash_key\x18\x03 \x01(\tBV\xca\xf3\x18R@\x80\x02RMEvery datagram of the listener hashes to one upstream (Maglev) with this key.H\x00\x88\x01\x01\x12|\n\x0chealth_check\x18\x04 \x01(\x0b\x32\x1b.servicemesh.v1.HealthCheckBI\xca\xf3\x18\x45RCActive health check; absent means every endpoint counts as healthy.\x12\x81\x01\n\tendpoints\x18\x05 \x03(\x0b\x32\x18.servicemesh.v1.EndpointBT\xca\xf3\x18P\x08\x01\x32\x04nameRDUpstream workers; a selector endpoint stands for any number of pods.X B\x0b\n\t_hash_key\"\x83\x01\n\x0bHealthCheck\x12\x34\n\x08protocol\x18\x01 \x01(\tB\"\xca\xf3\x18\x1e\"\x03TCP*\x03TCPR\x12TCP connect check.\x12>\n\x08interval\x18\x02 \x01(\rB,\xca\xf3\x18(\x08\x01\x10\xf4\x03\x18\x80\xdd\xdb\x01R\x1cMilliseconds between checks.\"\xbc\x02\n\x08\x45ndpoint\x12\x42\n\x04name\x18\x01 \x01(\tB4\xca\xf3\x18\x30\x08\x01@\xc8\x01R)Endpoint name; unique within its cluster.\x12\x42\n\x04host\x18\x02 \x01(\x0b\x32\x14.servicemesh.v1.HostB\x1e\xca\xf3\x18\x1a\x08\x01R\x16Where the endpoint is.\x12.\n\x04port\x18\x03 \x01(\rB \xca\xf3\x18\x1c\x08\x01\x10\x01\x18\xff\xff\x03R\x12Upstream UDP port.\x12\x62\n\x11health_check_port\x18\x04 \x01(\rBB\xca\xf3\x18>\x10\x01\x18\xff\xff\x03R6Where the TCP health check connects; defaults to port.H\x00\x88\x01\x01\x42\x14\n\x12_health_check_port\"\xcc\x02\n\x04Host\x12;\n\x07\x61\x64\x64ress\x18\x01 \x01(\tB%\xca\xf3\x18!@\xfd\x01R\x1c\x41n IP address or a DNS name.H\x00\x88\x01\x01\x12\x85\x01\n\x08selector\x18\x02 \x03(\x0b\x32\".servicemesh.v1.Host.SelectorEntryBO\xca\xf3\x18KRIReady, non-terminating pods with an IP in the VirtualService\'s namespace.\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:B\xca\xf3\x18>\n\x07\x61\x64\x64ress\n\x08selector\x12)Either a fixed address or a pod selector.B\n\n\x08_address:J\n\x05\x66ield\x12\x1d.google.protobuf.FieldOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1a.servicemesh.v1.FieldRules:P\n\x07message\x12\x1f.google.protobuf.MessageOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1c.servicemesh.v1.MessageRulesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#servicemesh/v1/virtualservice.proto\x12\x0eservicemesh.v1\x1a google/protobuf/descriptor.proto\"\xf3\x01\n\nFieldRules\x12\x10\n\x08required\x18\x01 \x01(\x08\x12\x14\n\x07minimum\x18\x02 \x01(\x03H\x00\x88\x01\x01\x12\x14\n\x07maximum\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x0c\n\x04\x65num\x18\x04 \x03(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x05 \x01(\t\x12\x11\n\tunique_by\x18\x06 \x03(\t\x12\x0f\n\x07pattern\x18\x07 \x01(\t\x12\x12\n\nmax_length\x18\x08 \x01(\r\x12\x10\n\x08rejected\x18\t \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12\x11\n\tmax_items\x18\x0b \x01(\rB\n\n\x08_minimumB\n\n\x08_maximum\";\n\x0cMessageRules\x12\x16\n\x0e\x65xactly_one_of\x18\x01 \x03(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\"\xff\x03\n\x12VirtualServiceSpec\x12\x97\x01\n\x08selector\x18\x01 \x03(\x0b\x32\x30.servicemesh.v1.VirtualServiceSpec.SelectorEntryBS\xca\xf3\x18O\x08\x01RKProxies whose labels contain all of these pairs receive this configuration.\x12\xae\x01\n\tlisteners\x18\x02 \x03(\x0b\x32\x18.servicemesh.v1.ListenerB\x80\x01\xca\xf3\x18|\x08\x01\x32\x04name2\x08udp.port2\x08tcp.port2!udp.cluster.name|tcp.cluster.nameR9UDP and TCP listeners to program on every selected proxy.X@\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:m\xca\xf3\x18i\x12gUDP and TCP listeners, their clusters and endpoints, for the Envoy proxies whose labels match selector.\"\x9f\x03\n\x08Listener\x12i\n\x04name\x18\x01 \x01(\tB[\xca\xf3\x18W\x08\x01:([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?@\xc8\x01R&Envoy listener name; unique per proxy.\x12h\n\x03udp\x18\x02 \x01(\x0b\x32\x1b.servicemesh.v1.UdpListenerB<\xca\xf3\x18\x38R6A UDP listener proxying every datagram to its cluster.H\x00\x12j\n\x03tcp\x18\x03 \x01(\x0b\x32\x1b.servicemesh.v1.TcpListenerB>\xca\xf3\x18:R8A TCP listener proxying every connection to its cluster.H\x00:F\xca\xf3\x18\x42\n\x03udp\n\x03tcp\x12\x36\x41 UDP or a TCP listener and the cluster it proxies to.B\n\n\x08protocol\"\x9e\x01\n\x0bUdpListener\x12H\n\x04port\x18\x01 \x01(\rB:\xca\xf3\x18\x36\x08\x01\x10\x01\x18\xff\xff\x03R,The listener binds 0.0.0.0 on this UDP port.\x12\x45\n\x07\x63luster\x18\x02 \x01(\x0b\x32\x17.servicemesh.v1.ClusterB\x1b\xca\xf3\x18\x17\x08\x01R\x13Where datagrams go.\"\xa0\x01\n\x0bTcpListener\x12H\n\x04port\x18\x01 \x01(\rB:\xca\xf3\x18\x36\x08\x01\x10\x01\x18\xff\xff\x03R,The listener binds 0.0.0.0 on this TCP port.\x12G\n\x07\x63luster\x18\x02 \x01(\x0b\x32\x17.servicemesh.v1.ClusterB\x1d\xca\xf3\x18\x19\x08\x01R\x15Where connections go.\"\x97\x05\n\x07\x43luster\x12h\n\x04name\x18\x01 \x01(\tBZ\xca\xf3\x18V\x08\x01:([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?@\xc8\x01R%Envoy cluster name; unique per proxy.\x12\x88\x01\n\x11service_discovery\x18\x02 \x01(\tBm\xca\xf3\x18i\"\tstrictdns\"\x03\x65\x64s*\tstrictdnsRLstrictdns: endpoints inline in the cluster; eds: endpoints delivered by EDS.\x12\x87\x01\n\x08hash_key\x18\x03 \x01(\tBp\xca\xf3\x18l@\x80\x02RgEvery datagram (udp) or connection (tcp) of the listener hashes to one upstream (Maglev) with this key.H\x00\x88\x01\x01\x12|\n\x0chealth_check\x18\x04 \x01(\x0b\x32\x1b.servicemesh.v1.HealthCheckBI\xca\xf3\x18\x45RCActive health check; absent means every endpoint counts as healthy.\x12\x81\x01\n\tendpoints\x18\x05 \x03(\x0b\x32\x18.servicemesh.v1.EndpointBT\xca\xf3\x18P\x08\x01\x32\x04nameRDUpstream workers; a selector endpoint stands for any number of pods.X B\x0b\n\t_hash_key\"\x83\x01\n\x0bHealthCheck\x12\x34\n\x08protocol\x18\x01 \x01(\tB\"\xca\xf3\x18\x1e\"\x03TCP*\x03TCPR\x12TCP connect check.\x12>\n\x08interval\x18\x02 \x01(\rB,\xca\xf3\x18(\x08\x01\x10\xf4\x03\x18\x80\xdd\xdb\x01R\x1cMilliseconds between checks.\"\xd6\x02\n\x08\x45ndpoint\x12\x42\n\x04name\x18\x01 \x01(\tB4\xca\xf3\x18\x30\x08\x01@\xc8\x01R)Endpoint name; unique within its cluster.\x12\x42\n\x04host\x18\x02 \x01(\x0b\x32\x14.servicemesh.v1.HostB\x1e\xca\xf3\x18\x1a\x08\x01R\x16Where the endpoint is.\x12H\n\x04port\x18\x03 \x01(\rB:\xca\xf3\x18\x36\x08\x01\x10\x01\x18\xff\xff\x03R,Upstream port (UDP or TCP, as the listener).\x12\x62\n\x11health_check_port\x18\x04 \x01(\rBB\xca\xf3\x18>\x10\x01\x18\xff\xff\x03R6Where the TCP health check connects; defaults to port.H\x00\x88\x01\x01\x42\x14\n\x12_health_check_port\"\xcc\x02\n\x04Host\x12;\n\x07\x61\x64\x64ress\x18\x01 \x01(\tB%\xca\xf3\x18!@\xfd\x01R\x1c\x41n IP address or a DNS name.H\x00\x88\x01\x01\x12\x85\x01\n\x08selector\x18\x02 \x03(\x0b\x32\".servicemesh.v1.Host.SelectorEntryBO\xca\xf3\x18KRIReady, non-terminating pods with an IP in the VirtualService\'s namespace.\x1a/\n\rSelectorEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01:B\xca\xf3\x18>\n\x07\x61\x64\x64ress\n\x08selector\x12)Either a fixed address or a pod selector.B\n\n\x08_address:J\n\x05\x66ield\x12\x1d.google.protobuf.FieldOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1a.servicemesh.v1.FieldRules:P\n\x07message\x12\x1f.google.protobuf.MessageOptions\x18\xb9\x8e\x03 \x01(\x0b\x32\x1c.servicemesh.v1.MessageRulesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,25 +37,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_VIRTUALSERVICESPEC'].fields_by_name['selector']._loaded_options = None
   _globals['_VIRTUALSERVICESPEC'].fields_by_name['selector']._serialized_options = b'\312\363\030O\010\001RKProxies whose labels contain all of these pairs receive this configuration.'
   _globals['_VIRTUALSERVICESPEC'].fields_by_name['listeners']._loaded_options = None
-  _globals['_VIRTUALSERVICESPEC'].fields_by_name['listeners']._serialized_options = b'\312\363\030Y\010\0012\004name2\010udp.port2\020udp.cluster.nameR1UDP listeners to program on every selected proxy.X@'
+  _globals['_VIRTUALSERVICESPEC'].fields_by_name['listeners']._serialized_options = b'\312\363\030|\010\0012\004name2\010udp.port2\010tcp.port2!udp.cluster.name|tcp.cluster.nameR9UDP and TCP listeners to program on every selected proxy.X@'
   _globals['_VIRTUALSERVICESPEC']._loaded_options = None
-  _globals['_VIRTUALSERVICESPEC']._serialized_options = b'\312\363\030a\022_UDP listeners, their clusters and endpoints, for the Envoy proxies whose labels match selector.'
+  _globals['_VIRTUALSERVICESPEC']._serialized_options = b'\312\363\030i\022gUDP and TCP listeners, their clusters and endpoints, for the Envoy proxies whose labels match selector.'
   _globals['_LISTENER'].fields_by_name['name']._loaded_options = None
   _globals['_LISTENER'].fields_by_name['name']._serialized_options = b'\312\363\030W\010\001:([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?@\310\001R&Envoy listener name; unique per proxy.'
   _globals['_LISTENER'].fields_by_name['udp']._loaded_options = None
-  _globals['_LISTENER'].fields_by_name['udp']._serialized_options = b'\312\363\030:\010\001R6A UDP listener proxying every datagram to its cluster.'
+  _globals['_LISTENER'].fields_by_name['udp']._serialized_options = b'\312\363\0308R6A UDP listener proxying every datagram to its cluster.'
   _globals['_LISTENER'].fields_by_name['tcp']._loaded_options = None
-  _globals['_LISTENER'].fields_by_name['tcp']._serialized_options = b'\312\363\030rJAtcp listeners are reserved and not supported yet; use a udp blockR-Reserved for TCP listeners; rejected for now.'
+  _globals['_LISTENER'].fields_by_name['tcp']._serialized_options = b'\312\363\030:R8A TCP listener proxying every connection to its cluster.'
+  _globals['_LISTENER']._loaded_options = None
+  _globals['_LISTENER']._serialized_options = b'\312\363\030B\n\003udp\n\003tcp\0226A UDP or a TCP listener and the cluster it proxies to.'
   _globals['_UDPLISTENER'].fields_by_name['port']._loaded_options = None
   _globals['_UDPLISTENER'].fields_by_name['port']._serialized_options = b'\312\363\0306\010\001\020\001\030\377\377\003R,The listener binds 0.0.0.0 on this UDP port.'
   _globals['_UDPLISTENER'].fields_by_name['cluster']._loaded_options = None
   _globals['_UDPLISTENER'].fields_by_name['cluster']._serialized_options = b'\312\363\030\027\010\001R\023Where datagrams go.'
+  _globals['_TCPLISTENER'].fields_by_name['port']._loaded_options = None
+  _globals['_TCPLISTENER'].fields_by_name['port']._serialized_options = b'\312\363\0306\010\001\020\001\030\377\377\003R,The listener binds 0.0.0.0 on this TCP port.'
+  _globals['_TCPLISTENER'].fields_by_name['cluster']._loaded_options = None
+  _globals['_TCPLISTENER'].fields_by_name['cluster']._serialized_options = b'\312\363\030\031\010\001R\025Where connections go.'
   _globals['_CLUSTER'].fields_by_name['name']._loaded_options = None
   _globals['_CLUSTER'].fields_by_name['name']._serialized_options = b'\312\363\030V\010\001:([A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?@\310\001R%Envoy cluster name; unique per proxy.'
   _globals['_CLUSTER'].fields_by_name['service_discovery']._loaded_options = None
   _globals['_CLUSTER'].fields_by_name['service_discovery']._serialized_options = b'\312\363\030i\"\tstrictdns\"\003eds*\tstrictdnsRLstrictdns: endpoints inline in the cluster; eds: endpoints delivered by EDS.'
   _globals['_CLUSTER'].fields_by_name['hash_key']._loaded_options = None
-  _globals['_CLUSTER'].fields_by_name['hash_key']._serialized_options = b'\312\363\030R@\200\002RMEvery datagram of the listener hashes to one upstream (Maglev) with this key.'
+  _globals['_CLUSTER'].fields_by_name['hash_key']._serialized_options = b'\312\363\030l@\200\002RgEvery datagram (udp) or connection (tcp) of the listener hashes to one upstream (Maglev) with this key.'
   _globals['_CLUSTER'].fields_by_name['health_check']._loaded_options = None
   _globals['_CLUSTER'].fields_by_name['health_check']._serialized_options = b'\312\363\030ERCActive health check; absent means every endpoint counts as healthy.'
   _globals['_CLUSTER'].fields_by_name['endpoints']._loaded_options = None
@@ -69,7 +75,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINT'].fields_by_name['host']._loaded_options = None
   _globals['_ENDPOINT'].fields_by_name['host']._serialized_options = b'\312\363\030\032\010\001R\026Where the endpoint is.'
   _globals['_ENDPOINT'].fields_by_name['port']._loaded_options = None
-  _globals['_ENDPOINT'].fields_by_name['port']._serialized_options = b'\312\363\030\034\010\001\020\001\030\377\377\003R\022Upstream UDP port.'
+  _globals['_ENDPOINT'].fields_by_name['port']._serialized_options = b'\312\363\0306\010\001\020\001\030\377\377\003R,Upstream port (UDP or TCP, as the listener).'
   _globals['_ENDPOINT'].fields_by_name['health_check_port']._loaded_options = None
   _globals['_ENDPOINT'].fields_by_name['health_check_port']._serialized_options = b'\312\363\030>\020\001\030\377\377\003R6Where the TCP health check connects; defaults to port.'
   _globals['_HOST_SELECTORENTRY']._loaded_options = None
@@ -85,23 +91,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MESSAGERULES']._serialized_start=335
   _globals['_MESSAGERULES']._serialized_end=394
   _globals['_VIRTUALSERVICESPEC']._serialized_start=397
-  _globals['_VIRTUALSERVICESPEC']._serialized_end=864
-  _globals['_VIRTUALSERVICESPEC_SELECTORENTRY']._serialized_start=714
-  _globals['_VIRTUALSERVICESPEC_SELECTORENTRY']._serialized_end=761
-  _globals['_LISTENER']._serialized_start=867
-  _globals['_LISTENER']._serialized_end=1253
-  _globals['_UDPLISTENER']._serialized_start=1256
-  _globals['_UDPLISTENER']._serialized_end=1414
-  _globals['_TCPLISTENER']._serialized_start=1416
-  _globals['_TCPLISTENER']._serialized_end=1485
-  _globals['_CLUSTER']._serialized_start=1488
-  _globals['_CLUSTER']._serialized_end=2124
-  _globals['_HEALTHCHECK']._serialized_start=2127
-  _globals['_HEALTHCHECK']._serialized_end=2258
-  _globals['_ENDPOINT']._serialized_start=2261
-  _globals['_ENDPOINT']._serialized_end=2577
-  _globals['_HOST']._serialized_start=2580
-  _globals['_HOST']._serialized_end=2912
-  _globals['_HOST_SELECTORENTRY']._serialized_start=714
-  _globals['_HOST_SELECTORENTRY']._serialized_end=761
+  _globals['_VIRTUALSERVICESPEC']._serialized_end=908
+  _globals['_VIRTUALSERVICESPEC_SELECTORENTRY']._serialized_start=750
+  _globals['_VIRTUALSERVICESPEC_SELECTORENTRY']._serialized_end=797
+  _globals['_LISTENER']._serialized_start=911
+  _globals['_LISTENER']._serialized_end=1326
+  _globals['_UDPLISTENER']._serialized_start=1329
+  _globals['_UDPLISTENER']._serialized_end=1487
+  _globals['_TCPLISTENER']._serialized_start=1490
+  _globals['_TCPLISTENER']._serialized_end=1650
+  _globals['_CLUSTER']._serialized_start=1653
+  _globals['_CLUSTER']._serialized_end=2316
+  _globals['_HEALTHCHECK']._serialized_start=2319
+  _globals['_HEALTHCHECK']._serialized_end=2450
+  _globals['_ENDPOINT']._serialized_start=2453
+  _globals['_ENDPOINT']._serialized_end=2795
+  _globals['_HOST']._serialized_start=2798
+  _globals['_HOST']._serialized_end=3130
+  _globals['_HOST_SELECTORENTRY']._serialized_start=750
+  _globals['_HOST_SELECTORENTRY']._serialized_end=797
 # @@protoc_insertion_point(module_scope)

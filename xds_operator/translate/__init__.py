@@ -15,21 +15,31 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
+from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.filters.udp.udp_proxy.v3 import route_pb2, udp_proxy_pb2
+from envoy.type.v3 import hash_policy_pb2
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from xds.type.matcher.v3 import matcher_pb2
 
-from ..api import VirtualService, pb
+from ..api import VirtualService, cluster_of, pb, protocol_of
 
 UDP_PROXY_FILTER = "envoy.filters.udp_listener.udp_proxy"
+TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
+SET_FILTER_STATE_FILTER = "envoy.filters.network.set_filter_state"
+# The connection's filter-state object that carries a TCP listener's hash_key to tcp_proxy's hash
+# policy. Its factory must build an Envoy::Hashable (envoy.string does not: no hash, no pinning);
+# envoy.hashable_string hashes the value with xxHash64, as udp_proxy hashes its key.
+HASH_KEY_STATE = "servicemesh.l7mp.io.hash_key"
+HASHABLE_STRING_FACTORY = "envoy.hashable_string"
 # A short connect timeout for the TCP check, so a dead worker is seen within one interval.
 MAX_HEALTH_CHECK_TIMEOUT_MS = 1000
 CONNECT_TIMEOUT_MS = 1000
 
 
 class UpstreamAddress(NamedTuple):
-    """One resolved upstream: an IP or DNS name, its UDP port, where its health check connects."""
+    """One resolved upstream: an IP or DNS name, its (UDP or TCP) port, where its health check connects."""
 
     host: str
     port: int
@@ -74,7 +84,7 @@ Resolved = tuple[tuple[UpstreamAddress, ...], ...]  # per listener, its cluster'
 def resolve_virtual_service(vs: VirtualService, resolve_selector: SelectorResolver = no_pods) -> Resolved:
     """The upstreams of every listener's cluster: what endpoint changes are noticed by."""
     return tuple(
-        tuple(resolve_endpoints(vs.namespace, listener.udp.cluster, resolve_selector)) for listener in vs.spec.listeners
+        tuple(resolve_endpoints(vs.namespace, cluster_of(listener), resolve_selector)) for listener in vs.spec.listeners
     )
 
 
@@ -86,7 +96,7 @@ def translate_virtual_service(
         resolved = resolve_virtual_service(vs, resolve_selector)
     resources = EnvoyResources()
     for listener, addresses in zip(vs.spec.listeners, resolved, strict=True):
-        cluster = listener.udp.cluster
+        cluster = cluster_of(listener)
         resources.listeners.append(translate_listener(listener))
         resources.clusters.append(translate_cluster(cluster, addresses))
         if cluster.service_discovery == "eds":
@@ -95,17 +105,49 @@ def translate_virtual_service(
 
 
 def translate_listener(listener: pb.Listener) -> listener_pb2.Listener:
-    udp = listener.udp
-    config = udp_proxy_pb2.UdpProxyConfig(stat_prefix=listener.name, matcher=_route_to(udp.cluster.name))
+    if protocol_of(listener) == "TCP":
+        return _tcp_listener(listener.name, listener.tcp)
+    return _udp_listener(listener.name, listener.udp)
+
+
+def _udp_listener(name: str, udp: pb.UdpListener) -> listener_pb2.Listener:
+    """A UDP socket whose udp_proxy listener filter sends every datagram to the cluster."""
+    config = udp_proxy_pb2.UdpProxyConfig(stat_prefix=name, matcher=_route_to(udp.cluster.name))
     if udp.cluster.HasField("hash_key"):
         config.hash_policies.add(key=udp.cluster.hash_key)
-    result = listener_pb2.Listener(name=listener.name)
-    socket_address = result.address.socket_address
-    socket_address.protocol = address_pb2.SocketAddress.UDP
-    socket_address.address = "0.0.0.0"
-    socket_address.port_value = udp.port
+    result = _bound_listener(name, address_pb2.SocketAddress.UDP, udp.port)
     listener_filter = result.listener_filters.add(name=UDP_PROXY_FILTER)
     _pack_into(listener_filter.typed_config, config)
+    return result
+
+
+def _tcp_listener(name: str, tcp: pb.TcpListener) -> listener_pb2.Listener:
+    """A TCP socket with one filter chain: tcp_proxy to the cluster, after set_filter_state for a hash key.
+
+    tcp_proxy hashes only what the connection offers (source IP or a filter-state object), so the
+    constant key is put into every connection's filter state first: each connection then hashes
+    alike and Maglev pins them all to one upstream, on every Envoy replica.
+    """
+    proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=tcp.cluster.name)
+    result = _bound_listener(name, address_pb2.SocketAddress.TCP, tcp.port)
+    chain = result.filter_chains.add()
+    if tcp.cluster.HasField("hash_key"):
+        state = set_filter_state_pb2.Config()
+        value = state.on_new_connection.add(object_key=HASH_KEY_STATE, factory_key=HASHABLE_STRING_FACTORY)
+        # A format string: % starts a command operator, %% is a literal %.
+        value.format_string.text_format_source.inline_string = tcp.cluster.hash_key.replace("%", "%%")
+        _pack_into(chain.filters.add(name=SET_FILTER_STATE_FILTER).typed_config, state)
+        proxy.hash_policy.append(hash_policy_pb2.HashPolicy(filter_state={"key": HASH_KEY_STATE}))
+    _pack_into(chain.filters.add(name=TCP_PROXY_FILTER).typed_config, proxy)
+    return result
+
+
+def _bound_listener(name: str, protocol: address_pb2.SocketAddress.Protocol, port: int) -> listener_pb2.Listener:
+    result = listener_pb2.Listener(name=name)
+    socket_address = result.address.socket_address
+    socket_address.protocol = protocol
+    socket_address.address = "0.0.0.0"
+    socket_address.port_value = port
     return result
 
 

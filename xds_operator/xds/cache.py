@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..api import Key, VirtualService
+from ..api import Key, VirtualService, cluster_of, port_of, protocol_of
 from ..translate import SelectorResolver, no_pods, resolve_virtual_service, translate_virtual_service
 from .snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, MODULUS, Resource, Snapshot, weight_of
 
@@ -32,7 +32,8 @@ class Translated:
     resources: tuple[Resource, ...]
     addresses: tuple  # the resolved upstreams per cluster, to notice endpoint changes
     token: str  # changes whenever any of the resources does
-    # What it takes on a proxy: ("listener", name), ("cluster", name), ("port", number).
+    # What it takes on a proxy: ("listener", name), ("cluster", name), ("UDP port" or "TCP port", number):
+    # a UDP and a TCP listener may share a port number.
     claims: frozenset[tuple[str, object]]
 
     @cached_property
@@ -48,18 +49,21 @@ class Translated:
 def translate(vs: VirtualService, resolve_selector: SelectorResolver) -> Translated:
     resolved = resolve_virtual_service(vs, resolve_selector)
     envoy = translate_virtual_service(vs, resolved=resolved)
-    listeners = [(listener.name, listener.udp.cluster.name, listener.udp.port) for listener in vs.spec.listeners]
+    listeners = [
+        (listener.name, cluster_of(listener).name, (f"{protocol_of(listener)} port", port_of(listener)))
+        for listener in vs.spec.listeners
+    ]
     eds = {assignment.cluster_name: assignment for assignment in envoy.load_assignments}
     resources: list[Resource] = []
     claims: set[tuple[str, object]] = set()
-    for (listener_name, cluster_name, port), listener, cluster in zip(
+    for (listener_name, cluster_name, port_claim), listener, cluster in zip(
         listeners, envoy.listeners, envoy.clusters, strict=True
     ):
         resources.append(Resource.of(listener_name, listener, requires=[(CLUSTER, cluster_name)]))
         resources.append(
             Resource.of(cluster_name, cluster, requires=[(ENDPOINT, cluster_name)] if cluster_name in eds else ())
         )
-        claims.update((("listener", listener_name), ("cluster", cluster_name), ("port", port)))
+        claims.update((("listener", listener_name), ("cluster", cluster_name), port_claim))
     resources.extend(Resource.of(name, assignment) for name, assignment in eds.items())
     token = hashlib.blake2b(
         "".join(r.type_url + r.name + r.digest for r in resources).encode(), digest_size=8
