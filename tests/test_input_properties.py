@@ -22,6 +22,8 @@ from xds_operator.api import ValidationError, parse_virtual_service
 from xds_operator.api.validate import MAX_REPORTED_ERRORS
 from xds_operator.files import read_file
 from xds_operator.translate import translate_virtual_service
+from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.snapshot import LISTENER
 
 TOP_LEVEL = re.compile(r"^(\(document\)|apiVersion|kind|metadata|spec|status)([.\[]|$)")
 DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -56,6 +58,12 @@ def test_valid_documents_are_accepted_and_translate(document: dict) -> None:
     assert len(resources.load_assignments) == len(eds)
     for message in [*resources.listeners, *resources.clusters, *resources.load_assignments]:
         assert message.SerializeToString(deterministic=True)
+    # And through the cache, into the snapshot a proxy with the selector's labels gets.
+    cache = SnapshotCache(resolve_pods)
+    cache.upsert(vs)
+    cache.commit()
+    snapshot = cache.snapshot_for(dict(document["spec"]["selector"]))
+    assert set(snapshot.resources[LISTENER]) == {item["name"] for item in spec_listeners}
 
 
 @examples(200)
