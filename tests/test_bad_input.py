@@ -149,3 +149,28 @@ def test_names_with_characters_envoy_treats_specially_are_rejected(field: str, n
     [error] = caught.value.errors
     assert error.path == path
     assert "must match" in error.message or "at most 200 characters" in error.message
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("creationTimestamp", {"a": 1}, "metadata.creationTimestamp: expected a timestamp, got an object"),
+        ("uid", 7, "metadata.uid: expected a string, got an integer"),
+        ("namespace", "x" * 5000, "metadata.namespace: 'xxxxxxxxxx"),
+        ("name", ["deep"] * 3, "metadata.name: required"),
+    ],
+)
+def test_mistyped_metadata_is_a_field_error(field: str, value: object, error: str) -> None:
+    document = yaml.safe_load(vs_yaml("meta"))
+    document["metadata"][field] = value
+    with pytest.raises(ValidationError) as caught:
+        parse_virtual_service(document)
+    [problem] = caught.value.errors
+    assert str(problem).startswith(error) and len(str(problem)) < 200
+
+
+def test_an_unquoted_date_is_a_creation_timestamp() -> None:
+    document = yaml.safe_load(
+        vs_yaml("meta").replace("namespace: default}", "namespace: default, creationTimestamp: 2024-01-02}")
+    )
+    assert parse_virtual_service(document).created == "2024-01-02"

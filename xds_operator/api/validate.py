@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import cache
 from typing import Any
 
@@ -154,7 +154,7 @@ def _check_metadata(metadata: Any, errors: list[FieldError]) -> Mapping[str, Any
         errors.append(FieldError("metadata.namespace", f"{_shown(namespace)} is not a valid namespace"))
     # Read into the model below (conflict order, identity): only their types matter here.
     created = metadata.get("creationTimestamp")
-    if created is not None and not isinstance(created, str | datetime):
+    if created is not None and not isinstance(created, str | date):  # YAML reads unquoted dates as date
         errors.append(FieldError("metadata.creationTimestamp", f"expected a timestamp, got {_type_name(created)}"))
     uid = metadata.get("uid")
     if uid is not None and not isinstance(uid, str):
@@ -363,8 +363,10 @@ def _shown(value: Any) -> str:
     """A value as quoted in a message: short, and never the repr of a container (it may be huge or deep)."""
     if isinstance(value, str):
         return repr(value if len(value) <= SHOWN_CHARACTERS else value[:SHOWN_CHARACTERS] + "...")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**SHOWN_CHARACTERS:
+        return f"an integer of more than {SHOWN_CHARACTERS} digits"
     if value is None or isinstance(value, bool | int | float):
-        return repr(value) if not isinstance(value, int) or abs(value) < 10**SHOWN_CHARACTERS else "a huge integer"
+        return repr(value)
     return _type_name(value)
 
 
