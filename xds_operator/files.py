@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -134,9 +135,14 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    status = path.stat()
-    return (status.st_mtime_ns, status.st_size)
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of a regular file (through symlinks); None if it is not one, or is gone already
+    (a ConfigMap volume removes its old files right after swapping ..data: that race must not end the watch)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return (status.st_mtime_ns, status.st_size) if stat.S_ISREG(status.st_mode) else None
 
 
 def _now() -> str:
@@ -161,9 +167,8 @@ class DirectorySource:
 
     def rescan(self) -> None:
         """Read again the files whose size or modification time changed, and drop vanished ones."""
-        present = {
-            path: _stamp(path) for path in self.directory.iterdir() if path.suffix in SUFFIXES and path.is_file()
-        }
+        stamps = {path: _stamp(path) for path in self.directory.iterdir() if path.suffix in SUFFIXES}
+        present = {path: stamp for path, stamp in stamps.items() if stamp is not None}
         changed = {path for path, stamp in present.items() if self._stamps.get(path) != stamp}
         changed |= set(self._files) - set(present)
         if changed or not self._files:
@@ -236,8 +241,9 @@ class DirectorySource:
     def _reload(self, paths: Iterable[Path]) -> None:
         stamp = _now()
         for path in sorted(paths):
-            if path.is_file():
-                self._stamps[path] = _stamp(path)
+            file_stamp = _stamp(path)
+            if file_stamp is not None:
+                self._stamps[path] = file_stamp
                 contents = read_file(path)
                 for problem in contents.errors:
                     log.error("%s", problem)
