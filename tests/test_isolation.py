@@ -13,8 +13,14 @@ from typing import Any
 import pytest
 import test_operator
 from ads_client import AdsClient, DeltaAdsClient, delta_names, resource_names
+from hypothesis import given
+from hypothesis import strategies as st
 from test_operator import INGRESS, NS, Operator, pod_body, vs_body
+from vs_strategies import examples
 
+from xds_operator.api import parse_virtual_service
+from xds_operator.operator.pods import PodIndex
+from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.snapshot import CLUSTER, ENDPOINT, LISTENER
 
 apiserver, operator = test_operator.apiserver, test_operator.operator  # the fixtures, shared
@@ -142,3 +148,60 @@ async def test_a_pod_uid_as_node_id_is_scoped_to_the_pods_namespace(operator: Op
     await operator.settle()
     ads = connect(operator, variant, pod["metadata"]["uid"])
     assert await clusters_and_listeners(ads) == ([], [])
+
+
+async def test_subscribing_to_another_proxys_eds_names_yields_nothing_of_them(operator: Operator, variant: str):
+    """EDS is requested by name: a proxy naming a cluster it was not given must not get its endpoints."""
+    operator.create(vs_body("ingress", 2000, eds=True))
+    operator.create(vs_body("egress", 2001, eds=True, selector=EGRESS))
+    create_pod(operator, "envoy-0", INGRESS)
+    await operator.settle()
+    ads = connect(operator, variant, f"{NS}/envoy-0")
+    if isinstance(ads, DeltaAdsClient):
+        await ads.send(ENDPOINT, subscribe=["ingress-c", "egress-c"])
+    else:
+        await ads.send(ENDPOINT, names=["ingress-c", "egress-c"])
+    response = await ads.recv()
+    names = delta_names(response) if isinstance(ads, DeltaAdsClient) else resource_names(response)
+    assert names == ["ingress-c"]
+    while True:  # whatever else arrives carries none of egress-c's endpoints
+        try:
+            response = await ads.recv(timeout=0.5)
+        except AssertionError:
+            break
+        names = delta_names(response) if isinstance(ads, DeltaAdsClient) else resource_names(response)
+        assert "egress-c" not in names
+
+
+LABEL_VALUES = st.dictionaries(st.sampled_from(["app", "tier", "zone"]), st.sampled_from(["a", "b"]), max_size=3)
+NAMESPACES = st.sampled_from([NS, OTHER_NS])
+
+
+@examples(100)
+@given(
+    pods=st.lists(st.tuples(NAMESPACES, LABEL_VALUES), max_size=6),
+    services=st.lists(st.tuples(NAMESPACES, LABEL_VALUES.filter(bool)), max_size=6),
+)
+def test_every_proxy_gets_exactly_the_virtualservices_of_its_namespace_its_pods_labels_select(
+    pods: list[tuple[str, dict[str, str]]], services: list[tuple[str, dict[str, str]]]
+) -> None:
+    """The model under the tests above: identity from the pod index, selection in the cache."""
+    index = PodIndex()
+    for number, (namespace, labels) in enumerate(pods):
+        body = pod_body(f"envoy-{number}", labels)
+        body["metadata"].update(namespace=namespace, uid=f"uid-{number}")
+        index.upsert(body)
+    cache = SnapshotCache()
+    for number, (namespace, selector) in enumerate(services):
+        body = vs_body(f"vs-{number}", 2000 + number, selector=selector)
+        body["metadata"]["namespace"] = namespace
+        cache.upsert(parse_virtual_service(body))
+    cache.commit()
+    for number, (namespace, labels) in enumerate(pods):
+        expected = {
+            f"vs-{n}-l"
+            for n, (vs_namespace, selector) in enumerate(services)
+            if vs_namespace == namespace and selector.items() <= labels.items()
+        }
+        for node_id in (f"{namespace}/envoy-{number}", f"uid-{number}"):
+            assert set(cache.snapshot_for(index.labels_for(node_id)).resources[LISTENER]) == expected
