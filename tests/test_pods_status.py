@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from xds_operator.api import parse_virtual_service
+from xds_operator.api.model import NAMESPACE_LABEL
 from xds_operator.operator.pods import PodIndex
 from xds_operator.operator.status import Observed, status_of
 from xds_operator.xds.cache import SnapshotCache
@@ -62,8 +63,9 @@ def test_proxy_labels_by_uid_or_namespace_and_name():
     assert index.labels_for("media/envoy-0") is None
     change = index.upsert(pod("envoy-0", {"app": "envoy-ingress"}, uid="1234"))
     assert change is not None and change.node_ids == {"1234", "media/envoy-0"}
-    assert index.labels_for("media/envoy-0") == {"app": "envoy-ingress"}
-    assert index.labels_for("1234") == {"app": "envoy-ingress"}
+    # The pod's labels, and its namespace (a VirtualService selects proxies in its own namespace only).
+    assert index.labels_for("media/envoy-0") == {"app": "envoy-ingress", NAMESPACE_LABEL: "media"}
+    assert index.labels_for("1234") == {"app": "envoy-ingress", NAMESPACE_LABEL: "media"}
     index.delete(pod("envoy-0", {}))
     assert index.labels_for("1234") is None and index.labels_for("media/envoy-0") is None
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import stat
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -26,7 +28,10 @@ SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".yaml", ".yml")
-MAX_FILE_BYTES = 4 * 1024 * 1024  # a larger file is refused rather than read into memory
+# Limits, so a file cannot exhaust memory or flood the log. 1 MiB is what a ConfigMap (the usual way
+# to mount this directory) can hold in all; a larger file is refused without being read past the limit.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DOCUMENTS = 1000  # per file: a file with more is refused (split it)
 DEBOUNCE_MS = 20  # watchfiles (off Linux): editors write in bursts; one reload per burst
 BURST_SECONDS = 0.0  # inotify: a yield to the loop, so events already queued join one reload
 
@@ -51,25 +56,12 @@ class FileContents:
 def read_file(path: Path) -> FileContents:
     """Parse one file. Never raises for bad content: problems are returned as messages."""
     contents = FileContents()
-    try:
-        size = path.stat().st_size
-        if size > MAX_FILE_BYTES:
-            contents.errors.append(f"{path}: file is {size} bytes, larger than the limit of {MAX_FILE_BYTES}; skipped")
-            contents.unreadable = True
-            return contents
-        text = path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as error:
-        contents.errors.append(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); skipped")
+    text = _read_text(path, contents)
+    if text is None:
         contents.unreadable = True
         return contents
-    except OSError as error:
-        contents.errors.append(f"{path}: cannot read: {error.strerror}")
-        contents.unreadable = True
-        return contents
-    try:
-        documents = list(yaml.load_all(text, Loader=SAFE_LOADER))
-    except yaml.YAMLError as error:
-        contents.errors.append(f"{path}: invalid YAML: {_yaml_problem(error)}; the whole file is skipped")
+    documents = _documents(path, text, contents)
+    if documents is None:
         contents.unreadable = True
         return contents
     for index, document in enumerate(documents):
@@ -81,7 +73,7 @@ def read_file(path: Path) -> FileContents:
             continue
         key = key_of(document)
         if key is not None:
-            where += f" ({key[0]}/{key[1]})"
+            where += f" ({_short(key[0])}/{_short(key[1])})"
         try:
             contents.services.append(parse_virtual_service(document, origin=str(path)))
         except ValidationError as error:
@@ -91,15 +83,66 @@ def read_file(path: Path) -> FileContents:
     return contents
 
 
+def _read_text(path: Path, contents: FileContents) -> str | None:
+    """The file as text, or None (with the problem recorded); never reads more than MAX_FILE_BYTES + 1 bytes."""
+    try:
+        with path.open("rb") as stream:
+            data = stream.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            contents.errors.append(f"{path}: file is larger than the limit of {MAX_FILE_BYTES} bytes; skipped")
+            return None
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        contents.errors.append(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); skipped")
+    except OSError as error:
+        contents.errors.append(f"{path}: cannot read: {error.strerror}")
+    return None
+
+
+def _documents(path: Path, text: str, contents: FileContents) -> list[Any] | None:
+    """The file's YAML documents, or None (with the problem recorded) if any cannot be read."""
+    documents: list[Any] = []
+    try:
+        for document in yaml.load_all(text, Loader=SAFE_LOADER):
+            if len(documents) == MAX_DOCUMENTS:
+                contents.errors.append(
+                    f"{path}: more than {MAX_DOCUMENTS} YAML documents, the limit per file; "
+                    "the whole file is skipped (split it)"
+                )
+                return None
+            documents.append(document)
+    except yaml.YAMLError as error:
+        contents.errors.append(f"{path}: invalid YAML: {_yaml_problem(error)}; the whole file is skipped")
+        return None
+    except (ValueError, OverflowError, RecursionError) as error:
+        # PyYAML's constructors raise these for scalars they cannot convert (a date like 2024-13-45,
+        # an integer of 5,000 digits) and its pure-Python parser for nesting too deep.
+        problem = "nesting too deep" if isinstance(error, RecursionError) else str(error)
+        contents.errors.append(
+            f"{path}: document {len(documents) + 1}: invalid YAML value: {problem}; the whole file is skipped"
+        )
+        return None
+    return documents
+
+
+def _short(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _yaml_problem(error: yaml.YAMLError) -> str:
     mark = getattr(error, "problem_mark", None)
     problem = getattr(error, "problem", None) or str(error)
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-def _stamp(path: Path) -> tuple[int, int]:
-    status = path.stat()
-    return (status.st_mtime_ns, status.st_size)
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime_ns, size) of a regular file (through symlinks); None if it is not one, or is gone already
+    (a ConfigMap volume removes its old files right after swapping ..data: that race must not end the watch)."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return (status.st_mtime_ns, status.st_size) if stat.S_ISREG(status.st_mode) else None
 
 
 def _now() -> str:
@@ -124,9 +167,8 @@ class DirectorySource:
 
     def rescan(self) -> None:
         """Read again the files whose size or modification time changed, and drop vanished ones."""
-        present = {
-            path: _stamp(path) for path in self.directory.iterdir() if path.suffix in SUFFIXES and path.is_file()
-        }
+        stamps = {path: _stamp(path) for path in self.directory.iterdir() if path.suffix in SUFFIXES}
+        present = {path: stamp for path, stamp in stamps.items() if stamp is not None}
         changed = {path for path, stamp in present.items() if self._stamps.get(path) != stamp}
         changed |= set(self._files) - set(present)
         if changed or not self._files:
@@ -199,8 +241,9 @@ class DirectorySource:
     def _reload(self, paths: Iterable[Path]) -> None:
         stamp = _now()
         for path in sorted(paths):
-            if path.is_file():
-                self._stamps[path] = _stamp(path)
+            file_stamp = _stamp(path)
+            if file_stamp is not None:
+                self._stamps[path] = file_stamp
                 contents = read_file(path)
                 for problem in contents.errors:
                     log.error("%s", problem)

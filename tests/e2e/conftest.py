@@ -9,6 +9,7 @@ E2E_ENVOY_ARGS adds Envoy options when debugging, e.g. "--component-log-level up
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -242,8 +243,8 @@ def _http_get(url: str, timeout: float = 1.0) -> tuple[int, str]:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode(errors="replace")
-    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-        return 0, ""
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, OSError):
+        return 0, ""  # (HTTPException: another process, say a gRPC server, took the port we picked)
 
 
 def _stop(process: subprocess.Popen) -> None:

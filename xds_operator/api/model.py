@@ -35,6 +35,10 @@ def _block_name(listener: pb.Listener) -> str:
         raise ValueError(f"listener {listener.name!r} has neither a udp nor a tcp block")
     return name
 
+# In Kubernetes mode a proxy's labels also carry its pod's namespace, under a key no Kubernetes label
+# can have (label keys hold no ":"): a VirtualService selects proxies in its own namespace only.
+NAMESPACE_LABEL = ":namespace"
+
 
 def key_of(document: Any) -> Key | None:
     """(namespace, name) of a VirtualService document, when it says them, even if it is otherwise invalid."""
@@ -73,7 +77,10 @@ class VirtualService:
         return tuple(self.spec.selector.items())
 
     def selects(self, labels: dict[str, str]) -> bool:
-        """True when the proxy labels contain every pair of the selector."""
+        """True when the proxy labels contain every pair of the selector (and, if they name one, the namespace)."""
+        namespace = labels.get(NAMESPACE_LABEL)
+        if namespace is not None and namespace != self.namespace:
+            return False
         return all(labels.get(key) == value for key, value in self.selector)
 
     def same_content(self, other: VirtualService) -> bool:

@@ -11,7 +11,7 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import cache
 from typing import Any
 
@@ -55,6 +55,10 @@ METADATA_FIELDS = frozenset(
         "deletionGracePeriodSeconds",
     }
 )
+# A document can hold thousands of problems (say, 10,000 invalid listeners): the message lists the first
+# few, so a log line or a status condition stays readable.
+MAX_REPORTED_ERRORS = 20
+SHOWN_CHARACTERS = 60  # values quoted in messages are cut to this
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,17 @@ class ValidationError(ValueError):
     """A document is not a valid VirtualService; `errors` lists every problem found."""
 
     def __init__(self, errors: Iterable[FieldError]):
-        self.errors = list(errors)
+        self.errors = _capped(list(errors))
         super().__init__("; ".join(str(e) for e in self.errors))
+
+
+def _capped(errors: list[FieldError]) -> list[FieldError]:
+    """The first MAX_REPORTED_ERRORS problems; the last one shown says how many more there are."""
+    if len(errors) <= MAX_REPORTED_ERRORS:
+        return errors
+    last = errors[MAX_REPORTED_ERRORS - 1]
+    more = len(errors) - MAX_REPORTED_ERRORS
+    return [*errors[: MAX_REPORTED_ERRORS - 1], FieldError(last.path, f"{last.message} (and {more} more problems)")]
 
 
 def parse_virtual_service(document: Any, *, origin: str = "") -> VirtualService:
@@ -81,12 +94,12 @@ def parse_virtual_service(document: Any, *, origin: str = "") -> VirtualService:
         raise ValidationError([FieldError("(document)", f"expected a mapping, got {_type_name(document)}")])
     expected_api = f"{API_GROUP}/{API_VERSION}"
     if document.get("apiVersion") != expected_api:
-        errors.append(FieldError("apiVersion", f"must be {expected_api!r}, got {document.get('apiVersion')!r}"))
+        errors.append(FieldError("apiVersion", f"must be {expected_api!r}, got {_shown(document.get('apiVersion'))}"))
     if document.get("kind") != KIND:
-        errors.append(FieldError("kind", f"must be {KIND!r}, got {document.get('kind')!r}"))
+        errors.append(FieldError("kind", f"must be {KIND!r}, got {_shown(document.get('kind'))}"))
     for key in document:
         if key not in ("apiVersion", "kind", "metadata", "spec", "status"):
-            errors.append(FieldError(str(key), "unknown field"))
+            errors.append(FieldError(_key_text(key), "unknown field"))
     metadata = _check_metadata(document.get("metadata"), errors)
     spec = parse_spec(document.get("spec"), errors=errors)
     if errors:
@@ -97,7 +110,7 @@ def parse_virtual_service(document: Any, *, origin: str = "") -> VirtualService:
         spec=spec,
         generation=int(metadata.get("generation") or 0),
         created=_timestamp(metadata.get("creationTimestamp")),
-        uid=str(metadata.get("uid") or ""),
+        uid=metadata.get("uid") or "",
         origin=origin,
     )
 
@@ -125,12 +138,12 @@ def _check_metadata(metadata: Any, errors: list[FieldError]) -> Mapping[str, Any
         return {}
     for key in metadata:
         if key not in METADATA_FIELDS:
-            errors.append(FieldError(f"metadata.{key}", "unknown field"))
+            errors.append(FieldError(f"metadata.{_key_text(key)}", "unknown field"))
     name = metadata.get("name")
     if not isinstance(name, str) or not name:
         errors.append(FieldError("metadata.name", "required"))
     elif len(name) > 253 or not NAME_PATTERN.fullmatch(name):
-        errors.append(FieldError("metadata.name", f"{name!r} is not a valid Kubernetes object name"))
+        errors.append(FieldError("metadata.name", f"{_shown(name)} is not a valid Kubernetes object name"))
     generation = metadata.get("generation")
     if generation is not None and (isinstance(generation, bool) or not isinstance(generation, int)):
         errors.append(FieldError("metadata.generation", f"expected an integer, got {_type_name(generation)}"))
@@ -138,7 +151,14 @@ def _check_metadata(metadata: Any, errors: list[FieldError]) -> Mapping[str, Any
     if namespace is not None and (
         not isinstance(namespace, str) or len(namespace) > 63 or not NAMESPACE_PATTERN.fullmatch(namespace)
     ):
-        errors.append(FieldError("metadata.namespace", f"{namespace!r} is not a valid namespace"))
+        errors.append(FieldError("metadata.namespace", f"{_shown(namespace)} is not a valid namespace"))
+    # Read into the model below (conflict order, identity): only their types matter here.
+    created = metadata.get("creationTimestamp")
+    if created is not None and not isinstance(created, str | date):  # YAML reads unquoted dates as date
+        errors.append(FieldError("metadata.creationTimestamp", f"expected a timestamp, got {_type_name(created)}"))
+    uid = metadata.get("uid")
+    if uid is not None and not isinstance(uid, str):
+        errors.append(FieldError("metadata.uid", f"expected a string, got {_type_name(uid)}"))
     return metadata
 
 
@@ -150,7 +170,7 @@ def _fill(message: Message, data: Any, path: str, errors: list[FieldError]) -> N
         return
     for key in data:
         if not isinstance(key, str) or key not in descriptor.fields_by_name:
-            errors.append(FieldError(f"{path}.{key}", "unknown field"))
+            errors.append(FieldError(f"{path}.{_key_text(key)}", "unknown field"))
     for field in descriptor.fields:
         _fill_field(message, field, data.get(field.name), f"{path}.{field.name}", errors)
     choices = list(message_rules(descriptor).exactly_one_of)
@@ -194,10 +214,15 @@ def _fill_map(target: Any, value: Any, path: str, required: bool, errors: list[F
     if required and not value:
         errors.append(FieldError(path, "must not be empty"))
     for key, item in value.items():
+        here = f"{path}.{_key_text(key)}"
         if not isinstance(key, str) or not key:
-            errors.append(FieldError(f"{path}.{key}", "keys must be non-empty strings"))
+            errors.append(FieldError(here, "keys must be non-empty strings"))
+        elif not _is_unicode(key):
+            errors.append(FieldError(here, NOT_UNICODE))
         elif not isinstance(item, str):
-            errors.append(FieldError(f"{path}.{key}", f"expected a string, got {_type_name(item)}"))
+            errors.append(FieldError(here, f"expected a string, got {_type_name(item)}"))
+        elif not _is_unicode(item):
+            errors.append(FieldError(here, NOT_UNICODE))
         else:
             target[key] = item
 
@@ -210,7 +235,9 @@ def _fill_repeated(message: Message, field: FieldDescriptor, value: Any, path: s
     if rules.required and not value:
         errors.append(FieldError(path, "must have at least one item"))
     if rules.max_items and len(value) > rules.max_items:
+        # One error, not one per item: the items of an oversized list are not looked at.
         errors.append(FieldError(path, f"must have at most {rules.max_items} items, got {len(value)}"))
+        return
     container = getattr(message, field.name)
     for index, item in enumerate(value):
         item_path = f"{path}[{index}]"
@@ -264,10 +291,10 @@ def _check_scalar(field: FieldDescriptor, value: Any, path: str, errors: list[Fi
             return None
         low, high = integer_bounds(field)
         if value < low:
-            errors.append(FieldError(path, f"must be at least {low}, got {value}"))
+            errors.append(FieldError(path, f"must be at least {low}, got {_shown(value)}"))
             return None
         if value > high:
-            errors.append(FieldError(path, f"must be at most {high}, got {value}"))
+            errors.append(FieldError(path, f"must be at most {high}, got {_shown(value)}"))
             return None
         return value
     if field.type == FieldDescriptor.TYPE_STRING:
@@ -284,7 +311,10 @@ def _check_scalar(field: FieldDescriptor, value: Any, path: str, errors: list[Fi
             errors.append(FieldError(path, f"must be at most {rules.max_length} characters, got {len(value)}"))
             return None
         if rules.pattern and not _compiled(rules.pattern).fullmatch(value):
-            errors.append(FieldError(path, f"{value!r} must match {rules.pattern}"))
+            errors.append(FieldError(path, f"{_shown(value)} must match {rules.pattern}"))
+            return None
+        if not _is_unicode(value):
+            errors.append(FieldError(path, NOT_UNICODE))
             return None
         return value
     if field.type == FieldDescriptor.TYPE_BOOL:
@@ -324,6 +354,36 @@ def _timestamp(value: Any) -> str:
         value = value if value.tzinfo else value.replace(tzinfo=UTC)
         return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
     return str(value or "")
+
+
+NOT_UNICODE = "not valid Unicode text (it holds a lone surrogate)"
+
+
+def _is_unicode(text: str) -> bool:
+    """Whether the text can be encoded as UTF-8, as every proto string must be (JSON can say "\\ud800")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(value: Any) -> str:
+    """A value as quoted in a message: short, and never the repr of a container (it may be huge or deep)."""
+    if isinstance(value, str):
+        return repr(value if len(value) <= SHOWN_CHARACTERS else value[:SHOWN_CHARACTERS] + "...")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**SHOWN_CHARACTERS:
+        return f"an integer of more than {SHOWN_CHARACTERS} digits"
+    if value is None or isinstance(value, bool | int | float):
+        return repr(value)
+    return _type_name(value)
+
+
+def _key_text(key: Any) -> str:
+    """A mapping key as a path segment (keys of YAML mappings may be any scalar)."""
+    if isinstance(key, str):
+        return key if len(key) <= SHOWN_CHARACTERS else key[:SHOWN_CHARACTERS] + "..."
+    return _shown(key)
 
 
 def _is_set(value: Any) -> bool:

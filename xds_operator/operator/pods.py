@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from ..api.model import NAMESPACE_LABEL
+
 
 @dataclass(frozen=True)
 class PodInfo:
@@ -130,9 +132,10 @@ class PodIndex:
     # -- queries -----------------------------------------------------------------------------
 
     def labels_for(self, node_id: str) -> dict[str, str] | None:
-        """A proxy's labels, from its pod (node id = pod UID or <namespace>/<name>); None if unknown."""
+        """A proxy's labels, from its pod (node id = pod UID or <namespace>/<name>), with the pod's namespace
+        under NAMESPACE_LABEL (VirtualServices select proxies in their own namespace); None if unknown."""
         pod = self._by_uid.get(node_id) or self._pods.get(node_id)
-        return dict(pod.labels) if pod is not None else None
+        return {**pod.labels, NAMESPACE_LABEL: pod.namespace} if pod is not None else None
 
     def ready_ips(self, namespace: str, selector: Mapping[str, str]) -> Sequence[str]:
         """The IPs of the serving pods in namespace whose labels contain the selector (a SelectorResolver)."""

@@ -75,7 +75,12 @@ def resolve_endpoints(namespace: str, cluster: pb.Cluster, resolve_selector: Sel
         else:
             port = endpoint.port
             addresses.update(UpstreamAddress(ip, port, check_port) for ip in resolve_selector(namespace, host.selector))
-    return sorted(addresses)
+    # (Sorted by a key: two endpoints may differ only in whether they set a health check port.)
+    return sorted(addresses, key=_upstream_order)
+
+
+def _upstream_order(upstream: UpstreamAddress) -> tuple[str, int, int]:
+    return (upstream.host, upstream.port, -1 if upstream.health_check_port is None else upstream.health_check_port)
 
 
 Resolved = tuple[tuple[UpstreamAddress, ...], ...]  # per listener, its cluster's upstreams
