@@ -35,6 +35,7 @@ def _block_name(listener: pb.Listener) -> str:
         raise ValueError(f"listener {listener.name!r} has neither a udp nor a tcp block")
     return name
 
+
 # In Kubernetes mode a proxy's labels also carry its pod's namespace, under a key no Kubernetes label
 # can have (label keys hold no ":"): a VirtualService selects proxies in its own namespace only.
 NAMESPACE_LABEL = ":namespace"
