@@ -21,7 +21,7 @@ from envoy.extensions.filters.udp.udp_proxy.v3 import udp_proxy_pb2
 from google.protobuf import json_format
 from hypothesis import event, given
 from hypothesis import strategies as st
-from vs_strategies import examples, virtual_services
+from vs_strategies import examples, listener_block, virtual_services
 
 from xds_operator.api import parse_virtual_service
 from xds_operator.translate import EnvoyResources, translate_virtual_service
@@ -42,14 +42,15 @@ def batch_unique(documents: list[dict]) -> list[dict]:
         document = copy.deepcopy(document)
         prefix = f"v{index}-"
         for listener in document["spec"]["listeners"]:
-            cluster = listener["udp"]["cluster"]
+            block = listener_block(listener)
+            cluster = block["cluster"]
             listener["name"] = _prefixed(prefix, listener["name"])
             cluster["name"] = _prefixed(prefix, cluster["name"])
-            port = listener["udp"]["port"]
+            port = block["port"]
             while port in used_ports:
                 port = port % 65535 + 1
             used_ports.add(port)
-            listener["udp"]["port"] = port
+            block["port"] = port
         result.append(document)
     return result
 

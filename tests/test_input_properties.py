@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from hypothesis import event, given
 from hypothesis import strategies as st
-from vs_strategies import examples, mutated, virtual_services
+from vs_strategies import examples, listener_block, mutated, virtual_services
 
 from xds_operator.api import ValidationError, parse_virtual_service
 from xds_operator.api.validate import MAX_REPORTED_ERRORS
@@ -52,9 +52,9 @@ def test_valid_documents_are_accepted_and_translate(document: dict) -> None:
     spec_listeners = document["spec"]["listeners"]
     assert [listener.name for listener in resources.listeners] == [item["name"] for item in spec_listeners]
     assert [cluster.name for cluster in resources.clusters] == [
-        item["udp"]["cluster"]["name"] for item in spec_listeners
+        listener_block(item)["cluster"]["name"] for item in spec_listeners
     ]
-    eds = [item for item in spec_listeners if item["udp"]["cluster"].get("service_discovery") == "eds"]
+    eds = [item for item in spec_listeners if listener_block(item)["cluster"].get("service_discovery") == "eds"]
     assert len(resources.load_assignments) == len(eds)
     for message in [*resources.listeners, *resources.clusters, *resources.load_assignments]:
         assert message.SerializeToString(deterministic=True)

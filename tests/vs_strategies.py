@@ -95,7 +95,17 @@ def _name(item: dict[str, Any]) -> Any:
     return item["name"]
 
 
-listeners = st.fixed_dictionaries({"name": names, "udp": st.fixed_dictionaries({"port": ports, "cluster": clusters()})})
+listeners = st.one_of(
+    *(
+        st.fixed_dictionaries({"name": names, protocol: st.fixed_dictionaries({"port": ports, "cluster": clusters()})})
+        for protocol in ("udp", "tcp")
+    )
+)
+
+
+def listener_block(item: dict[str, Any]) -> dict[str, Any]:
+    """A listener document's protocol block: its udp or tcp mapping."""
+    return item.get("udp") or item["tcp"]
 
 
 @st.composite
@@ -106,7 +116,12 @@ def virtual_services(draw: st.DrawFn, max_listeners: int = 4) -> dict[str, Any]:
         metadata["namespace"] = draw(k8s_namespaces)
     if draw(st.booleans()):
         metadata["generation"] = draw(st.integers(0, 2**40))
-    unique = (_name, lambda item: item["udp"]["port"], lambda item: item["udp"]["cluster"]["name"])
+    # Ports are unique per protocol; cluster names across both (Envoy has one cluster namespace).
+    unique = (
+        _name,
+        lambda item: ("udp" in item, listener_block(item)["port"]),
+        lambda item: listener_block(item)["cluster"]["name"],
+    )
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
         "kind": KIND,
