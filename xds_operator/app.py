@@ -67,6 +67,7 @@ async def serve_kubernetes(
     finally:
         for reflector in reflectors:
             reflector.stop(timeout=0.2)
+        source.dns.close()
         api.close()
 
 

@@ -3,13 +3,16 @@
 Reflector threads hand events to the event loop, which owns all state. A burst of events
 is coalesced: the first schedules a flush a moment later, and the flush commits the cache
 once, so each affected proxy group gets one new snapshot. Status is recomputed (also
-coalesced) after flushes and whenever a proxy ACKs or NACKs, and written by StatusWriter.
+coalesced) after flushes, whenever a proxy ACKs or NACKs and when a DNS answer changes, from
+state the source already holds (pod index, proxy progress, cached DNS answers), and written by
+StatusWriter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +26,9 @@ from ..api.schema import PLURAL
 from ..xds.cache import SnapshotCache
 from ..xds.progress import summarize
 from ..xds.server import AggregatedDiscoveryService
+from .dns import DnsCache
 from .pods import PodChange, PodIndex
+from .readiness import listener_states
 from .reflector import Changed, Event, Reflector, Synced
 from .status import Observed, StatusWriter, WarningEvent, now_rfc3339, status_of
 
@@ -44,10 +49,13 @@ class Record:
 
 
 class KubernetesSource:
-    def __init__(self, cache: SnapshotCache, pods: PodIndex, status: StatusWriter | None = None):
+    def __init__(
+        self, cache: SnapshotCache, pods: PodIndex, status: StatusWriter | None = None, dns: DnsCache | None = None
+    ):
         self.cache = cache
         self.pods = pods
         self.status = status
+        self.dns = dns or DnsCache(self.on_progress)  # whether address endpoints resolve, for Ready
         self.service: AggregatedDiscoveryService | None = None  # bound once the server exists
         self.records: dict[Key, Record] = {}
         self._dirty_namespaces: set[str] = set()
@@ -196,19 +204,43 @@ class KubernetesSource:
         progress = summarize(self.service.progress() if self.service else (), services)
         conflicts = self.cache.conflicts
         now = now_rfc3339()
+        addresses: dict[tuple[int, ...], tuple[str, ...]] = {}  # alike proxy sets give alike addresses
         for key, record in self.records.items():
+            vs, resolved = services.get(key), self.cache.resolved(key)
+            serving = progress[key].serving if key in progress else []
+            shared = tuple(map(id, serving))
+            if shared not in addresses:
+                addresses[shared] = self._proxy_addresses(serving)
             observed = Observed(
                 generation=record.generation,
                 rejected=record.rejected,
                 serving_generation=record.serving_generation,
                 conflict=conflicts.get(key),
                 progress=progress.get(key),
+                listeners=listener_states(vs, resolved, self.dns.resolves)
+                if vs is not None and resolved is not None
+                else (),
+                addresses=addresses[shared],
             )
             rejections = progress[key].rejections if key in progress else []
             if rejections:
                 node, error = rejections[0]
                 self._warn(key, record, "ProxyRejected", f"proxy {node} rejected its resources: {error}")
             self.status.want(key, status_of(observed, self.status.written(key), now))
+
+    def _proxy_addresses(self, serving: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+        """The pod IPs of these proxies, in address order."""
+        ips = {self.pods.ip_for(node) for nodes in serving for node in nodes}
+        ips.discard("")
+        return tuple(sorted(ips, key=_address_order))
+
+
+def _address_order(ip: str) -> tuple:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return (9, 0, ip)
+    return (address.version, int(address), ip)
 
 
 def _key_of(obj: Mapping[str, Any]) -> Key:

@@ -1,0 +1,67 @@
+"""Per listener of a VirtualService: its protocol and port, and how many ready endpoints its cluster has.
+
+Pure: the caller hands in the upstreams the snapshots were built with (pod selectors already
+resolved to Ready, non-terminating pods with an IP) and a cached answer to "does this host
+resolve" (an IP always does; a DNS name is looked up elsewhere, off the event loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..api import VirtualService, pb
+from ..translate import Resolved
+
+# Whether a host resolves: True, False, or None while it is not known yet.
+AddressCheck = Callable[[str], bool | None]
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    name: str
+    ready_endpoints: int
+    why_none: str = ""  # when it has none: why, per endpoint
+
+
+@dataclass(frozen=True)
+class ListenerState:
+    name: str
+    protocol: str  # UDP, TCP: the name of the listener's block
+    port: int
+    cluster: ClusterState
+
+
+def listener_protocol(listener: pb.Listener) -> tuple[str, Any]:
+    """The protocol of a listener and its block: whichever block (udp, tcp, ...) with a cluster is set."""
+    for field, value in listener.ListFields():
+        if field.message_type is not None and "cluster" in field.message_type.fields_by_name:
+            return field.name.upper(), value
+    raise ValueError(f"listener {listener.name!r} sets no protocol block")
+
+
+def listener_states(vs: VirtualService, resolved: Resolved, resolves: AddressCheck) -> tuple[ListenerState, ...]:
+    """One state per listener, in spec order; `resolved` holds each listener's upstreams."""
+    states = []
+    for listener, upstreams in zip(vs.spec.listeners, resolved, strict=True):
+        protocol, block = listener_protocol(listener)
+        cluster = block.cluster
+        ready = sum(1 for upstream in upstreams if resolves(upstream.host))
+        why = "" if ready else _why_none(cluster, resolves)
+        states.append(ListenerState(listener.name, protocol, block.port, ClusterState(cluster.name, ready, why)))
+    return tuple(states)
+
+
+def _why_none(cluster: pb.Cluster, resolves: AddressCheck) -> str:
+    reasons = []
+    for endpoint in cluster.endpoints:
+        host = endpoint.host
+        if host.HasField("address"):
+            known = resolves(host.address)
+            state = "is being resolved" if known is None else "resolves" if known else "does not resolve"
+            reasons.append(f"endpoint {endpoint.name}: {host.address} {state}")
+        else:
+            pairs = ",".join(f"{key}={value}" for key, value in sorted(host.selector.items()))
+            reasons.append(f"endpoint {endpoint.name}: no Ready pod with an IP matches {pairs}")
+    return "; ".join(reasons)
