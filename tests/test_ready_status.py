@@ -135,13 +135,17 @@ def test_every_cluster_needs_a_ready_endpoint_and_the_count_is_per_cluster():
 
 def test_address_endpoints_are_ready_when_an_ip_or_a_name_that_resolves():
     vs = session_vs([{"address": "10.2.0.1"}, {"address": "worker.media.svc"}])
-    answers = {"worker.media.svc": True}
-    status = observe(vs, PodIndex(), Progress(1, 1), dns=lambda host: answers.get(host, host == "10.2.0.1"))
+    answers: dict[str, bool | None] = {"worker.media.svc": True}
+
+    def dns(host: str) -> bool | None:
+        return answers.get(host, host == "10.2.0.1")
+
+    status = observe(vs, PodIndex(), Progress(1, 1), dns=dns)
     assert conditions(status)["Ready"]["status"] == "True"
     assert [listener["cluster"]["readyEndpoints"] for listener in status["listeners"]] == [1, 1]
     for answer, says in ((None, "worker.media.svc is being resolved"), (False, "worker.media.svc does not resolve")):
         answers["worker.media.svc"] = answer
-        ready = conditions(observe(vs, PodIndex(), Progress(1, 1), dns=answers.get))["Ready"]
+        ready = conditions(observe(vs, PodIndex(), Progress(1, 1), dns=dns))["Ready"]
         assert ready["reason"] == "NoReadyEndpoints" and ready["message"].endswith(says)
 
 
