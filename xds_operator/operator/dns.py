@@ -11,6 +11,7 @@ without any other event; names nobody asks about any more are forgotten.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import socket
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 LOOKUP_THREADS = 2  # a hanging resolver ties up these, not the loop's default executor
 
 
+@functools.lru_cache(maxsize=65536)  # asked about every pod IP on every status pass
 def is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)

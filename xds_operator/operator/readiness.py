@@ -33,11 +33,19 @@ class ListenerState:
     cluster: ClusterState
 
 
+# The listener's protocol blocks (udp, tcp, ...): its message fields that hold a cluster.
+PROTOCOL_BLOCKS = tuple(
+    field.name
+    for field in pb.Listener.DESCRIPTOR.fields
+    if field.message_type is not None and "cluster" in field.message_type.fields_by_name
+)
+
+
 def listener_protocol(listener: pb.Listener) -> tuple[str, Any]:
-    """The protocol of a listener and its block: whichever block (udp, tcp, ...) with a cluster is set."""
-    for field, value in listener.ListFields():
-        if field.message_type is not None and "cluster" in field.message_type.fields_by_name:
-            return field.name.upper(), value
+    """The protocol of a listener (UDP, TCP, ...) and its block: whichever protocol block is set."""
+    for name in PROTOCOL_BLOCKS:
+        if listener.HasField(name):
+            return name.upper(), getattr(listener, name)
     raise ValueError(f"listener {listener.name!r} sets no protocol block")
 
 

@@ -21,14 +21,15 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from kubernetes import client
 
-from ..api import API_GROUP, API_VERSION, Key, ValidationError, key_of, parse_virtual_service
+from ..api import API_GROUP, API_VERSION, Key, ValidationError, VirtualService, key_of, parse_virtual_service
 from ..api.schema import PLURAL
+from ..translate import Resolved
 from ..xds.cache import SnapshotCache
 from ..xds.progress import summarize
 from ..xds.server import AggregatedDiscoveryService
-from .dns import DnsCache
+from .dns import DnsCache, is_ip
 from .pods import PodChange, PodIndex
-from .readiness import listener_states
+from .readiness import ListenerState, listener_states
 from .reflector import Changed, Event, Reflector, Synced
 from .status import Observed, StatusWriter, WarningEvent, now_rfc3339, status_of
 
@@ -63,6 +64,9 @@ class KubernetesSource:
         self._flush_due: asyncio.TimerHandle | None = None
         self._status_due: asyncio.TimerHandle | None = None
         self._warned: dict[tuple[Key, str], str] = {}  # (key, reason) → the message last reported
+        # Listener states of VirtualServices without DNS names, kept while their upstreams are the same objects.
+        self._states: dict[Key, tuple[VirtualService, Resolved, tuple[ListenerState, ...]]] = {}
+        self._observed: dict[Key, Observed] = {}  # what each status was last computed from
         self._pending_syncs: set[str] = set()
         self._synced = asyncio.Event()
         self.commits = 0  # cache commits, for tests and /debug
@@ -142,6 +146,8 @@ class KubernetesSource:
         if self.records.pop(key, None) is not None:
             log.info("VirtualService %s/%s deleted", *key)
         self._warned = {warned: text for warned, text in self._warned.items() if warned[0] != key}
+        self._states.pop(key, None)
+        self._observed.pop(key, None)
         if self.status is not None:
             self.status.forget(key)
 
@@ -217,16 +223,32 @@ class KubernetesSource:
                 serving_generation=record.serving_generation,
                 conflict=conflicts.get(key),
                 progress=progress.get(key),
-                listeners=listener_states(vs, resolved, self.dns.resolves)
-                if vs is not None and resolved is not None
-                else (),
+                listeners=self._listener_states(key, vs, resolved),
                 addresses=addresses[shared],
             )
+            if self._observed.get(key) == observed:
+                continue  # what was wanted for it last time (written, or queued) still holds
+            self._observed[key] = observed
             rejections = progress[key].rejections if key in progress else []
             if rejections:
                 node, error = rejections[0]
                 self._warn(key, record, "ProxyRejected", f"proxy {node} rejected its resources: {error}")
             self.status.want(key, status_of(observed, self.status.written(key), now))
+
+    def _listener_states(
+        self, key: Key, vs: VirtualService | None, resolved: Resolved | None
+    ) -> tuple[ListenerState, ...]:
+        if vs is None or resolved is None:
+            return ()
+        kept = self._states.get(key)
+        if kept is not None and kept[0] is vs and kept[1] is resolved:
+            return kept[2]
+        states = listener_states(vs, resolved, self.dns.resolves)
+        if all(is_ip(upstream.host) for upstreams in resolved for upstream in upstreams):
+            self._states[key] = (vs, resolved, states)
+        else:  # DNS answers change on their own: asked again every time (which also keeps them refreshed)
+            self._states.pop(key, None)
+        return states
 
     def _proxy_addresses(self, serving: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
         """The pod IPs of these proxies, in address order."""

@@ -1,4 +1,4 @@
-"""Per VirtualService: how many selected proxies run its current resources, and who rejected them.
+"""Per VirtualService: how many selected proxies run its current resources, which ones, and who rejected them.
 
 Pure: it reads what the server knows of each proxy (its current and its last fully ACKed
 snapshot, and any NACK text) and what the cache holds. Proxies that are alike (same labels,
@@ -22,7 +22,7 @@ class Progress:
     rejections: list[tuple[str, str]] = field(default_factory=list)  # (node id, Envoy's error text)
     # The node ids of the proxies that ACKed its current resources, one tuple per set of alike
     # proxies; the tuples are shared by every VirtualService those proxies run (no copy per one).
-    serving: list[tuple[str, ...]] = field(default_factory=list)
+    serving: list[tuple[str, ...]] = field(default_factory=list, compare=False)  # (compared as addresses)
 
 
 def summarize(proxies: Iterable[ProxyProgress], services: Mapping[Key, VirtualService]) -> dict[Key, Progress]:
