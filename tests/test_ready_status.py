@@ -225,6 +225,11 @@ async def test_dns_answers_come_from_a_cache_filled_off_the_event_loop():
         table["worker.media.svc"] = True  # the name appears: noticed on the next retry, without other events
         await asyncio.wait_for(changed.wait(), 5)
         assert dns.resolves("worker.media.svc") is True
+        dns.retain_asked()  # still in use: kept
+        assert dns.resolves("worker.media.svc") is True
+        dns.retain_asked()
+        dns.retain_asked()  # not asked about since the last call: forgotten, looked up anew when asked again
+        assert dns.resolves("worker.media.svc") is None
     finally:
         dns.close()
 

@@ -3,9 +3,9 @@ cache, looked up in a small thread pool of its own, never on the event loop.
 
 The first question about a name starts a lookup and answers None (not known yet). When an
 answer arrives or changes, `on_change` runs (the source recomputes status). A name is looked
-up again every `refresh` seconds (every `retry` seconds while it fails) as long as someone
-asked about it within `keep` seconds, so a name that starts or stops resolving is noticed
-without any other event; names nobody asks about any more are forgotten.
+up again every `refresh` seconds (every `retry` seconds while it fails), so a name that starts
+or stops resolving is noticed without any other event. The source asks about every name in
+use on each status pass and then calls `retain_asked`, which forgets the others.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import logging
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +40,6 @@ def lookup(host: str) -> bool:
         return False
 
 
-@dataclass
-class _Entry:
-    resolves: bool | None = None
-    asked: float = 0.0  # loop time of the last question
-
-
 class DnsCache:
     def __init__(
         self,
@@ -54,13 +47,13 @@ class DnsCache:
         *,
         refresh: float = 30.0,
         retry: float = 5.0,
-        keep: float = 600.0,
         resolve: Callable[[str], bool] = lookup,
     ):
         self._on_change = on_change
-        self._refresh, self._retry, self._keep = refresh, retry, keep
+        self._refresh, self._retry = refresh, retry
         self._resolve = resolve
-        self._entries: dict[str, _Entry] = {}
+        self._answers: dict[str, bool | None] = {}  # None: the first lookup has not answered yet
+        self._asked: set[str] = set()  # since the last retain_asked
         self._executor: ThreadPoolExecutor | None = None
         self._lookups: set[asyncio.Future] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -69,13 +62,20 @@ class DnsCache:
         """True or False from the cache; None while the first lookup runs. Call on the event loop."""
         if is_ip(host):
             return True
-        loop = asyncio.get_running_loop()
-        entry = self._entries.get(host)
-        if entry is None:
-            entry = self._entries[host] = _Entry()
+        self._asked.add(host)
+        if host not in self._answers:
+            self._answers[host] = None
             self._start(host)
-        entry.asked = loop.time()
-        return entry.resolves
+        return self._answers[host]
+
+    def retain_asked(self) -> None:
+        """Forget the names not asked about since the last call: no VirtualService uses them any more."""
+        for host in self._answers.keys() - self._asked:
+            del self._answers[host]
+            timer = self._timers.pop(host, None)
+            if timer is not None:
+                timer.cancel()
+        self._asked = set()
 
     def close(self) -> None:
         for pending in [*self._lookups, *self._timers.values()]:
@@ -95,21 +95,22 @@ class DnsCache:
 
     def _answered(self, host: str, future: asyncio.Future) -> None:
         self._lookups.discard(future)
-        entry = self._entries.get(host)
-        if future.cancelled() or entry is None:
-            return
+        if future.cancelled() or host not in self._answers:
+            return  # closed, or forgotten meanwhile
         answer = bool(future.result()) if future.exception() is None else False
-        loop = asyncio.get_running_loop()
-        if loop.time() - entry.asked > self._keep:
-            del self._entries[host]  # nobody asks any more
-            return
-        changed, entry.resolves = entry.resolves != answer, answer
+        changed = self._answers[host] != answer
+        self._answers[host] = answer
         if changed:
             log.info("address %s %s", host, "resolves" if answer else "does not resolve")
             self._on_change()
-        self._timers[host] = loop.call_later(self._refresh if answer else self._retry, self._again, host)
+        earlier = self._timers.pop(host, None)  # one refresh timer per name, even after overlapping lookups
+        if earlier is not None:
+            earlier.cancel()
+        self._timers[host] = asyncio.get_running_loop().call_later(
+            self._refresh if answer else self._retry, self._again, host
+        )
 
     def _again(self, host: str) -> None:
         self._timers.pop(host, None)
-        if host in self._entries:
+        if host in self._answers:
             self._start(host)

@@ -234,6 +234,7 @@ class KubernetesSource:
                 node, error = rejections[0]
                 self._warn(key, record, "ProxyRejected", f"proxy {node} rejected its resources: {error}")
             self.status.want(key, status_of(observed, self.status.written(key), now))
+        self.dns.retain_asked()  # every DNS name in use was asked above (their states are never kept)
 
     def _listener_states(
         self, key: Key, vs: VirtualService | None, resolved: Resolved | None
