@@ -22,8 +22,8 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check xds_operator tests bench
-	$(BIN)/ruff format --check xds_operator tests bench
+	$(BIN)/ruff check xds_operator tests bench examples
+	$(BIN)/ruff format --check xds_operator tests bench examples
 
 # The benchmark suite (not part of `make test`): a table, bench/results/latest.json and fanout.png.
 bench: $(VENV)/.bench-installed

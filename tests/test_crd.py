@@ -26,7 +26,11 @@ import pytest
 import yaml
 
 from xds_operator.api import ValidationError, crd, parse_virtual_service, pb
-from xds_operator.api.schema import API_GROUP, API_VERSION, KIND
+from xds_operator.api.schema import API_GROUP, API_VERSION, KIND, MAX_STATUS_ADDRESSES
+from xds_operator.operator.readiness import listener_states
+from xds_operator.operator.status import Observed, status_of
+from xds_operator.translate import resolve_virtual_service
+from xds_operator.xds.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = sorted(p for p in (REPO / "config" / "samples").glob("*.yaml") if p.name != "kustomization.yaml")
@@ -259,6 +263,7 @@ def test_names_and_columns() -> None:
         "UDP": ".spec.listeners[*].udp.port",
         "TCP": ".spec.listeners[*].tcp.port",
         "Programmed": '.status.conditions[?(@.type=="Programmed")].status',
+        "Ready": '.status.conditions[?(@.type=="Ready")].status',
         "Age": ".metadata.creationTimestamp",
     }
 
@@ -315,27 +320,33 @@ def test_valid_document_passes_both() -> None:
 
 def test_status_as_the_operator_writes_it_passes() -> None:
     doc = valid_doc()
-    doc["status"] = {
-        "observedGeneration": 3,
-        "conditions": [
-            {
-                "type": kind,
-                "status": status,
-                "reason": reason,
-                "message": "m",
-                "lastTransitionTime": "2026-01-01T00:00:00Z",
-                "observedGeneration": 3,
-            }
-            for kind, status, reason in (
-                ("Accepted", "True", "Accepted"),
-                ("Programmed", "False", "Pending"),
-                ("Conflicted", "False", "NoConflicts"),
-            )
-        ],
-    }
-    assert schema_errors(doc) == []
+    vs = parse_virtual_service(doc)
+    listeners = listener_states(vs, resolve_virtual_service(vs, lambda ns, sel: ["10.1.0.1"]), lambda host: True)
+    for progress, addresses in ((Progress(2, 2), ("10.0.0.1", "10.0.0.2")), (Progress(2, 1), ()), (Progress(), ())):
+        observed = Observed(3, serving_generation=3, progress=progress, listeners=listeners, addresses=addresses)
+        doc["status"] = status_of(observed, None, "2026-01-01T00:00:00Z")
+        assert [c["type"] for c in doc["status"]["conditions"]] == ["Accepted", "Programmed", "Ready", "Conflicted"]
+        written = [(listener["name"], listener["protocol"]) for listener in doc["status"]["listeners"]]
+        assert written == [("rtp-l", "UDP"), ("sip-l", "TCP")]
+        assert schema_errors(doc) == []
+    doc["status"]["listeners"][0]["cluster"]["readyEndpoints"] = -1
+    assert schema_errors(doc)
+    doc["status"]["listeners"][0]["cluster"]["readyEndpoints"] = 0
     doc["status"]["conditions"][0]["status"] = "Yes"
     assert schema_errors(doc)
+
+
+def test_status_lists_at_most_as_many_proxy_addresses_as_the_schema_allows() -> None:
+    doc = valid_doc()
+    vs = parse_virtual_service(doc)
+    listeners = listener_states(vs, resolve_virtual_service(vs), lambda host: True)
+    many = tuple(f"10.0.{i // 256}.{i % 256}" for i in range(1000))
+    doc["status"] = status_of(
+        Observed(1, serving_generation=1, listeners=listeners, addresses=many), None, "2026-01-01T00:00:00Z"
+    )
+    assert len(doc["status"]["listeners"][0]["addresses"]) == MAX_STATUS_ADDRESSES
+    doc["status"]["conditions"] = []
+    assert schema_errors(doc) == []
 
 
 # Documents the validator rejects for what a schema can say: both must reject them.

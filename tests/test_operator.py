@@ -210,6 +210,7 @@ async def operator(apiserver: FakeApiServer) -> AsyncIterator[Operator]:
         writer_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await writer_task
+        running.source.dns.close()
         for reflector in running.reflectors:
             reflector.stop(timeout=1.0)
         server, api = running._cleanup  # type: ignore[attr-defined]

@@ -87,6 +87,7 @@ async def serve_kubernetes(
     finally:
         for reflector in reflectors:
             reflector.stop(timeout=0.2)
+        source.dns.close()
         api.close()
 
 

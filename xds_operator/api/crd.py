@@ -26,6 +26,7 @@ from .schema import (
     API_VERSION,
     INTEGER_TYPES,
     KIND,
+    MAX_STATUS_ADDRESSES,
     PLURAL,
     SPEC,
     field_rules,
@@ -285,8 +286,9 @@ def _check_cel_name(field: FieldDescriptor) -> None:
 # -------------------------------------------------------------------------------- status and columns
 
 CONDITION_TYPES = (
-    "Accepted (the spec is valid), Programmed (every selected proxy runs it), Conflicted (an older "
-    "VirtualService claims the same listener name, cluster name or port on a proxy)"
+    "Accepted (the spec is valid), Programmed (every selected proxy runs it), Ready (programmed, and "
+    "every cluster has a ready endpoint: the route is live), Conflicted (an older VirtualService claims "
+    "the same listener name, cluster name or port on a proxy)"
 )
 
 
@@ -309,8 +311,60 @@ def status_schema() -> Schema:
                 "x-kubernetes-list-map-keys": ["type"],
                 "items": CONDITION_SCHEMA,
             },
+            "listeners": {
+                "description": "Per listener of the generation served: where it is reachable and its cluster's state.",
+                "type": "array",
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+                "items": LISTENER_STATUS_SCHEMA,
+            },
         },
     }
+
+
+LISTENER_STATUS_SCHEMA: Schema = {
+    "description": "One listener as the proxies serve it.",
+    "type": "object",
+    "required": ["name", "protocol", "port", "addresses", "cluster"],
+    "properties": {
+        "name": {"description": "The listener's name (spec.listeners[].name).", "type": "string"},
+        "protocol": {
+            "description": "The listener's protocol: the block of the listener that is set.",
+            "type": "string",
+        },
+        "port": {
+            "description": "The port the listener binds on every proxy.",
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 65535,
+        },
+        "addresses": {
+            "description": (
+                "Pod IPs of the proxies that run the VirtualService's current resources, sorted "
+                f"(at most {MAX_STATUS_ADDRESSES}): a client reaches the listener at one of these and port."
+            ),
+            "type": "array",
+            "maxItems": MAX_STATUS_ADDRESSES,
+            "items": {"type": "string"},
+        },
+        "cluster": {
+            "description": "The listener's cluster.",
+            "type": "object",
+            "required": ["name", "readyEndpoints"],
+            "properties": {
+                "name": {"description": "The cluster's name.", "type": "string"},
+                "readyEndpoints": {
+                    "description": (
+                        "Endpoints that look ready: pods of a selector that are Ready, not terminating and have "
+                        "an IP; addresses that are IPs or resolve."
+                    ),
+                    "type": "integer",
+                    "minimum": 0,
+                },
+            },
+        },
+    },
+}
 
 
 # The shape of metav1.Condition, with the limits Kubernetes itself declares for it.
@@ -358,6 +412,12 @@ PRINTER_COLUMNS = [
         "type": "string",
         "jsonPath": '.status.conditions[?(@.type=="Programmed")].status',
         "description": "Whether every selected proxy runs the latest generation.",
+    },
+    {
+        "name": "Ready",
+        "type": "string",
+        "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        "description": "Whether the route is live: programmed everywhere and every cluster has a ready endpoint.",
     },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]

@@ -17,6 +17,9 @@ API_VERSION = "v1"
 KIND = "VirtualService"
 PLURAL = "virtualservices"  # the resource name in API paths (and the CRD's name: PLURAL.API_GROUP)
 SPEC = pb.VirtualServiceSpec.DESCRIPTOR
+# status.listeners[].addresses lists at most this many proxy IPs: the status of a VirtualService
+# served by thousands of proxies must stay far below the API server's object size limit.
+MAX_STATUS_ADDRESSES = 32
 
 INTEGER_TYPES = frozenset(
     {

@@ -137,6 +137,11 @@ class PodIndex:
         pod = self._by_uid.get(node_id) or self._pods.get(node_id)
         return {**pod.labels, NAMESPACE_LABEL: pod.namespace} if pod is not None else None
 
+    def ip_for(self, node_id: str) -> str:
+        """The pod IP of the proxy with this node id ("" if its pod is unknown or has no IP yet)."""
+        pod = self._by_uid.get(node_id) or self._pods.get(node_id)
+        return pod.ip if pod is not None else ""
+
     def ready_ips(self, namespace: str, selector: Mapping[str, str]) -> Sequence[str]:
         """The IPs of the serving pods in namespace whose labels contain the selector (a SelectorResolver)."""
         resolved = self._resolved.setdefault(namespace, {})

@@ -3,13 +3,16 @@
 Reflector threads hand events to the event loop, which owns all state. A burst of events
 is coalesced: the first schedules a flush a moment later, and the flush commits the cache
 once, so each affected proxy group gets one new snapshot. Status is recomputed (also
-coalesced) after flushes and whenever a proxy ACKs or NACKs, and written by StatusWriter.
+coalesced) after flushes, whenever a proxy ACKs or NACKs and when a DNS answer changes, from
+state the source already holds (pod index, proxy progress, cached DNS answers), and written by
+StatusWriter.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import ipaddress
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -18,12 +21,15 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from kubernetes import client
 
-from ..api import API_GROUP, API_VERSION, Key, ValidationError, key_of, parse_virtual_service
+from ..api import API_GROUP, API_VERSION, Key, ValidationError, VirtualService, key_of, parse_virtual_service
 from ..api.schema import PLURAL
+from ..translate import Resolved
 from ..xds.cache import SnapshotCache
 from ..xds.progress import summarize
 from ..xds.server import AggregatedDiscoveryService
+from .dns import DnsCache, is_ip
 from .pods import PodChange, PodIndex
+from .readiness import ListenerState, listener_states
 from .reflector import Changed, Event, Reflector, Synced
 from .status import Observed, StatusWriter, WarningEvent, now_rfc3339, status_of
 
@@ -44,10 +50,13 @@ class Record:
 
 
 class KubernetesSource:
-    def __init__(self, cache: SnapshotCache, pods: PodIndex, status: StatusWriter | None = None):
+    def __init__(
+        self, cache: SnapshotCache, pods: PodIndex, status: StatusWriter | None = None, dns: DnsCache | None = None
+    ):
         self.cache = cache
         self.pods = pods
         self.status = status
+        self.dns = dns or DnsCache(self.on_progress)  # whether address endpoints resolve, for Ready
         self.service: AggregatedDiscoveryService | None = None  # bound once the server exists
         self.records: dict[Key, Record] = {}
         self._dirty_namespaces: set[str] = set()
@@ -55,6 +64,9 @@ class KubernetesSource:
         self._flush_due: asyncio.TimerHandle | None = None
         self._status_due: asyncio.TimerHandle | None = None
         self._warned: dict[tuple[Key, str], str] = {}  # (key, reason) → the message last reported
+        # Listener states of VirtualServices without DNS names, kept while their upstreams are the same objects.
+        self._states: dict[Key, tuple[VirtualService, Resolved, tuple[ListenerState, ...]]] = {}
+        self._observed: dict[Key, Observed] = {}  # what each status was last computed from
         self._pending_syncs: set[str] = set()
         self._synced = asyncio.Event()
         self.commits = 0  # cache commits, for tests and /debug
@@ -134,6 +146,8 @@ class KubernetesSource:
         if self.records.pop(key, None) is not None:
             log.info("VirtualService %s/%s deleted", *key)
         self._warned = {warned: text for warned, text in self._warned.items() if warned[0] != key}
+        self._states.pop(key, None)
+        self._observed.pop(key, None)
         if self.status is not None:
             self.status.forget(key)
 
@@ -196,19 +210,60 @@ class KubernetesSource:
         progress = summarize(self.service.progress() if self.service else (), services)
         conflicts = self.cache.conflicts
         now = now_rfc3339()
+        addresses: dict[tuple[int, ...], tuple[str, ...]] = {}  # alike proxy sets give alike addresses
         for key, record in self.records.items():
+            vs, resolved = services.get(key), self.cache.resolved(key)
+            serving = progress[key].serving if key in progress else []
+            shared = tuple(map(id, serving))
+            if shared not in addresses:
+                addresses[shared] = self._proxy_addresses(serving)
             observed = Observed(
                 generation=record.generation,
                 rejected=record.rejected,
                 serving_generation=record.serving_generation,
                 conflict=conflicts.get(key),
                 progress=progress.get(key),
+                listeners=self._listener_states(key, vs, resolved),
+                addresses=addresses[shared],
             )
+            if self._observed.get(key) == observed:
+                continue  # what was wanted for it last time (written, or queued) still holds
+            self._observed[key] = observed
             rejections = progress[key].rejections if key in progress else []
             if rejections:
                 node, error = rejections[0]
                 self._warn(key, record, "ProxyRejected", f"proxy {node} rejected its resources: {error}")
             self.status.want(key, status_of(observed, self.status.written(key), now))
+        self.dns.retain_asked()  # every DNS name in use was asked above (their states are never kept)
+
+    def _listener_states(
+        self, key: Key, vs: VirtualService | None, resolved: Resolved | None
+    ) -> tuple[ListenerState, ...]:
+        if vs is None or resolved is None:
+            return ()
+        kept = self._states.get(key)
+        if kept is not None and kept[0] is vs and kept[1] is resolved:
+            return kept[2]
+        states = listener_states(vs, resolved, self.dns.resolves)
+        if all(is_ip(upstream.host) for upstreams in resolved for upstream in upstreams):
+            self._states[key] = (vs, resolved, states)
+        else:  # DNS answers change on their own: asked again every time (which also keeps them refreshed)
+            self._states.pop(key, None)
+        return states
+
+    def _proxy_addresses(self, serving: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
+        """The pod IPs of these proxies, in address order."""
+        ips = {self.pods.ip_for(node) for nodes in serving for node in nodes}
+        ips.discard("")
+        return tuple(sorted(ips, key=_address_order))
+
+
+def _address_order(ip: str) -> tuple:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return (9, 0, ip)
+    return (address.version, int(address), ip)
 
 
 def _key_of(obj: Mapping[str, Any]) -> Key:

@@ -5,8 +5,13 @@ lastTransitionTime, observedGeneration):
 - Accepted: the spec is valid (False carries the validation errors).
 - Programmed: every selected proxy has ACKed its resources (False says how many have,
   or carries Envoy's NACK text).
+- Ready: Programmed, the latest generation is valid, and every cluster has at least one
+  ready endpoint: the route is live (what an app waits for before handing out an address).
 - Conflicted: another, older VirtualService claims the same listener name, cluster name or
   port on a proxy, so this one is left out there.
+
+Beside them, status.listeners: per listener its name, protocol, port, the pod IPs of the
+proxies that run it (sorted, at most MAX_STATUS_ADDRESSES) and its cluster's ready endpoint count.
 """
 
 from __future__ import annotations
@@ -23,8 +28,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from ..api import API_GROUP, API_VERSION, KIND, Key
-from ..api.schema import PLURAL
+from ..api.schema import MAX_STATUS_ADDRESSES, PLURAL
 from ..xds.progress import Progress
+from .readiness import ListenerState
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +47,25 @@ class Observed:
     serving_generation: int | None = None  # the generation in the snapshots (an older one if the latest is invalid)
     conflict: str | None = None
     progress: Progress | None = None
+    listeners: tuple[ListenerState, ...] = ()  # of the generation served
+    addresses: tuple[str, ...] = ()  # pod IPs of the proxies that run its current resources, sorted
 
 
 def status_of(observed: Observed, previous: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
     """The status subresource for a VirtualService; lastTransitionTime kept when a condition's status holds."""
     earlier = {c.get("type"): c for c in (previous or {}).get("conditions") or () if isinstance(c, Mapping)}
+    programmed = _programmed(observed)
     conditions = [
         _condition(kind, status, reason, message, observed.generation, earlier.get(kind), now)
         for kind, status, reason, message in (
             _accepted(observed),
-            _programmed(observed),
+            programmed,
+            _ready(observed, programmed),
             _conflicted(observed),
         )
     ]
-    return {"observedGeneration": observed.generation, "conditions": conditions}
+    # Always present (even empty): the status is merge-patched, and an absent key would keep the old list.
+    return {"observedGeneration": observed.generation, "conditions": conditions, "listeners": _listeners(observed)}
 
 
 def _accepted(observed: Observed) -> tuple[str, str, str, str]:
@@ -82,6 +93,38 @@ def _programmed(observed: Observed) -> tuple[str, str, str, str]:
     if observed.conflict is not None:
         return ("Programmed", "False", "Conflicted", f"{counts}; left out where it conflicts")
     return ("Programmed", "False", "Pending", counts)
+
+
+def _ready(observed: Observed, programmed: tuple[str, str, str, str]) -> tuple[str, str, str, str]:
+    if observed.rejected is not None:
+        return ("Ready", "False", "Invalid", f"generation {observed.generation} is invalid (see Accepted)")
+    _, status, reason, message = programmed
+    if status != "True":
+        return ("Ready", "False", reason, message)
+    empty = [listener.cluster for listener in observed.listeners if listener.cluster.ready_endpoints == 0]
+    if empty:
+        more = f" (and {len(empty) - 1} more clusters)" if len(empty) > 1 else ""
+        cluster = empty[0]
+        return (
+            "Ready",
+            "False",
+            "NoReadyEndpoints",
+            f"cluster {cluster.name} has no ready endpoint{more}: {cluster.why_none}",
+        )
+    return ("Ready", "True", "Ready", f"{message}; every cluster has a ready endpoint")
+
+
+def _listeners(observed: Observed) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": listener.name,
+            "protocol": listener.protocol,
+            "port": listener.port,
+            "addresses": list(observed.addresses[:MAX_STATUS_ADDRESSES]),
+            "cluster": {"name": listener.cluster.name, "readyEndpoints": listener.cluster.ready_endpoints},
+        }
+        for listener in observed.listeners
+    ]
 
 
 def _conflicted(observed: Observed) -> tuple[str, str, str, str]:

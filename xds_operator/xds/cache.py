@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from ..api import Key, VirtualService, cluster_of, port_of, protocol_of
-from ..translate import SelectorResolver, no_pods, resolve_virtual_service, translate_virtual_service
+from ..translate import Resolved, SelectorResolver, no_pods, resolve_virtual_service, translate_virtual_service
 from .snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, MODULUS, Resource, Snapshot, weight_of
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Translated:
 
     vs: VirtualService
     resources: tuple[Resource, ...]
-    addresses: tuple  # the resolved upstreams per cluster, to notice endpoint changes
+    addresses: Resolved  # the resolved upstreams per cluster, to notice endpoint changes
     token: str  # changes whenever any of the resources does
     # What it takes on a proxy: ("listener", name), ("cluster", name), ("UDP port" or "TCP port", number):
     # a UDP and a TCP listener may share a port number.
@@ -135,6 +135,11 @@ class SnapshotCache:
 
     def virtual_services(self) -> dict[Key, VirtualService]:
         return {key: translated.vs for key, translated in self._services.items()}
+
+    def resolved(self, key: Key) -> Resolved | None:
+        """The upstreams its snapshots were built with, per listener (None if it is not in the cache)."""
+        translated = self._services.get(key)
+        return translated.addresses if translated is not None else None
 
     @property
     def conflicts(self) -> dict[Key, str]:

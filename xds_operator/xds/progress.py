@@ -1,4 +1,4 @@
-"""Per VirtualService: how many selected proxies run its current resources, and who rejected them.
+"""Per VirtualService: how many selected proxies run its current resources, which ones, and who rejected them.
 
 Pure: it reads what the server knows of each proxy (its current and its last fully ACKed
 snapshot, and any NACK text) and what the cache holds. Proxies that are alike (same labels,
@@ -7,7 +7,6 @@ same snapshots, same error) are counted together, so the cost follows groups, no
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -21,21 +20,23 @@ class Progress:
     selected: int = 0  # connected proxies whose labels the VirtualService selects
     applied: int = 0  # of those, how many have ACKed its current resources
     rejections: list[tuple[str, str]] = field(default_factory=list)  # (node id, Envoy's error text)
+    # The node ids of the proxies that ACKed its current resources, one tuple per set of alike
+    # proxies; the tuples are shared by every VirtualService those proxies run (no copy per one).
+    serving: list[tuple[str, ...]] = field(default_factory=list, compare=False)  # (compared as addresses)
 
 
 def summarize(proxies: Iterable[ProxyProgress], services: Mapping[Key, VirtualService]) -> dict[Key, Progress]:
     result = {key: Progress() for key in services}
-    alike: Counter[tuple] = Counter()
-    example_node: dict[tuple, str] = {}
+    alike: dict[tuple, list[str]] = {}
     for proxy in proxies:
         if proxy.labels is None:
             continue  # not identified yet: not selected by anything
         shape = (frozenset(proxy.labels.items()), proxy.current, proxy.applied, proxy.rejection)
-        alike[shape] += 1
-        example_node.setdefault(shape, proxy.node_id)
+        alike.setdefault(shape, []).append(proxy.node_id)
     selected_by_labels: dict[frozenset, list[Key]] = {}
-    for shape, count in alike.items():
+    for shape, node_list in alike.items():
         label_set, current, applied, rejection = shape
+        count, nodes = len(node_list), tuple(node_list)
         selected = selected_by_labels.get(label_set)
         if selected is None:
             labels = dict(label_set)
@@ -47,10 +48,11 @@ def summarize(proxies: Iterable[ProxyProgress], services: Mapping[Key, VirtualSe
             token = tokens.get(key)
             if token is not None and running.get(key) == token:
                 result[key].applied += count
+                result[key].serving.append(nodes)
         if rejection is not None:
             for key in _blamed(current, running):
                 if key in result:
-                    result[key].rejections.append((example_node[shape], rejection))
+                    result[key].rejections.append((nodes[0], rejection))
     return result
 
 

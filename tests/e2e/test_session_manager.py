@@ -1,0 +1,143 @@
+"""examples/session_manager.py as a session manager would run it: a subprocess talking to the fake API
+server through the real `kubernetes` client, `xds-operator serve --kubeconfig` watching it, a real Envoy
+(the pod envoy-0, IP 127.0.0.1) and echo workers standing in for worker pods on 127.0.0.x.
+"""
+
+from __future__ import annotations
+
+import queue
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fake_apiserver import FakeApiServer
+
+from xds_operator.echo import EchoWorker
+
+from . import test_kubernetes
+from .conftest import _register_log, assert_silent, free_udp_port, send_until_answer, wait_until
+from .test_kubernetes import NS, PLURAL, Cluster
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "session_manager.py"
+
+# The Kubernetes-mode fixtures: fake API server, operator, the app's client, the ingress Envoy.
+apiserver = test_kubernetes.apiserver
+operator = test_kubernetes.operator
+xds_server = test_kubernetes.xds_server
+cluster = test_kubernetes.cluster
+ingress = test_kubernetes.ingress
+
+
+class SessionManager:
+    """The example program as a subprocess: stdout lines collected by a thread, stdin held open."""
+
+    def __init__(self, request: pytest.FixtureRequest, tmp_path: Path, apiserver: FakeApiServer, *args: str):
+        kubeconfig = apiserver.kubeconfig(tmp_path / "session-manager-kubeconfig")
+        self.stderr_path = tmp_path / "session-manager.err"
+        _register_log(request, "session manager stderr", self.stderr_path)
+        with open(self.stderr_path, "wb") as stderr:
+            self.process = subprocess.Popen(
+                [sys.executable, str(EXAMPLE), *args, "--namespace", NS, "--kubeconfig", str(kubeconfig)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def printed(self) -> list[str]:
+        lines = []
+        while not self.lines.empty():
+            lines.append(self.lines.get_nowait())
+        return lines
+
+    def next_line(self, timeout: float) -> str:
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            pytest.fail(f"the session manager printed nothing within {timeout:.0f}s:\n{self.stderr_path.read_text()}")
+
+    def end_session(self) -> int:
+        """Close its stdin: the session ends."""
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        return self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+@pytest.fixture
+def session_manager(request, tmp_path, apiserver) -> Iterator:
+    started: list[SessionManager] = []
+
+    def start(*args: str) -> SessionManager:
+        manager = SessionManager(request, tmp_path, apiserver, *args)
+        started.append(manager)
+        return manager
+
+    yield start
+    for manager in started:
+        manager.stop()
+
+
+def test_the_route_is_printed_once_the_sessions_pod_is_ready_and_removed_when_the_session_ends(
+    cluster: Cluster, ingress, operator, session_manager
+):
+    worker_port, port = free_udp_port(), free_udp_port()
+    for name, session, ip, ready in (("worker-s1", "s1", "127.0.0.2", False), ("worker-s2", "s2", "127.0.0.3", True)):
+        cluster.workers.append(EchoWorker(name, host=ip, port=worker_port, health_port=None))
+        cluster.pod(name, {"session": session}, ip, ready=ready)
+
+    manager = session_manager("s1", "--port", str(port), "--worker-port", str(worker_port), "--timeout", "60")
+    # The route exists on the proxy, but the session's worker pod is not Ready: no route is handed out.
+    ingress.wait_listener("session-s1", port)
+    not_ready = cluster.wait_condition("session-s1", "Ready", "False", "NoReadyEndpoints")
+    assert "session=s1" in not_ready["message"]
+    time.sleep(1.0)  # several status ticks: it stays not Ready, and the manager keeps waiting
+    assert cluster.condition("session-s1", "Ready")["status"] == "False"
+    assert manager.printed() == [] and manager.process.poll() is None
+
+    cluster.core.patch_namespaced_pod(  # the kubelet reports the worker Ready
+        "worker-s1", NS, {"status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    )
+    line = manager.next_line(timeout=30)
+    assert cluster.condition("session-s1", "Ready")["status"] == "True"  # printed only once Ready
+    assert line == f"route 127.0.0.1:{port}"  # the pod IP of the only proxy, and the session's port
+    host, route_port = line.split()[1].rsplit(":", 1)
+    assert (host, int(route_port)) == ("127.0.0.1", port)
+    assert send_until_answer(int(route_port)) == "worker-s1"  # the session's worker, not the other one
+
+    assert manager.end_session() == 0
+    assert cluster.apiserver.get(PLURAL, NS, "session-s1") is None
+    ingress.wait_listener_absent("session-s1")
+    assert_silent(port)
+
+
+def test_a_session_that_never_gets_ready_times_out_and_leaves_no_route(cluster: Cluster, operator, session_manager):
+    manager = session_manager("s9", "--port", str(free_udp_port()), "--timeout", "3")
+    assert manager.process.wait(timeout=30) == 1
+    assert manager.printed() == []
+    err = manager.stderr_path.read_text()
+    assert "not Ready after 3s: NoProxies" in err and "session s9 ended" in err
+    wait_until(lambda: cluster.apiserver.get(PLURAL, NS, "session-s9") is None, "the VirtualService to be deleted")
+
+
+def test_help_explains_the_program():
+    result = subprocess.run([sys.executable, str(EXAMPLE), "--help"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert "session=<SESSION>" in result.stdout and "--hold SECONDS" in result.stdout
+    bad = subprocess.run([sys.executable, str(EXAMPLE), "Bad_ID", "--port", "3000"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "lowercase" in bad.stderr

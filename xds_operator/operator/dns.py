@@ -1,0 +1,116 @@
+"""Whether the DNS names of address endpoints resolve, for the Ready condition: answered from a
+cache, looked up in a small thread pool of its own, never on the event loop.
+
+The first question about a name starts a lookup and answers None (not known yet). When an
+answer arrives or changes, `on_change` runs (the source recomputes status). A name is looked
+up again every `refresh` seconds (every `retry` seconds while it fails), so a name that starts
+or stops resolving is noticed without any other event. The source asks about every name in
+use on each status pass and then calls `retain_asked`, which forgets the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import ipaddress
+import logging
+import socket
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+log = logging.getLogger(__name__)
+
+LOOKUP_THREADS = 2  # a hanging resolver ties up these, not the loop's default executor
+
+
+@functools.lru_cache(maxsize=65536)  # asked about every pod IP on every status pass
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def lookup(host: str) -> bool:
+    """Blocking: whether the system resolver finds an address for host."""
+    try:
+        return bool(socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM))
+    except (OSError, UnicodeError):  # socket.gaierror is an OSError
+        return False
+
+
+class DnsCache:
+    def __init__(
+        self,
+        on_change: Callable[[], None],
+        *,
+        refresh: float = 30.0,
+        retry: float = 5.0,
+        resolve: Callable[[str], bool] = lookup,
+    ):
+        self._on_change = on_change
+        self._refresh, self._retry = refresh, retry
+        self._resolve = resolve
+        self._answers: dict[str, bool | None] = {}  # None: the first lookup has not answered yet
+        self._asked: set[str] = set()  # since the last retain_asked
+        self._executor: ThreadPoolExecutor | None = None
+        self._lookups: set[asyncio.Future] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def resolves(self, host: str) -> bool | None:
+        """True or False from the cache; None while the first lookup runs. Call on the event loop."""
+        if is_ip(host):
+            return True
+        self._asked.add(host)
+        if host not in self._answers:
+            self._answers[host] = None
+            self._start(host)
+        return self._answers[host]
+
+    def retain_asked(self) -> None:
+        """Forget the names not asked about since the last call: no VirtualService uses them any more."""
+        for host in self._answers.keys() - self._asked:
+            del self._answers[host]
+            timer = self._timers.pop(host, None)
+            if timer is not None:
+                timer.cancel()
+        self._asked = set()
+
+    def close(self) -> None:
+        for pending in [*self._lookups, *self._timers.values()]:
+            pending.cancel()
+        self._lookups.clear()
+        self._timers.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def _start(self, host: str) -> None:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(LOOKUP_THREADS, thread_name_prefix="dns")
+        future = asyncio.get_running_loop().run_in_executor(self._executor, self._resolve, host)
+        self._lookups.add(future)
+        future.add_done_callback(lambda done: self._answered(host, done))
+
+    def _answered(self, host: str, future: asyncio.Future) -> None:
+        self._lookups.discard(future)
+        if future.cancelled() or host not in self._answers:
+            return  # closed, or forgotten meanwhile
+        answer = bool(future.result()) if future.exception() is None else False
+        changed = self._answers[host] != answer
+        self._answers[host] = answer
+        if changed:
+            log.info("address %s %s", host, "resolves" if answer else "does not resolve")
+            self._on_change()
+        earlier = self._timers.pop(host, None)  # one refresh timer per name, even after overlapping lookups
+        if earlier is not None:
+            earlier.cancel()
+        self._timers[host] = asyncio.get_running_loop().call_later(
+            self._refresh if answer else self._retry, self._again, host
+        )
+
+    def _again(self, host: str) -> None:
+        self._timers.pop(host, None)
+        if host in self._answers:
+            self._start(host)

@@ -1,0 +1,61 @@
+"""Per listener of a VirtualService: its protocol and port, and how many ready endpoints its cluster has.
+
+Pure: the caller hands in the upstreams the snapshots were built with (pod selectors already
+resolved to Ready, non-terminating pods with an IP) and a cached answer to "does this host
+resolve" (an IP always does; a DNS name is looked up elsewhere, off the event loop).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..api import VirtualService, cluster_of, pb, port_of, protocol_of
+from ..translate import Resolved
+
+# Whether a host resolves: True, False, or None while it is not known yet.
+AddressCheck = Callable[[str], bool | None]
+
+
+@dataclass(frozen=True)
+class ClusterState:
+    name: str
+    ready_endpoints: int
+    why_none: str = ""  # when it has none: why, per endpoint
+
+
+@dataclass(frozen=True)
+class ListenerState:
+    name: str
+    protocol: str  # UDP, TCP: the name of the listener's block
+    port: int
+    cluster: ClusterState
+
+
+def listener_states(vs: VirtualService, resolved: Resolved, resolves: AddressCheck) -> tuple[ListenerState, ...]:
+    """One state per listener, in spec order; `resolved` holds each listener's upstreams."""
+    states = []
+    for listener, upstreams in zip(vs.spec.listeners, resolved, strict=True):
+        cluster = cluster_of(listener)
+        ready = sum(1 for upstream in upstreams if resolves(upstream.host))
+        why = "" if ready else _why_none(cluster, resolves)
+        states.append(
+            ListenerState(
+                listener.name, protocol_of(listener), port_of(listener), ClusterState(cluster.name, ready, why)
+            )
+        )
+    return tuple(states)
+
+
+def _why_none(cluster: pb.Cluster, resolves: AddressCheck) -> str:
+    reasons = []
+    for endpoint in cluster.endpoints:
+        host = endpoint.host
+        if host.HasField("address"):
+            known = resolves(host.address)
+            state = "is being resolved" if known is None else "resolves" if known else "does not resolve"
+            reasons.append(f"endpoint {endpoint.name}: {host.address} {state}")
+        else:
+            pairs = ",".join(f"{key}={value}" for key, value in sorted(host.selector.items()))
+            reasons.append(f"endpoint {endpoint.name}: no Ready pod with an IP matches {pairs}")
+    return "; ".join(reasons)
