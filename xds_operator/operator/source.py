@@ -150,7 +150,7 @@ class KubernetesSource:
             "VirtualService %s/%s: %s",
             *key,
             message,
-            extra={"namespace": key[0], "name": key[1], "reason": reason, "generation": record.generation},
+            extra={"virtualservice": f"{key[0]}/{key[1]}", "reason": reason, "generation": record.generation},
         )
         if self.status is not None:
             self.status.warn(WarningEvent(key[0], key[1], record.uid, reason, message))
