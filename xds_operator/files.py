@@ -219,10 +219,11 @@ class DirectorySource:
                     path.name,
                     len(contents.services),
                     len(contents.errors),
+                    extra={"file": str(path)},
                 )
             elif self._files.pop(path, None) is not None:
                 self._stamps.pop(path, None)
-                log.info("removed %s", path.name)
+                log.info("removed %s", path.name, extra={"file": str(path)})
         wanted = self._current()
         for key in [key for key in self._cache.virtual_services() if key not in wanted]:
             self._cache.delete(key)

@@ -7,6 +7,7 @@ side by side and parsed back with `google.protobuf.json_format.ParseDict`.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 
 from google.protobuf import any_pb2, json_format
@@ -32,4 +33,6 @@ def resources_json(snapshot: Snapshot, subscriptions: Mapping[str, frozenset[str
 
 
 def _as_json(type_url: str, body: bytes) -> dict:
-    return json_format.MessageToDict(any_pb2.Any(type_url=type_url, value=body), preserving_proto_field_name=True)
+    packed = any_pb2.Any(type_url=type_url, value=body)
+    # Through text: MessageToDict returns an OrderedDict for an Any, which YAML cannot represent.
+    return json.loads(json_format.MessageToJson(packed, preserving_proto_field_name=True, indent=None))
