@@ -252,7 +252,7 @@ async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object]) -> N
 
 
 def _serialize(response: bytes | Message) -> bytes:
-    """Responses come pre-serialized (state of the world) or as messages (delta)."""
+    """Both variants hand over serialized responses (their size is counted); a message is serialized here."""
     return response if isinstance(response, bytes) else response.SerializeToString()
 
 
