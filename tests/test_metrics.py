@@ -7,17 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import grpc
 import pytest
+import yaml
 from ads_client import AdsClient, DeltaAdsClient, eventually
 from fake_apiserver import FakeApiServer
 from prometheus_client.parser import text_string_to_metric_families
 from test_ads_protocol import INGRESS as ADS_INGRESS
-from test_ads_protocol import commit, listener_spec, make_vs
+from test_ads_protocol import listener_spec, vs_document
 from test_operator import INGRESS, NS, pod_body, subscribe, vs_body
 from test_operator import eventually as eventually_named
 
+from xds_operator.files import DirectorySource
 from xds_operator.metrics import Metrics, for_directory, for_kubernetes
 from xds_operator.operator.pods import PodIndex
 from xds_operator.operator.source import KubernetesSource, start_watches
@@ -44,18 +47,29 @@ def value(metrics: Metrics, name: str, **labels: str) -> float:
 
 
 class Plane:
-    def __init__(self) -> None:
+    """A directory-mode control plane, wired as `serve --dir` wires it."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
         self.metrics = Metrics()
         self.cache = SnapshotCache(on_commit=self.metrics.observe_build)
+        self.source = DirectorySource(directory, self.cache)
+        self.source.load()
         self.service = AggregatedDiscoveryService(self.cache, observer=self.metrics)
+        for_directory(self.metrics, self.service, self.cache, self.source)
+
+    def write(self, name: str, *documents: dict) -> None:
+        (self.directory / name).write_text(yaml.safe_dump_all(documents))
+        self.source.rescan()
 
 
 @pytest.fixture
-async def planes() -> AsyncIterator[list[tuple[Plane, grpc.aio.Channel]]]:
+async def planes(tmp_path: Path) -> AsyncIterator[list[tuple[Plane, grpc.aio.Channel]]]:
     """Two control planes in one process, each with its own registry."""
     made = []
-    for _ in range(2):
-        plane = Plane()
+    for number in range(2):
+        (tmp_path / str(number)).mkdir()
+        plane = Plane(tmp_path / str(number))
         server, port = await start_server(plane.service, "127.0.0.1:0")
         made.append((plane, server, grpc.aio.insecure_channel(f"127.0.0.1:{port}")))
     yield [(plane, channel) for plane, _, channel in made]
@@ -67,8 +81,7 @@ async def planes() -> AsyncIterator[list[tuple[Plane, grpc.aio.Channel]]]:
 @pytest.mark.parametrize("client_class", [AdsClient, DeltaAdsClient], ids=["sotw", "delta"])
 async def test_pushes_bytes_acks_and_nacks_are_counted_per_type_in_each_planes_own_registry(planes, client_class):
     (plane, channel), (other, _) = planes
-    commit(plane.cache, make_vs("calls", [listener_spec("calls-l", 2000, "calls-c")]))
-    for_directory(plane.metrics, plane.service, plane.cache, _NoFiles())
+    plane.write("calls.yaml", vs_document("calls", [listener_spec("calls-l", 2000, "calls-c")]))
     ads = client_class(channel, "edge-1", LABELS)
     received = {CLUSTER: 0, LISTENER: 0}
     clusters = await ads.subscribe_and_ack(CLUSTER)
@@ -90,9 +103,9 @@ async def test_pushes_bytes_acks_and_nacks_are_counted_per_type_in_each_planes_o
     assert value(plane.metrics, "xds_operator_virtual_services", condition="Accepted", status="True") == 1
 
     # A change: the listener's new port is rejected.
-    commit(plane.cache, make_vs("calls", [listener_spec("calls-l", 2001, "calls-c")]))
+    plane.write("calls.yaml", vs_document("calls", [listener_spec("calls-l", 20001, "calls-c")]))
     rejected = await ads.expect(LISTENER)
-    await ads.nack(rejected, "cannot bind '0.0.0.0:2001': Address already in use")
+    await ads.nack(rejected, "cannot bind '0.0.0.0:20001': Address already in use")
     await eventually(lambda: value(plane.metrics, "xds_operator_xds_nacks_total", type="LDS") == 1)
     assert value(plane.metrics, "xds_operator_xds_pushes_total", type="LDS") == 2
     assert value(plane.metrics, "xds_operator_xds_pushed_bytes_total", type="LDS") == (
@@ -106,15 +119,6 @@ async def test_pushes_bytes_acks_and_nacks_are_counted_per_type_in_each_planes_o
     assert value(other.metrics, "xds_operator_xds_nacks_total", type="LDS") == 0
     await ads.close()
     await eventually(lambda: value(plane.metrics, "xds_operator_connected_proxies", variant=variant) == 0)
-
-
-class _NoFiles:
-    """A directory source with nothing invalid in it (for the directory-mode readers)."""
-
-    errors: dict[str, int] = {}
-
-    def invalid_documents(self) -> int:
-        return 0
 
 
 # -- Kubernetes mode ---------------------------------------------------------------------------
