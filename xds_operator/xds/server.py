@@ -179,27 +179,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                         watch = self._cache.watch(self._identify(item.node), on_change)
                         connection = self._connections[stream_id] = Connection(item.node, stream, watch)
                         pending_change = False
-                        variant = f"{stream.variant} ADS"
-                        fields = {
-                            "node_id": stream.node_id,
-                            "variant": stream.variant,
-                            "group": group_name(watch.labels),
-                        }
-                        if watch.labels is None:
-                            log.info(
-                                "proxy %s connected (%s); waiting until its pod is known",
-                                stream.node_id,
-                                variant,
-                                extra=fields,
-                            )
-                        else:
-                            log.info(
-                                "proxy %s connected (%s, labels %s)",
-                                stream.node_id,
-                                variant,
-                                watch.labels,
-                                extra=fields,
-                            )
+                        _log_connected(stream, watch)
                     responses = connection.stream.on_request(item, connection.watch.snapshot, connection.watch.since)
                     self._note_progress(connection)
                 for response in responses:
@@ -239,6 +219,15 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         if snapshot is not None and snapshot is not connection.applied and connection.stream.has_applied(snapshot):
             connection.applied = snapshot
         self._on_progress()
+
+
+def _log_connected(stream: ProxyStream, watch: Watch) -> None:
+    fields = {"node_id": stream.node_id, "variant": stream.variant, "group": group_name(watch.labels)}
+    variant = f"{stream.variant} ADS"
+    if watch.labels is None:
+        log.info("proxy %s connected (%s); waiting until its pod is known", stream.node_id, variant, extra=fields)
+    else:
+        log.info("proxy %s connected (%s, labels %s)", stream.node_id, variant, watch.labels, extra=fields)
 
 
 async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object]) -> None:
