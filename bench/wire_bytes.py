@@ -69,9 +69,10 @@ def subscribed_sotw(snapshot, cluster_names):
 def subscribed_delta(snapshot, cluster_names):
     stream = DeltaStream("delta")
     for type_url, names in ((CLUSTER, ()), (ENDPOINT, cluster_names), (LISTENER, ())):
-        (response,) = stream.on_request(
+        (raw,) = stream.on_request(
             discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, resource_names_subscribe=names), snapshot
         )
+        response = discovery_pb2.DeltaDiscoveryResponse.FromString(raw)
         ack = discovery_pb2.DeltaDiscoveryRequest(type_url=type_url, response_nonce=response.nonce)
         assert stream.on_request(ack, snapshot) == []
     return stream
@@ -94,10 +95,12 @@ def measure(count: int) -> list[tuple[str, int, int, int, int]]:
         cache.commit()
         after = cache.snapshot_for(LABELS)
         sotw_responses, delta_responses = sotw.on_snapshot(after), delta.on_snapshot(after)
-        sotw_bytes = sum(len(raw) for raw in sotw_responses)  # state of the world is sent pre-serialized
-        delta_bytes = sum(r.ByteSize() for r in delta_responses)
+        sotw_bytes = sum(len(raw) for raw in sotw_responses)  # both variants send pre-serialized responses
+        delta_bytes = sum(len(raw) for raw in delta_responses)
         sotw_resources = sum(len(discovery_pb2.DiscoveryResponse.FromString(raw).resources) for raw in sotw_responses)
-        delta_resources = sum(len(r.resources) for r in delta_responses)
+        delta_resources = sum(
+            len(discovery_pb2.DeltaDiscoveryResponse.FromString(raw).resources) for raw in delta_responses
+        )
         rows.append((label, sotw_bytes, sotw_resources, delta_bytes, delta_resources))
         cache.upsert(virtual_service(count // 2))  # back to the start for the next change
         cache.commit()

@@ -281,7 +281,7 @@ def test_validate_as_a_real_process(tmp_path: Path) -> None:
 # -- help -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", ["serve", "validate", "bootstrap"])
+@pytest.mark.parametrize("command", ["serve", "validate", "render", "status", "bootstrap"])
 def test_subcommand_help(capsys: pytest.CaptureFixture[str], command: str) -> None:
     status, out, _ = run([command, "--help"], capsys)
     assert status == 0
@@ -291,7 +291,7 @@ def test_subcommand_help(capsys: pytest.CaptureFixture[str], command: str) -> No
 def test_top_level_help_lists_commands(capsys: pytest.CaptureFixture[str]) -> None:
     status, out, _ = run(["--help"], capsys)
     assert status == 0
-    for command in ("serve", "validate", "bootstrap"):
+    for command in ("serve", "validate", "render", "status", "bootstrap"):
         assert command in out
 
 

@@ -238,6 +238,23 @@ def test_probes_use_the_admin_endpoints() -> None:
         assert port_number(main, action["port"]) == admin_port
 
 
+def test_metrics_are_scraped_from_the_admin_port() -> None:
+    deployment, main, service = operator()
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    admin_port = int(main["args"][main["args"].index("--admin-port") + 1])
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == admin_port
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert main["args"][main["args"].index("--admin-address") + 1] == "0.0.0.0"  # reachable from the scraper
+    # The ServiceMonitor example in service.yaml selects this Service and names its admin port.
+    text = (CONFIG / "manager" / "service.yaml").read_text()
+    commented = text[text.index("# apiVersion: monitoring.coreos.com/v1") :]
+    example = yaml.safe_load("\n".join(line.removeprefix("# ") for line in commented.splitlines()))
+    assert example["kind"] == "ServiceMonitor"
+    assert example["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert example["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
 def test_resources_and_security_context() -> None:
     deployment, main, _ = operator()
     assert main["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}}

@@ -1,4 +1,4 @@
-"""The admin HTTP port: health, readiness and a JSON view of connected proxies.
+"""The admin HTTP port: health, readiness, metrics and JSON views of connected proxies.
 
 A deliberately small HTTP/1.1 server on asyncio: GET only, one response per connection.
 """
@@ -9,16 +9,43 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[], tuple[int, object]]  # → (status, body: str or JSON-able)
 
-REASONS = {200: "OK", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable", 400: "Bad Request"}
+@dataclass(frozen=True)
+class Payload:
+    """A body with its own content type (a str body is plain text, anything else JSON)."""
+
+    content_type: str
+    data: bytes
+
+
+Handler = Callable[[], tuple[int, object]]  # → (status, body: str, Payload or JSON-able)
+
+
+@dataclass(frozen=True)
+class WithQuery:
+    """A route that reads the query string: called with its parameters (the last value of each)."""
+
+    handler: Callable[[dict[str, str]], tuple[int, object]]
+
+
+REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
 
 
 class AdminServer:
-    def __init__(self, routes: dict[str, Handler]):
+    def __init__(self, routes: dict[str, Handler | WithQuery]):
         self._routes = routes
         self._server: asyncio.Server | None = None
 
@@ -37,8 +64,12 @@ class AdminServer:
             while (await asyncio.wait_for(reader.readline(), timeout=5)) not in (b"\r\n", b"\n", b""):
                 pass  # headers are not needed
             status, body = self._answer(request_line.decode("latin-1").split())
-            payload = body.encode() if isinstance(body, str) else json.dumps(body, indent=2).encode() + b"\n"
-            kind = "text/plain; charset=utf-8" if isinstance(body, str) else "application/json"
+            if isinstance(body, Payload):
+                kind, payload = body.content_type, body.data
+            elif isinstance(body, str):
+                kind, payload = "text/plain; charset=utf-8", body.encode()
+            else:
+                kind, payload = "application/json", json.dumps(body, indent=2).encode() + b"\n"
             writer.write(
                 f"HTTP/1.1 {status} {REASONS.get(status, '')}\r\nContent-Type: {kind}\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
@@ -56,7 +87,15 @@ class AdminServer:
         method, target, _ = parts
         if method != "GET":
             return 405, "only GET is supported\n"
-        handler = self._routes.get(target.split("?", 1)[0])
+        url = urlsplit(target)
+        handler = self._routes.get(url.path)
         if handler is None:
             return 404, f"not found; try one of: {', '.join(sorted(self._routes))}\n"
-        return handler()
+        try:
+            if isinstance(handler, WithQuery):
+                query = {key: values[-1] for key, values in parse_qs(url.query).items()}
+                return handler.handler(query)
+            return handler()
+        except Exception:  # a bug in one view must not take the admin port down
+            log.exception("admin: GET %s failed", target)
+            return 500, "internal error; see the control plane's log\n"

@@ -9,8 +9,10 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from .admin import AdminServer, Handler
+from . import debug
+from .admin import AdminServer, Handler, WithQuery
 from .files import DirectorySource
+from .metrics import Metrics, for_directory, for_kubernetes
 from .xds.cache import SnapshotCache
 from .xds.server import AggregatedDiscoveryService, start_server
 from .xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
@@ -30,12 +32,15 @@ async def serve_directory(
     policy: ConnectionPolicy = DEFAULT_POLICY,
 ) -> None:
     """Serve the VirtualServices in `directory` until SIGINT or SIGTERM (xDS over TLS if `tls`)."""
-    cache = SnapshotCache()
+    metrics = Metrics()
+    cache = SnapshotCache(on_commit=metrics.observe_build)
     source = DirectorySource(directory, cache)
     source.load()
-    service = AggregatedDiscoveryService(cache)
+    service = AggregatedDiscoveryService(cache, observer=metrics)
+    for_directory(metrics, service, cache, source)
     await _run(
         service,
+        metrics,
         xds_address,
         admin_host,
         admin_port,
@@ -64,16 +69,21 @@ async def serve_kubernetes(
 
     api = api_client(kubeconfig, connections=2 * max(1, len(namespaces)) + 4)
     pods = PodIndex()
-    cache = SnapshotCache(pods.ready_ips)
+    metrics = Metrics()
+    cache = SnapshotCache(pods.ready_ips, on_commit=metrics.observe_build)
     writer = StatusWriter(api)
     source = KubernetesSource(cache, pods, writer)
-    service = AggregatedDiscoveryService(cache, identify=source.identify, on_progress=source.on_progress)
+    service = AggregatedDiscoveryService(
+        cache, identify=source.identify, on_progress=source.on_progress, observer=metrics
+    )
     source.bind(service)
     reflectors = start_watches(source, api, namespaces, asyncio.get_running_loop())
+    for_kubernetes(metrics, service, cache, source, reflectors)
     where = "namespaces " + ", ".join(namespaces) if namespaces else "all namespaces"
     try:
         await _run(
             service,
+            metrics,
             xds_address,
             admin_host,
             admin_port,
@@ -105,6 +115,7 @@ def _records(source: Any) -> dict:
 
 async def _run(
     service: AggregatedDiscoveryService,
+    metrics: Metrics,
     xds_address: str,
     admin_host: str,
     admin_port: int,
@@ -112,7 +123,7 @@ async def _run(
     background: Sequence[Coroutine[Any, Any, None]],
     description: str,
     before_serving: Coroutine[Any, Any, None] | None = None,
-    routes: dict[str, Handler] | None = None,
+    routes: dict[str, Handler | WithQuery] | None = None,
     tls: ServerTls | None = None,
     policy: ConnectionPolicy = DEFAULT_POLICY,
 ) -> None:
@@ -127,6 +138,7 @@ async def _run(
             "/healthz": lambda: (200, "ok\n"),
             "/readyz": readyz,
             "/debug/proxies": lambda: (200, service.proxies()),
+            **debug.routes(service, metrics),
             **(routes or {}),
         }
     )

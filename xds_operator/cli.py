@@ -1,10 +1,10 @@
-"""The `xds-operator` command line: serve, validate, bootstrap."""
+"""The `xds-operator` command line: serve, validate, render, bootstrap, status."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
+import json
 import sys
 from pathlib import Path
 
@@ -114,7 +114,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument(
-        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="default: info"
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info (debug adds every push and ACK, per proxy and type)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text (default), or one JSON object per line: time, level, logger, message and the event's "
+        "fields (node_id, type, version, group, file, error...)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -153,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=19000,
         metavar="PORT",
-        help="admin HTTP port: /healthz, /readyz, /debug/proxies (default: 19000)",
+        help="admin HTTP port: /healthz, /readyz, /metrics (Prometheus), /debug/proxies, "
+        "/debug/config_dump?node=ID (default: 19000)",
     )
     _add_serve_transport_arguments(serve)
 
@@ -164,6 +175,42 @@ def build_parser() -> argparse.ArgumentParser:
         "problem with its file and field path. Exit status 1 if any document is invalid.",
     )
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE_OR_DIR")
+
+    render = commands.add_parser(
+        "render",
+        help="print the Envoy resources VirtualService files give a proxy, without a server",
+        description="Print the Envoy resources (clusters, endpoints, listeners; protobuf's JSON mapping, as "
+        "/debug/config_dump shows them) that a proxy with the given labels would receive from these "
+        "VirtualService files (a directory means its *.yaml and *.yml files): review a change before applying "
+        "it. Pod selectors resolve to no endpoints here. Invalid documents are reported as by `validate` "
+        "(exit status 1); conflicts are logged as warnings.",
+    )
+    render.add_argument("files", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    render.add_argument(
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a label of the proxy; repeatable (a VirtualService applies if its selector is contained in them)",
+    )
+    render.add_argument("--output", "-o", choices=["json", "yaml"], default="json", help="default: json")
+
+    status = commands.add_parser(
+        "status",
+        help="show every connected proxy and whether it runs what it was sent",
+        description="One line per proxy connected to a running control plane: node id, group (its labels), ADS "
+        "variant, and per type (CDS, EDS, LDS) the version sent and whether the proxy ACKED it, NACKED it "
+        "(Envoy's error follows the table) or has not answered yet (PENDING). Reads the admin port's "
+        "/debug/proxies.",
+    )
+    status.add_argument(
+        "--admin-address",
+        default="127.0.0.1:19000",
+        metavar="HOST:PORT",
+        help="the control plane's admin port (default: 127.0.0.1:19000)",
+    )
+    status.add_argument("--output", "-o", choices=["text", "json"], default="text", help="default: text")
 
     bootstrap = commands.add_parser(
         "bootstrap",
@@ -204,12 +251,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .logs import configure
+
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", stream=sys.stderr
-    )
-    logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every batch of changes at info
-    return {"serve": _serve, "validate": _validate, "bootstrap": _bootstrap}[args.command](args)
+    configure(args.log_level, args.log_format)
+    commands = {"serve": _serve, "validate": _validate, "render": _render, "status": _status, "bootstrap": _bootstrap}
+    return commands[args.command](args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -263,16 +310,11 @@ def _serve_transport(args: argparse.Namespace) -> tuple[ServerTls | None, Connec
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .files import SUFFIXES, read_file
+    from .files import read_file
+    from .render import expand
 
-    paths: list[Path] = []
-    for path in args.files:
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file()))
-        else:
-            paths.append(path)
     failed = False
-    for path in paths:
+    for path in expand(args.files):
         if not path.is_file():
             print(f"{path}: no such file", file=sys.stderr)
             failed = True
@@ -283,6 +325,36 @@ def _validate(args: argparse.Namespace) -> int:
         failed = failed or bool(contents.errors)
         print(f"{path}: {len(contents.services)} valid VirtualService(s), {len(contents.errors)} problem(s)")
     return 1 if failed else 0
+
+
+def _render(args: argparse.Namespace) -> int:
+    from .render import render
+
+    rendered = render(args.files, dict(args.label))
+    for problem in rendered.errors:
+        print(problem, file=sys.stderr)
+    if rendered.errors:
+        print(f"xds-operator render: {len(rendered.errors)} problem(s); nothing rendered", file=sys.stderr)
+        return 1
+    if args.output == "yaml":
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(rendered.resources, sort_keys=False))
+    else:
+        sys.stdout.write(json.dumps(rendered.resources, indent=2) + "\n")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from .proxy_status import Unreachable, fetch, table
+
+    try:
+        proxies = fetch(args.admin_address)
+    except Unreachable as error:
+        print(f"xds-operator status: {error}", file=sys.stderr)
+        return 1
+    sys.stdout.write(json.dumps(proxies, indent=2) + "\n" if args.output == "json" else table(proxies))
+    return 0
 
 
 def _bootstrap(args: argparse.Namespace) -> int:

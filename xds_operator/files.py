@@ -12,6 +12,7 @@ import asyncio
 import logging
 import stat
 import sys
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -44,13 +45,14 @@ class FileContents:
     errors: list[str] = field(default_factory=list)
     unreadable: bool = False  # nothing in the file could be read (YAML syntax, encoding, size)
     invalid_keys: set[Key] = field(default_factory=set)  # named documents that failed validation
+    rejected: int = 0  # documents that failed validation
 
     def keeping_last_good(self, previous: FileContents) -> FileContents:
         """Keep serving the previous valid version of what this read could not validate."""
         kept = [vs for vs in previous.services if self.unreadable or vs.key in self.invalid_keys]
         for vs in kept:
             log.warning("%s: keeping the last valid version of %s until the file is fixed", vs.origin, vs)
-        return FileContents(self.services + kept, self.errors, self.unreadable, self.invalid_keys)
+        return replace(self, services=self.services + kept)
 
 
 def read_file(path: Path) -> FileContents:
@@ -78,6 +80,7 @@ def read_file(path: Path) -> FileContents:
             contents.services.append(parse_virtual_service(document, origin=str(path)))
         except ValidationError as error:
             contents.errors.extend(f"{where}: {problem}" for problem in error.errors)
+            contents.rejected += 1
             if key is not None:
                 contents.invalid_keys.add(key)
     return contents
@@ -158,6 +161,7 @@ class DirectorySource:
         self._files: dict[Path, FileContents] = {}
         self._stamps: dict[Path, tuple[int, int]] = {}  # (mtime_ns, size) when last read
         self._first_seen: dict[Key, str] = {}  # conflict age for objects without a creationTimestamp
+        self.errors: Counter[str] = Counter()  # every invalid document and unreadable file read, for metrics
 
     def load(self) -> None:
         """Read every file now and commit the result."""
@@ -246,7 +250,9 @@ class DirectorySource:
                 self._stamps[path] = file_stamp
                 contents = read_file(path)
                 for problem in contents.errors:
-                    log.error("%s", problem)
+                    log.error("%s", problem, extra={"file": str(path)})
+                self.errors["invalid_document"] += contents.rejected
+                self.errors["unreadable_file"] += contents.unreadable
                 if path in self._files:
                     contents = contents.keeping_last_good(self._files[path])
                 contents.services = [self._dated(vs, stamp) for vs in contents.services]
@@ -256,10 +262,11 @@ class DirectorySource:
                     path.name,
                     len(contents.services),
                     len(contents.errors),
+                    extra={"file": str(path)},
                 )
             elif self._files.pop(path, None) is not None:
                 self._stamps.pop(path, None)
-                log.info("removed %s", path.name)
+                log.info("removed %s", path.name, extra={"file": str(path)})
         wanted = self._current()
         for key in [key for key in self._cache.virtual_services() if key not in wanted]:
             self._cache.delete(key)
@@ -273,6 +280,10 @@ class DirectorySource:
         """Without a creationTimestamp, a VirtualService's age (for conflicts) is when it was first loaded."""
         return vs if vs.created else replace(vs, created=self._first_seen.setdefault(vs.key, stamp))
 
+    def invalid_documents(self) -> int:
+        """Documents in the directory now that are not valid VirtualServices."""
+        return sum(contents.rejected for contents in self._files.values())
+
     def _current(self) -> dict[Key, VirtualService]:
         """The VirtualServices across all files; a name defined twice keeps its first file's."""
         wanted: dict[Key, VirtualService] = {}
@@ -280,7 +291,13 @@ class DirectorySource:
         for path in sorted(self._files):
             for vs in self._files[path].services:
                 if vs.key in wanted:
-                    log.error("%s: VirtualService %s is already defined in %s; skipped", path, vs, owner[vs.key])
+                    log.error(
+                        "%s: VirtualService %s is already defined in %s; skipped",
+                        path,
+                        vs,
+                        owner[vs.key],
+                        extra={"file": str(path)},
+                    )
                     continue
                 wanted[vs.key], owner[vs.key] = vs, path
         return wanted

@@ -378,9 +378,14 @@ def vs_dir(tmp_path: Path) -> Path:
 
 
 def launch_control_plane(
-    request: pytest.FixtureRequest, tmp_path: Path, source_args: Sequence[str], directory: Path | None = None
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    source_args: Sequence[str],
+    directory: Path | None = None,
+    global_args: Sequence[str] = (),
 ) -> Iterator[ControlPlane]:
-    """`xds-operator serve` with the given source arguments, until /readyz answers 200; stopped afterwards."""
+    """`xds-operator [global_args] serve` with the given source arguments, until /readyz answers 200;
+    stopped afterwards."""
     xds_port, admin_port = free_port(), free_port()
     log_path = tmp_path / "xds-operator.log"
     _register_log(request, "xds-operator stderr", log_path)
@@ -390,6 +395,7 @@ def launch_control_plane(
                 sys.executable,
                 "-m",
                 "xds_operator.cli",
+                *global_args,
                 "serve",
                 *source_args,
                 "--xds-address",

@@ -95,7 +95,8 @@ class Reflector:
         self._stopped = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(target=self._run, name=f"reflector {name}", daemon=True)
-        self.lists = 0  # how many times it listed (the first list, then one per 410), for tests and logs
+        self.lists = 0  # how many times it listed (the first list, then one per 410), for tests and metrics
+        self.watches = 0  # how many watches it started (one, then one per end, drop or failure), for metrics
 
     def start(self) -> None:
         self._thread.start()
@@ -159,6 +160,7 @@ class Reflector:
 
     def _watch(self, resource_version: str) -> str:
         """Follow changes from resource_version until the stream ends; return the last version seen."""
+        self.watches += 1
         response = self._response = self._call(
             watch=True,
             resource_version=resource_version,

@@ -14,6 +14,7 @@ import asyncio
 import functools
 import ipaddress
 import logging
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,6 +71,7 @@ class KubernetesSource:
         self._pending_syncs: set[str] = set()
         self._synced = asyncio.Event()
         self.commits = 0  # cache commits, for tests and /debug
+        self.errors: Counter[str] = Counter()  # invalid generations seen ("invalid_virtualservice"), for metrics
 
     # -- wiring ------------------------------------------------------------------------------
 
@@ -156,7 +158,14 @@ class KubernetesSource:
         if self._warned.get((key, reason)) == message:
             return
         self._warned[(key, reason)] = message
-        log.warning("VirtualService %s/%s: %s", *key, message)
+        if reason == "Rejected":
+            self.errors["invalid_virtualservice"] += 1
+        log.warning(
+            "VirtualService %s/%s: %s",
+            *key,
+            message,
+            extra={"virtualservice": f"{key[0]}/{key[1]}", "reason": reason, "generation": record.generation},
+        )
         if self.status is not None:
             self.status.warn(WarningEvent(key[0], key[1], record.uid, reason, message))
 

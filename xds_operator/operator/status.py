@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -181,6 +182,7 @@ class StatusWriter:
         self._wake = asyncio.Event()
         self._retry_delay = retry_delay
         self.writes = 0  # status writes sent, for tests and /debug
+        self.failures: Counter[str] = Counter()  # failed writes by kind ("status_write", "event_write"), for metrics
 
     def written(self, key: Key) -> dict | None:
         return self._written.get(key)
@@ -212,7 +214,10 @@ class StatusWriter:
             failed = False
             while self._warnings:
                 warning = self._warnings.pop(0)
-                failed |= not await self._attempt(f"event for {warning.namespace}/{warning.name}", self._emit, warning)
+                what = f"event for {warning.namespace}/{warning.name}"
+                written = await self._attempt(what, self._emit, warning)
+                self.failures["event_write"] += written is False
+                failed |= not written
             for key in list(self._wanted):
                 status = self._wanted.pop(key, None)
                 if status is None or self._written.get(key) == status:
@@ -224,6 +229,7 @@ class StatusWriter:
                     self._written.pop(key, None)
                 else:
                     self._wanted.setdefault(key, status)  # retry, unless a newer one is already wanted
+                    self.failures["status_write"] += 1
                     failed = True
             if failed:
                 await asyncio.sleep(self._retry_delay)
@@ -238,9 +244,9 @@ class StatusWriter:
             if error.status == 404:
                 log.debug("%s: the VirtualService is gone", what)
                 return None
-            log.warning("cannot write %s: HTTP %s %s", what, error.status, error.reason)
+            log.warning("cannot write %s: HTTP %s %s", what, error.status, error.reason, extra={"error": error.reason})
         except Exception as error:  # network trouble: retry later
-            log.warning("cannot write %s: %s", what, error)
+            log.warning("cannot write %s: %s", what, error, extra={"error": str(error)})
         return False
 
     def _patch(self, key: Key, status: dict) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -77,11 +78,13 @@ class Watch:
     def __init__(self, labels: Mapping[str, str] | None, notify: Callable[[], None]):
         self.labels = dict(labels) if labels is not None else None
         self.snapshot: Snapshot | None = None  # None: the proxy's identity is not known yet
+        self.since = time.monotonic()  # when `snapshot` was set: where change-to-ACK latency starts
         self._notify = notify
 
     def _set(self, snapshot: Snapshot | None) -> None:
         if snapshot is not self.snapshot:
             self.snapshot = snapshot
+            self.since = time.monotonic()
             self._notify()
 
 
@@ -102,8 +105,11 @@ class Group:
 
 
 class SnapshotCache:
-    def __init__(self, resolve_selector: SelectorResolver = no_pods):
+    def __init__(
+        self, resolve_selector: SelectorResolver = no_pods, on_commit: Callable[[float], None] = lambda seconds: None
+    ):
         self._resolve_selector = resolve_selector
+        self._on_commit = on_commit  # told how long each commit that had changes took (metrics)
         self._services: dict[Key, Translated] = {}
         self._groups: dict[LabelSet, Group] = {}
         self._dirty: set[Key] = set()
@@ -165,6 +171,7 @@ class SnapshotCache:
         dirty, self._dirty = self._dirty, set()
         if not dirty:
             return 0
+        started = time.perf_counter()
         changed = 0
         for group in self._groups.values():
             touched = [
@@ -178,6 +185,7 @@ class SnapshotCache:
                 changed += 1
         self._by_signature = {g.signature: g.snapshot for g in self._groups.values() if g.signature is not None}
         self._report_conflicts()
+        self._on_commit(time.perf_counter() - started)
         return changed
 
     def watch(self, labels: Mapping[str, str] | None, notify: Callable[[], None]) -> Watch:

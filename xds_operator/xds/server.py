@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from .cache import SnapshotCache, Watch
 from .delta import DeltaStream
 from .snapshot import Snapshot
-from .stream import ProxyStream, SotwStream
+from .stream import ProxyStream, SotwStream, StreamObserver
 from .transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,13 @@ MAX_RESPONSES_IN_FLIGHT = 64  # across all streams
 SLOT_WAIT_SECONDS = 1.0  # proxies that stop reading must not stall the others for longer
 _SNAPSHOT_CHANGED = object()
 _CLOSED = object()
+
+
+def group_name(labels: Mapping[str, str] | None) -> str:
+    """A proxy group's name: its labels as sorted key=value pairs."""
+    if labels is None:
+        return "(identity unknown)"
+    return ",".join(f"{key}={value}" for key, value in sorted(labels.items())) or "(no labels)"
 
 
 def labels_from_metadata(node: base_pb2.Node) -> dict[str, str]:
@@ -74,25 +81,31 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         cache: SnapshotCache,
         identify: Identify = labels_from_metadata,
         on_progress: Callable[[], None] = lambda: None,
+        observer: StreamObserver | None = None,
     ):
         self._cache = cache
         self._identify = identify
         self._on_progress = on_progress  # called when a proxy connects, leaves, ACKs or NACKs
+        self._observer = observer or StreamObserver()  # told of every push, ACK and NACK (metrics)
         self._connections: dict[int, Connection] = {}
         self._next_stream_id = 0
         self._sending = asyncio.Semaphore(MAX_RESPONSES_IN_FLIGHT)
 
     def proxies(self) -> list[dict]:
-        """Per connected stream: node id, labels, and per type version and ACK/NACK state."""
+        """Per connected stream: node id, labels, group, and per type version and ACK/NACK state."""
         return [
             {
                 "node_id": c.stream.node_id,
                 "variant": c.stream.variant,
                 "labels": c.watch.labels,
+                "group": group_name(c.watch.labels),
                 "types": c.stream.status(),
             }
             for c in self._connections.values()
         ]
+
+    def connections(self) -> list[Connection]:
+        return list(self._connections.values())
 
     def progress(self) -> list[ProxyProgress]:
         return [
@@ -107,7 +120,12 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             if connection.node.id in wanted:
                 labels = self._identify(connection.node)
                 if labels != connection.watch.labels:
-                    log.info("proxy %s labels: %s", connection.stream.node_id, labels)
+                    log.info(
+                        "proxy %s labels: %s",
+                        connection.stream.node_id,
+                        labels,
+                        extra={"node_id": connection.stream.node_id, "group": group_name(labels)},
+                    )
                     self._cache.relabel(connection.watch, labels)
 
     async def StreamAggregatedResources(  # noqa: N802 (gRPC name)
@@ -119,13 +137,16 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
 
     async def DeltaAggregatedResources(  # noqa: N802 (gRPC name)
         self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[discovery_pb2.DeltaDiscoveryResponse]:
-        """Incremental (delta) ADS: the same snapshots, framed as per-resource changes."""
+    ) -> AsyncIterator[bytes]:
+        """Incremental (delta) ADS: the same snapshots, framed as per-resource changes (pre-serialized)."""
         async for response in self._serve(request_iterator, context, DeltaStream):
             yield response
 
     async def _serve(
-        self, request_iterator: AsyncIterator, context: grpc.aio.ServicerContext, make_stream: Callable[[str], Any]
+        self,
+        request_iterator: AsyncIterator,
+        context: grpc.aio.ServicerContext,
+        make_stream: Callable[[str, StreamObserver], Any],
     ) -> AsyncIterator:
         """One stream of either variant: requests and snapshot changes, handled in arrival order."""
         inbox: asyncio.Queue[object] = asyncio.Queue()
@@ -147,20 +168,20 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     return
                 if item is _SNAPSHOT_CHANGED:
                     pending_change = False
-                    responses = connection.stream.on_snapshot(connection.watch.snapshot) if connection else []
+                    responses = (
+                        connection.stream.on_snapshot(connection.watch.snapshot, connection.watch.since)
+                        if connection
+                        else []
+                    )
                 else:
                     if connection is None:
                         # Envoy may send its node only in the first request.
-                        stream = make_stream(item.node.id or context.peer())
+                        stream = make_stream(item.node.id or context.peer(), self._observer)
                         watch = self._cache.watch(self._identify(item.node), on_change)
                         connection = self._connections[stream_id] = Connection(item.node, stream, watch)
                         pending_change = False
-                        variant = f"{stream.variant} ADS"
-                        if watch.labels is None:
-                            log.info("proxy %s connected (%s); waiting until its pod is known", stream.node_id, variant)
-                        else:
-                            log.info("proxy %s connected (%s, labels %s)", stream.node_id, variant, watch.labels)
-                    responses = connection.stream.on_request(item, connection.watch.snapshot)
+                        _log_connected(stream, watch)
+                    responses = connection.stream.on_request(item, connection.watch.snapshot, connection.watch.since)
                     self._note_progress(connection)
                 for response in responses:
                     # Every response in flight holds a copy in gRPC's buffers: a bound keeps a
@@ -177,7 +198,11 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             if connection is not None:
                 self._cache.cancel(connection.watch)
             if self._connections.pop(stream_id, None) is not None:
-                log.info("proxy %s disconnected", connection.stream.node_id)
+                log.info(
+                    "proxy %s disconnected",
+                    connection.stream.node_id,
+                    extra={"node_id": connection.stream.node_id, "variant": connection.stream.variant},
+                )
                 self._on_progress()
 
     async def _send_slot(self) -> bool:
@@ -197,6 +222,15 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._on_progress()
 
 
+def _log_connected(stream: ProxyStream, watch: Watch) -> None:
+    fields = {"node_id": stream.node_id, "variant": stream.variant, "group": group_name(watch.labels)}
+    variant = f"{stream.variant} ADS"
+    if watch.labels is None:
+        log.info("proxy %s connected (%s); waiting until its pod is known", stream.node_id, variant, extra=fields)
+    else:
+        log.info("proxy %s connected (%s, labels %s)", stream.node_id, variant, watch.labels, extra=fields)
+
+
 async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object]) -> None:
     try:
         async for request in requests:
@@ -208,7 +242,7 @@ async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object]) -> N
 
 
 def _serialize(response: bytes | Message) -> bytes:
-    """Responses come pre-serialized (state of the world) or as messages (delta)."""
+    """Both variants hand over serialized responses (their size is counted); a message is serialized here."""
     return response if isinstance(response, bytes) else response.SerializeToString()
 
 

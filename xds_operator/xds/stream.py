@@ -36,6 +36,7 @@ class TypeState:
     nacked_version: str | None = None
     error: str | None = None  # Envoy's text for the latest NACK; cleared by an ACK
     known: dict[str, str] = field(default_factory=dict)  # delta only: resource name → version the proxy has
+    pushed_since: float | None = None  # when the snapshot of the response awaiting an answer reached the proxy
 
     @property
     def state(self) -> str:
@@ -48,18 +49,33 @@ class TypeState:
         return "pending"
 
 
+class StreamObserver:
+    """What a stream reports as it goes, for metrics: every push, ACK and NACK. The default ignores them."""
+
+    def pushed(self, stream: ProxyStream, type_url: str, size: int) -> None:
+        pass
+
+    def acked(self, stream: ProxyStream, type_url: str, since: float) -> None:
+        """An ACK of a pushed version; `since`: the monotonic time its snapshot reached the proxy's watch."""
+
+    def nacked(self, stream: ProxyStream, type_url: str) -> None:
+        pass
+
+
 class ProxyStream:
     """The protocol state of one ADS stream for one proxy (shared by both variants)."""
 
     variant = ""
 
-    def __init__(self, node_id: str):
+    def __init__(self, node_id: str, observer: StreamObserver | None = None):
         self.node_id = node_id
         self.types: dict[str, TypeState] = {}
+        self.observer = observer or StreamObserver()
         self._nonces = itertools.count(1)
 
-    def on_snapshot(self, snapshot: Snapshot | None) -> list:
-        """The proxy's snapshot changed: send what differs, clusters and endpoints before listeners."""
+    def on_snapshot(self, snapshot: Snapshot | None, since: float | None = None) -> list[bytes]:
+        """The proxy's snapshot changed (at monotonic time `since`): send what differs, clusters and
+        endpoints before listeners. Responses are serialized: their size is known without a second pass."""
         if snapshot is None:
             return []  # identity unknown (or gone): the proxy keeps what it has
         responses = []
@@ -69,6 +85,8 @@ class ProxyStream:
                 response = self._respond(type_url, state, self.wanted(type_url, snapshot))
                 if response is not None:
                     responses.append(response)
+                    state.pushed_since = since
+                    self.observer.pushed(self, type_url, len(response))
         return responses
 
     def wanted(self, type_url: str, snapshot: Snapshot) -> Selection:
@@ -76,7 +94,7 @@ class ProxyStream:
         state = self.types[type_url]
         return snapshot.select(type_url, state.names)
 
-    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> object | None:
+    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> bytes | None:
         """The response that brings the proxy to `wanted`, or None if it needs nothing."""
         raise NotImplementedError
 
@@ -87,12 +105,17 @@ class ProxyStream:
     def _acknowledge(self, type_url: str, state: TypeState, error: str | None, running: str | None) -> None:
         """An ACK or NACK of the latest response. `running`: the version the proxy keeps after a NACK."""
         kind = SHORT_NAMES[type_url]
+        fields = {"node_id": self.node_id, "type": kind, "version": state.sent_version}
+        since, state.pushed_since = state.pushed_since, None
         if error is None:
             state.acked_version, state.error = state.sent_version, None
-            log.debug("proxy %s ACKed %s version %s", self.node_id, kind, state.sent_version)
+            log.debug("proxy %s ACKed %s version %s", self.node_id, kind, state.sent_version, extra=fields)
+            if since is not None:
+                self.observer.acked(self, type_url, since)
             return
         state.nacked_version, state.error = state.sent_version, error
         state.acked_version = running
+        self.observer.nacked(self, type_url)
         log.warning(
             "proxy %s NACKed %s version %s (keeps %s): %s",
             self.node_id,
@@ -100,6 +123,7 @@ class ProxyStream:
             state.sent_version,
             running or "its previous resources",
             error,
+            extra={**fields, "kept_version": running, "error": error},
         )
 
     def has_applied(self, snapshot: Snapshot) -> bool:
@@ -134,7 +158,9 @@ class SotwStream(ProxyStream):
 
     variant = "sotw"
 
-    def on_request(self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None) -> list[bytes]:
+    def on_request(
+        self, request: discovery_pb2.DiscoveryRequest, snapshot: Snapshot | None, since: float | None = None
+    ) -> list[bytes]:
         """Handle a request; return the serialized DiscoveryResponses to send."""
         type_url = request.type_url
         if type_url not in PUSH_ORDER:
@@ -161,9 +187,9 @@ class SotwStream(ProxyStream):
         # The snapshot may have changed since the last push (the server handles this request
         # before the change notice): answering only this type could send a listener before the
         # cluster it names. Send everything that differs, in push order.
-        return self.on_snapshot(snapshot)
+        return self.on_snapshot(snapshot, since)
 
-    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> discovery_pb2.DiscoveryResponse | None:
+    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> bytes | None:
         if wanted.version == state.sent_version:
             return None  # unchanged, or the version the proxy rejected: never sent twice
         state.sent_version = wanted.version
@@ -173,6 +199,7 @@ class SotwStream(ProxyStream):
             wanted.version,
             len(wanted.resources),
             self.node_id,
+            extra={"node_id": self.node_id, "type": SHORT_NAMES[type_url], "version": wanted.version},
         )
         state.nonce = wanted.nonce
         return wanted.sotw_response
