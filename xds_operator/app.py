@@ -7,12 +7,16 @@ import logging
 import signal
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .admin import AdminServer, Handler
 from .files import DirectorySource
 from .xds.cache import SnapshotCache
 from .xds.server import AggregatedDiscoveryService, start_server
+
+if TYPE_CHECKING:  # the kubernetes client is imported only in Kubernetes mode
+    from .operator.leader import LeaseConfig
 
 log = logging.getLogger(__name__)
 
@@ -36,37 +40,65 @@ async def serve_directory(directory: Path, xds_address: str, admin_host: str, ad
 
 
 async def serve_kubernetes(
-    kubeconfig: Path | None, namespaces: Sequence[str], xds_address: str, admin_host: str, admin_port: int
+    kubeconfig: Path | None,
+    namespaces: Sequence[str],
+    xds_address: str,
+    admin_host: str,
+    admin_port: int,
+    election: LeaseConfig | None = None,
 ) -> None:
-    """Serve the cluster's VirtualServices (in `namespaces`, or all) until SIGINT or SIGTERM."""
+    """Serve the cluster's VirtualServices (in `namespaces`, or all) until SIGINT or SIGTERM.
+
+    With `election`, every replica serves xDS and only the Lease holder writes status and Events.
+    """
     from .operator.kube import api_client
+    from .operator.leader import LeaderElector
     from .operator.pods import PodIndex
     from .operator.source import KubernetesSource, start_watches
     from .operator.status import StatusWriter
 
     api = api_client(kubeconfig, connections=2 * max(1, len(namespaces)) + 4)
+    if election is not None:  # tells replicas apart in the API server's audit log
+        api.user_agent = f"xds-operator/{__version__} ({election.identity})"
     pods = PodIndex()
     cache = SnapshotCache(pods.ready_ips)
-    writer = StatusWriter(api)
+    elector = None if election is None else LeaderElector(api, election, on_change=lambda leading: on_leader(leading))
+    writer = StatusWriter(api, leading=(lambda: elector.leading) if elector else (lambda: True))
     source = KubernetesSource(cache, pods, writer)
     service = AggregatedDiscoveryService(cache, identify=source.identify, on_progress=source.on_progress)
     source.bind(service)
+
+    def on_leader(leading: bool) -> None:
+        if leading:  # a new leader writes every status it computed while following
+            source.on_progress()
+            writer.resume()
+
     reflectors = start_watches(source, api, namespaces, asyncio.get_running_loop())
     where = "namespaces " + ", ".join(namespaces) if namespaces else "all namespaces"
+    routes: dict[str, Handler] = {"/debug/virtualservices": lambda: (200, _records(source))}
+    if elector is not None:
+        routes["/debug/leader"] = lambda: (200, elector.describe())
     try:
         await _run(
             service,
             xds_address,
             admin_host,
             admin_port,
-            background=[writer.run()],
+            background=[writer.run(), *([elector.run()] if elector else [])],
             before_serving=source.synced(),
-            description=f"VirtualServices from Kubernetes ({where})",
-            routes={"/debug/virtualservices": lambda: (200, _records(source))},
+            description=f"VirtualServices from Kubernetes ({where})"
+            + (
+                f", leader election as {election.identity} (Lease {election.namespace}/{election.name})"
+                if election
+                else ""
+            ),
+            routes=routes,
         )
     finally:
         for reflector in reflectors:
             reflector.stop(timeout=0.2)
+        if elector is not None:
+            await elector.stopped()  # the Lease is free before the process ends: a peer takes over at once
         api.close()
 
 

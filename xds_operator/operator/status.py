@@ -110,6 +110,10 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class NotLeading(Exception):
+    """Another replica leads: this one does not write."""
+
+
 @dataclass(frozen=True)
 class WarningEvent:
     """A Kubernetes Event about a VirtualService (type Warning)."""
@@ -127,9 +131,16 @@ class StatusWriter:
     `want` never blocks: it records the wanted status and wakes the writer. Writes of a key
     collapse to the newest; an unchanged status is not written; failures are retried with
     backoff; a VirtualService that is gone (404) is dropped.
+
+    With several replicas only the leader writes (`leading`): a follower keeps computing what
+    it wants, takes the status the objects carry as its baseline, drops its Events (the leader
+    emits them), and writes what differs once it leads (`resume`).
     """
 
-    def __init__(self, api_client: client.ApiClient, retry_delay: float = 1.0):
+    def __init__(
+        self, api_client: client.ApiClient, retry_delay: float = 1.0, leading: Callable[[], bool] = lambda: True
+    ):
+        self._leading = leading
         self._objects = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._wanted: dict[Key, dict] = {}
@@ -144,8 +155,8 @@ class StatusWriter:
 
     def observed(self, key: Key, status: Mapping[str, Any] | None) -> None:
         """The status the object carries now (from the watch): the baseline to compare against."""
-        if key not in self._written and status:
-            self._written[key] = dict(status)
+        if status and (key not in self._written or not self._leading()):
+            self._written[key] = dict(status)  # a follower follows what the leader wrote
 
     def want(self, key: Key, status: dict) -> None:
         if self._written.get(key) == status:
@@ -158,6 +169,10 @@ class StatusWriter:
         self._warnings.append(warning)
         self._wake.set()
 
+    def resume(self) -> None:
+        """Leadership began: write whatever differs from what the objects carry."""
+        self._wake.set()
+
     def forget(self, key: Key) -> None:
         self._wanted.pop(key, None)
         self._written.pop(key, None)
@@ -166,6 +181,9 @@ class StatusWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if not self._leading():
+                self._warnings.clear()  # the leader reports these; `resume` wakes this loop
+                continue
             failed = False
             while self._warnings:
                 warning = self._warnings.pop(0)
@@ -191,6 +209,8 @@ class StatusWriter:
         try:
             await asyncio.to_thread(call, *args)
             return True
+        except NotLeading:
+            return False  # kept wanted; written if this replica leads again
         except ApiException as error:
             if error.status == 404:
                 log.debug("%s: the VirtualService is gone", what)
@@ -202,12 +222,16 @@ class StatusWriter:
 
     def _patch(self, key: Key, status: dict) -> None:
         namespace, name = key
+        if not self._leading():  # leadership can end while writes queue up
+            raise NotLeading()
         self._objects.patch_namespaced_custom_object_status(
             API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}
         )
         self.writes += 1
 
     def _emit(self, warning: WarningEvent) -> None:
+        if not self._leading():
+            return  # dropped: the leader reports it
         now = now_rfc3339()
         self._core.create_namespaced_event(
             warning.namespace,
