@@ -53,6 +53,7 @@ async def serve_kubernetes(
     """
     from .operator.kube import api_client
     from .operator.leader import LeaderElector
+    from .operator.peers import ProgressReports
     from .operator.pods import PodIndex
     from .operator.source import KubernetesSource, start_watches
     from .operator.status import StatusWriter
@@ -67,6 +68,10 @@ async def serve_kubernetes(
     source = KubernetesSource(cache, pods, writer)
     service = AggregatedDiscoveryService(cache, identify=source.identify, on_progress=source.on_progress)
     source.bind(service)
+    if elector is not None:  # replicas count each other's proxies in status
+        source.peers = ProgressReports(
+            api, elector.config, on_change=source.on_progress, leading=lambda: elector.leading
+        )
 
     def on_leader(leading: bool) -> None:
         if leading:  # a new leader writes every status it computed while following
@@ -84,7 +89,7 @@ async def serve_kubernetes(
             xds_address,
             admin_host,
             admin_port,
-            background=[writer.run(), *([elector.run()] if elector else [])],
+            background=[writer.run(), *([elector.run(), source.peers.run()] if elector and source.peers else [])],
             before_serving=source.synced(),
             description=f"VirtualServices from Kubernetes ({where})"
             + (
@@ -97,8 +102,9 @@ async def serve_kubernetes(
     finally:
         for reflector in reflectors:
             reflector.stop(timeout=0.2)
-        if elector is not None:
+        if elector is not None and source.peers is not None:
             await elector.stopped()  # the Lease is free before the process ends: a peer takes over at once
+            await source.peers.stopped()
         api.close()
 
 

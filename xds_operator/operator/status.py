@@ -77,6 +77,10 @@ def _programmed(observed: Observed) -> tuple[str, str, str, str]:
     if progress.selected == 0:
         return ("Programmed", "False", "NoProxies", "no connected proxy matches spec.selector")
     counts = f"{progress.applied} of {progress.selected} selected proxies run it"
+    if progress.replicas > 1:
+        counts += f" (proxies of all {progress.replicas} control plane replicas)"
+    if progress.waiting:
+        return ("Programmed", "False", "Pending", f"{counts}; waiting for replica {progress.waiting[0]} to catch up")
     if progress.applied == progress.selected:
         return ("Programmed", "True", "Programmed", counts)
     if observed.conflict is not None:

@@ -21,6 +21,8 @@ class Progress:
     selected: int = 0  # connected proxies whose labels the VirtualService selects
     applied: int = 0  # of those, how many have ACKed its current resources
     rejections: list[tuple[str, str]] = field(default_factory=list)  # (node id, Envoy's error text)
+    replicas: int = 1  # control plane replicas whose proxies are counted (see operator/peers.py)
+    waiting: list[str] = field(default_factory=list)  # replicas that do not serve this generation yet
 
 
 def summarize(proxies: Iterable[ProxyProgress], services: Mapping[Key, VirtualService]) -> dict[Key, Progress]:
