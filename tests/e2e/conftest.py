@@ -329,12 +329,21 @@ def vs_dir(tmp_path: Path) -> Path:
 
 
 def launch_control_plane(
-    request: pytest.FixtureRequest, tmp_path: Path, source_args: Sequence[str], directory: Path | None = None
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    source_args: Sequence[str],
+    directory: Path | None = None,
+    *,
+    xds_port: int | None = None,
+    name: str = "xds-operator",
 ) -> Iterator[ControlPlane]:
-    """`xds-operator serve` with the given source arguments, until /readyz answers 200; stopped afterwards."""
-    xds_port, admin_port = free_port(), free_port()
-    log_path = tmp_path / "xds-operator.log"
-    _register_log(request, "xds-operator stderr", log_path)
+    """`xds-operator serve` with the given source arguments, until /readyz answers 200; stopped afterwards.
+
+    `xds_port` reuses a port (a replica taking over from a stopped one); `name` tells several apart in logs.
+    """
+    xds_port, admin_port = xds_port or free_port(), free_port()
+    log_path = tmp_path / f"{name}.log"
+    _register_log(request, f"{name} stderr", log_path)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
@@ -393,7 +402,8 @@ def start_envoy(
     started: list[Envoy] = []
     numbers = count(1)
 
-    def start(labels: Mapping[str, str], node_id: str | None = None) -> Envoy:
+    def start(labels: Mapping[str, str], node_id: str | None = None, xds_address: str | None = None) -> Envoy:
+        """xds_address: another control plane than `xds_server` (e.g. a second replica)."""
         number = next(numbers)
         node_id = node_id or f"e2e-envoy-{number}"
         admin_port = free_port()
@@ -405,7 +415,7 @@ def start_envoy(
             "--node-id",
             node_id,
             "--xds-address",
-            xds_server.xds_address,
+            xds_address or xds_server.xds_address,
             "--admin-address",
             f"127.0.0.1:{admin_port}",
             *(["--delta"] if ads_variant == "delta" else []),
