@@ -81,8 +81,12 @@ async def serve_kubernetes(
     reflectors = start_watches(source, api, namespaces, asyncio.get_running_loop())
     where = "namespaces " + ", ".join(namespaces) if namespaces else "all namespaces"
     routes: dict[str, Handler] = {"/debug/virtualservices": lambda: (200, _records(source))}
-    if elector is not None:
-        routes["/debug/leader"] = lambda: (200, elector.describe())
+    description = f"VirtualServices from Kubernetes ({where})"
+    if elector is not None and source.peers is not None:
+        peers = source.peers
+        routes["/debug/leader"] = lambda: (200, {**elector.describe(), "peers": [p.identity for p in peers.peers()]})
+        description += f", status written by the holder of Lease {elector.config.namespace}/{elector.config.name}"
+        description += f" (this replica: {elector.identity})"
     try:
         await _run(
             service,
@@ -91,12 +95,7 @@ async def serve_kubernetes(
             admin_port,
             background=[writer.run(), *([elector.run(), source.peers.run()] if elector and source.peers else [])],
             before_serving=source.synced(),
-            description=f"VirtualServices from Kubernetes ({where})"
-            + (
-                f", leader election as {election.identity} (Lease {election.namespace}/{election.name})"
-                if election
-                else ""
-            ),
+            description=description,
             routes=routes,
         )
     finally:
