@@ -83,6 +83,13 @@ class Replicas:
             if r.method == "PATCH" and r.path.endswith("/status")
         ]
 
+    def event_writers(self) -> list[str]:
+        return [
+            r.user_agent.rpartition("(")[2].rstrip(")")
+            for r in self.apiserver.requests
+            if r.method == "POST" and r.path.endswith("/events")
+        ]
+
 
 @pytest.fixture
 def replicas(request: pytest.FixtureRequest, tmp_path: Path, apiserver: FakeApiServer) -> Iterator[Replicas]:
@@ -136,9 +143,14 @@ def test_only_the_leader_writes_status_and_a_killed_leader_is_replaced(replicas,
     replicas.start("replica-a")
     replicas.start("replica-b")
     objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, vs_body("calls"))
+    broken = vs_body("broken")
+    broken["spec"]["listeners"][0]["udp"]["port"] = 0  # invalid: a Warning Event, from the leader only
+    objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, broken)
     wait_status(apiserver, "calls", 1)
+    wait_until(lambda: apiserver.list("events", NS), "the Warning Event about broken", WAIT)
     leader = replicas.leader()
     assert set(replicas.status_writers()) == {leader}
+    assert replicas.event_writers() == [leader]
     assert not replicas.leading(other(leader))
 
     killed = len(apiserver.requests)
