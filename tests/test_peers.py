@@ -1,10 +1,17 @@
-"""Replica progress reports: what a replica publishes about its proxies, and how the leader counts the
-other replicas' proxies in status (pure functions; the Lease I/O is covered in tests/e2e/test_replicas.py).
+"""Replica progress reports: what a replica publishes about its proxies, how the leader counts the
+other replicas' proxies in status (pure functions), and the reports' Leases on the fake API server.
 """
 
 from __future__ import annotations
 
-from xds_operator.operator.peers import Entry, PeerReport, decode, encode, merge, report_name
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from fake_apiserver import FakeApiServer
+
+from xds_operator.operator.leader import LeaseConfig
+from xds_operator.operator.peers import LABEL, Entry, PeerReport, ProgressReports, decode, encode, merge, report_name
 from xds_operator.operator.status import Observed, status_of
 from xds_operator.xds.progress import Progress
 
@@ -25,7 +32,8 @@ def test_a_report_round_trips_counts_generations_and_the_first_rejection() -> No
 
 
 def test_garbage_reports_count_as_nothing() -> None:
-    for text in (None, "", "{", "[1]", '{"no-slash": 1, "a/b": "x"}'):
+    garbage = ['{"a/b": ["x", "y", 1, 2]}', '{"a/b": [1, -1, 0, null]}', '{"a/b": [1, 1, 1, 7]}', '{"a/b": true}']
+    for text in (None, "", "{", "[1]", '{"no-slash": 1, "a/b": "x"}', *garbage):
         entries, _ = decode(text)
         assert entries == {}
 
@@ -79,3 +87,70 @@ def test_report_names_are_valid_object_names() -> None:
     assert report_name("xds-operator", "host_1a2b") == report_name("xds-operator", "host_1a2b")
     assert report_name("xds-operator", "host_1a2b") != report_name("xds-operator", "host_9z")
     assert report_name("xds-operator", "Host_1").replace("-", "").isalnum()
+
+
+# -- the reports' Leases -------------------------------------------------------------------------------
+
+
+async def eventually(check: Callable[[], object], what: str, timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def test_replicas_read_each_others_reports_and_drop_stopped_and_silent_ones() -> None:
+    with FakeApiServer() as apiserver:
+        apis, tasks, reports = [], {}, {}
+        for identity in ("replica-a", "replica-b", "replica-c"):
+            api = apiserver.api_client()
+            api.user_agent = f"test ({identity})"
+            config = LeaseConfig(
+                "xds-operator", "ops", identity, lease_duration=1.0, renew_deadline=0.5, retry_period=0.1
+            )
+            report = ProgressReports(
+                api, config, leading=lambda leads=identity == "replica-a": leads, stale_delete_factor=3
+            )
+            report.publish(encode({CALLS: Progress(1, 1)}, {CALLS: 2}))
+            apis.append(api)
+            reports[identity] = report
+            tasks[identity] = asyncio.create_task(report.run())
+        a = reports["replica-a"]
+
+        def peers_of_a() -> set[str]:
+            return {peer.identity for peer in a.peers()}
+
+        try:
+            await eventually(lambda: peers_of_a() == {"replica-b", "replica-c"}, "replica-a to read both reports")
+            assert all(peer.entries == {CALLS: Entry(2, 1, 1)} for peer in a.peers())
+            leases = apiserver.list("leases", "ops")
+            assert {lease["metadata"]["labels"][LABEL] for lease in leases} == {"xds-operator"}
+            assert {lease["spec"]["holderIdentity"] for lease in leases} == {"replica-a", "replica-b", "replica-c"}
+
+            # A clean stop deletes the report: nobody counts (or waits for) that replica any more.
+            tasks["replica-b"].cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await tasks["replica-b"]
+            await reports["replica-b"].stopped()
+            assert apiserver.get("leases", "ops", reports["replica-b"].name) is None
+            await eventually(lambda: peers_of_a() == {"replica-c"}, "replica-a to forget replica-b")
+
+            # A replica that can no longer write (hung, partitioned) goes stale, then the leader deletes it.
+            apiserver.fail_next(10**6, code=503, user_agent="(replica-c)")
+            await eventually(lambda: peers_of_a() == set(), "replica-c's silent report to be left out")
+            await eventually(
+                lambda: apiserver.get("leases", "ops", reports["replica-c"].name) is None,
+                "the leader to delete the stale report",
+            )
+        finally:
+            apiserver.clear_failures()
+            for task in tasks.values():
+                task.cancel()
+            for identity, task in tasks.items():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                await reports[identity].stopped()
+            for api in apis:
+                api.close()

@@ -85,10 +85,15 @@ def decode(text: str | None) -> tuple[dict[Key, Entry], bool]:
             continue
         if isinstance(value, list) and len(value) == 4:
             generation, selected, applied, rejection = value
-            entries[(namespace, vs_name)] = Entry(generation, int(selected), int(applied), rejection)
-        elif value is None or isinstance(value, int):
+            if _count(generation, True) and _count(selected) and _count(applied) and isinstance(rejection, str | None):
+                entries[(namespace, vs_name)] = Entry(generation, selected, applied, rejection)
+        elif _count(value, True):
             entries[(namespace, vs_name)] = Entry(value)
     return entries, report.get("partial") is True
+
+
+def _count(value: object, none_ok: bool = False) -> bool:
+    return (value is None and none_ok) or (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
 
 
 @dataclass(frozen=True)
@@ -148,9 +153,11 @@ class ProgressReports:
         on_change: Callable[[], None] = lambda: None,
         leading: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
+        stale_delete_factor: float = STALE_DELETE_FACTOR,
     ) -> None:
         self.config = config
         self.name = report_name(config.name, config.identity)
+        self._stale_delete_factor = stale_delete_factor
         self._leases = client.CoordinationV1Api(api_client)
         self._on_change = on_change  # called on the event loop when a peer's report changes
         self._leading = leading
@@ -259,7 +266,7 @@ class ProgressReports:
             age = now - entry.since
             if age < entry.duration:
                 live.append(entry.report)
-            elif age > STALE_DELETE_FACTOR * entry.duration and self._leading():
+            elif age > self._stale_delete_factor * entry.duration and self._leading():
                 self._delete(name, entry.resource_version)
         return live
 
