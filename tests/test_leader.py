@@ -15,6 +15,7 @@ import pytest
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
+from xds_operator import cli
 from xds_operator.operator.leader import LeaderElector, LeaseConfig, Record, may_take
 
 NS = "xds-operator-system"
@@ -127,6 +128,14 @@ def test_inconsistent_durations_are_refused() -> None:
     assert LeaseConfig("l", "ns", "a", renew_deadline=2, retry_period=2).problems() == [
         "--renew-deadline must be more than 1.2 × --retry-period"
     ]
+    assert LeaseConfig("My_Lease", "ns", "a").problems() == [
+        "--lease-name 'My_Lease': use lowercase letters, digits, '-' and '.' (at most 200)"
+    ]
+
+
+def test_serve_refuses_inconsistent_lease_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["serve", "--lease-duration", "5", "--renew-deadline", "5", "--kubeconfig", "/nonexistent"]) == 2
+    assert "--lease-duration must be more than --renew-deadline" in capsys.readouterr().err
 
 
 async def test_two_replicas_elect_exactly_one_leader(replicas: Replicas) -> None:

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import socket
 import threading
 import time
@@ -33,6 +34,7 @@ from kubernetes.client.exceptions import ApiException
 log = logging.getLogger(__name__)
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")  # an object name
 JITTER = 0.2  # candidates retry after retry_period × [1, 1.2): they do not all ask at once
 
 
@@ -48,6 +50,8 @@ class LeaseConfig:
     def problems(self) -> list[str]:
         """What is inconsistent about these durations (client-go refuses the same combinations)."""
         problems = []
+        if not NAME.fullmatch(self.name) or len(self.name) > 200:  # room for the replica reports' suffix
+            problems.append(f"--lease-name {self.name!r}: use lowercase letters, digits, '-' and '.' (at most 200)")
         if self.retry_period <= 0:
             problems.append("--retry-period must be positive")
         if self.renew_deadline <= self.retry_period * (1 + JITTER):
