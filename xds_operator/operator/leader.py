@@ -182,12 +182,12 @@ class LeaderElector:
             self.transitions += 1
             log.info("leader election: %s now leads (Lease %s): writing status", self.identity, self._lease_ref())
         else:
-            log.warning(
-                "leader election: %s stopped leading (Lease %s held by %r): not writing status",
-                self.identity,
-                self._lease_ref(),
-                self.holder,
+            why = (
+                f"could not renew Lease {self._lease_ref()} for {self.config.renew_deadline:g}s"
+                if self.holder == self.identity
+                else f"Lease {self._lease_ref()} is now held by {self.holder!r}"
             )
+            log.warning("leader election: %s stopped leading (%s): not writing status", self.identity, why)
         self._on_change(leading)
 
     def _lease_ref(self) -> str:
