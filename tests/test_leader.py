@@ -51,7 +51,7 @@ class Replicas:
         self.both_led = False  # set by the sampler if two replicas ever may write at once
         self._sampler: asyncio.Task | None = None
 
-    def start(self, identity: str, lease_duration: float = 1.5, renew_deadline: float = 1.0, retry: float = 0.1):
+    def start(self, identity: str, lease_duration: float = 3.0, renew_deadline: float = 2.0, retry: float = 0.1):
         api = self.apiserver.api_client()
         api.user_agent = f"xds-operator-test ({identity})"
         config = LeaseConfig(LEASE, NS, identity, lease_duration, renew_deadline, retry)
@@ -172,7 +172,7 @@ async def test_a_leader_that_cannot_renew_steps_down_and_the_other_takes_over_af
     spec = replicas.lease()
     assert spec["holderIdentity"] == "replica-b" and spec["leaseTransitions"] == 1
     # Not before the Lease expired: replica-b waited the full duration after replica-a's last renewal.
-    assert (rfc3339(spec["acquireTime"]) - last_renewal).total_seconds() >= 1.5 - 0.05
+    assert (rfc3339(spec["acquireTime"]) - last_renewal).total_seconds() >= 3.0 - 0.05
     assert not replicas.both_led
 
     apiserver.clear_failures()  # replica-a is back: it follows

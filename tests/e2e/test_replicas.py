@@ -37,7 +37,7 @@ NS = "media"
 LEASE_NS = "xds-operator-system"
 INGRESS = {"app": "envoy-ingress"}
 WAIT = 20.0  # a takeover waits for the Lease to expire, under load too
-SHORT = ["--lease-duration", "2", "--renew-deadline", "1.5", "--retry-period", "0.2"]
+SHORT = ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.2"]  # a takeover waits 3 s
 
 
 @pytest.fixture
