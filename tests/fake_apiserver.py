@@ -27,8 +27,9 @@ Supported:
   real watch cache does), ``timeoutSeconds`` (fractions allowed), ``allowWatchBookmarks``,
   ``sendInitialEvents``.
 - Test controls: ``drop_watches``, ``expire_watches``, ``compact``, ``send_bookmarks``,
-  ``fail_next``, ``requests``, ``open_watches``, ``wait_for``, and direct store access
-  (``put``, ``get``, ``delete``, ``list``) that bypasses the API but still produces watch events.
+  ``fail_next`` (by path, method or User-Agent) and ``clear_failures``, ``requests`` (with each
+  client's User-Agent), ``open_watches``, ``wait_for``, and direct store access (``put``, ``get``,
+  ``delete``, ``list``) that bypasses the API but still produces watch events.
 
 Deviations from a real apiserver worth knowing are listed in ``FakeApiServer``'s docstring.
 """
@@ -777,6 +778,7 @@ class RecordedRequest(NamedTuple):
     method: str
     path: str
     query: dict[str, str]
+    user_agent: str = ""  # tells clients apart, e.g. replicas of the operator
 
 
 @dataclass
@@ -785,12 +787,14 @@ class _FailRule:
     code: int
     path_contains: str | None
     method: str | None
+    user_agent: str | None = None
 
-    def matches(self, method: str, target: str) -> bool:
+    def matches(self, method: str, target: str, user_agent: str) -> bool:
         return (
             self.remaining > 0
             and (self.path_contains is None or self.path_contains in target)
             and (self.method is None or self.method.upper() == method)
+            and (self.user_agent is None or self.user_agent in user_agent)
         )
 
 
@@ -1064,15 +1068,28 @@ class FakeApiServer:
                     self._store.bookmark(watcher)
 
     def fail_next(
-        self, n: int = 1, code: int = 500, path_contains: str | None = None, method: str | None = None
+        self,
+        n: int = 1,
+        code: int = 500,
+        path_contains: str | None = None,
+        method: str | None = None,
+        user_agent: str | None = None,
     ) -> None:
-        """Answer the next ``n`` matching requests with an error Status (match on path+query and method)."""
+        """Answer the next ``n`` matching requests with an error Status.
+
+        Matches on path+query (substring), method, and User-Agent (substring: one client of several).
+        """
         with self._store.lock:
-            self._fail_rules.append(_FailRule(n, code, path_contains, method))
+            self._fail_rules.append(_FailRule(n, code, path_contains, method, user_agent))
+
+    def clear_failures(self) -> None:
+        """Forget every ``fail_next`` rule not used up yet."""
+        with self._store.lock:
+            self._fail_rules.clear()
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """(method, path, query) of every request so far, oldest first."""
+        """(method, path, query, user_agent) of every request so far, oldest first."""
         with self._store.lock:
             return list(self._requests)
 
@@ -1156,11 +1173,12 @@ class FakeApiServer:
         query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
         method = handler.command
         body = handler.read_body()  # always read it, so the keep-alive connection stays in sync
+        user_agent = handler.headers.get("User-Agent") or ""
         with self._store.lock:
-            self._requests.append(RecordedRequest(method, parts.path, query))
+            self._requests.append(RecordedRequest(method, parts.path, query, user_agent))
             self._store.changed.notify_all()
         try:
-            self._check_injected_failure(method, handler.path)
+            self._check_injected_failure(method, handler.path, user_agent)
             self._check_auth(handler)
             self._dispatch(handler, method, parts.path, query, body)
         except OSError:  # the client went away, or stop() closed the connection
@@ -1174,9 +1192,9 @@ class FakeApiServer:
             else:
                 handler.send_json(error.code, error.status)
 
-    def _check_injected_failure(self, method: str, target: str) -> None:
+    def _check_injected_failure(self, method: str, target: str, user_agent: str) -> None:
         with self._store.lock:
-            rule = next((r for r in self._fail_rules if r.matches(method, target)), None)
+            rule = next((r for r in self._fail_rules if r.matches(method, target, user_agent)), None)
             if rule is None:
                 return
             rule.remaining -= 1

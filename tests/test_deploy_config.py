@@ -121,12 +121,15 @@ def test_default_holds_everything_in_its_namespace() -> None:
         ("CustomResourceDefinition", f"{PLURAL}.{API_GROUP}"),
         ("Deployment", "xds-operator"),
         ("Namespace", NAMESPACE),
+        ("PodDisruptionBudget", "xds-operator"),
+        ("Role", "xds-operator-leader-election"),
+        ("RoleBinding", "xds-operator-leader-election"),
         ("Service", "xds-operator"),
         ("ServiceAccount", "xds-operator"),
     ]
     for obj in objects:
         assert obj["metadata"]["labels"]["app.kubernetes.io/name"] == "xds-operator", obj["kind"]
-        if obj["kind"] in ("Deployment", "Service", "ServiceAccount"):
+        if obj["kind"] in ("Deployment", "Service", "ServiceAccount", "Role", "RoleBinding", "PodDisruptionBudget"):
             assert obj["metadata"]["namespace"] == NAMESPACE, obj["kind"]
     assert one(objects, "Namespace", NAMESPACE)["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == (
         "restricted"
@@ -183,6 +186,26 @@ def test_operator_role_is_exactly_what_the_operator_uses() -> None:
     assert pod["serviceAccountName"] == "xds-operator"
 
 
+def test_leader_election_role_is_leases_in_the_operators_namespace_only() -> None:
+    objects = rendered("default")
+    role = one(objects, "Role", "xds-operator-leader-election")
+    assert role["metadata"]["namespace"] == NAMESPACE
+    # get/create/update: acquire, renew, release (optimistic concurrency); list: the other replicas'
+    # progress reports; delete: withdraw its own report, clean up those of replicas that are gone.
+    assert granted(role) == grants("coordination.k8s.io", "leases", "get", "list", "create", "update", "delete")
+    binding = one(objects, "RoleBinding", "xds-operator-leader-election")
+    assert binding["metadata"]["namespace"] == NAMESPACE
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "xds-operator", "namespace": NAMESPACE}]
+    # The Lease lives where the Role grants it: the CLI's default is $POD_NAMESPACE, set from the pod's namespace.
+    args = cli.build_parser().parse_args(container(one(objects, "Deployment", "xds-operator"))["args"])
+    assert args.leader_elect and args.lease_namespace is None
+
+
 def test_editor_and_viewer_roles_aggregate_into_the_built_in_roles() -> None:
     objects = rendered("default")
     editor = one(objects, "ClusterRole", "xds-operator-virtualservice-editor")
@@ -210,7 +233,7 @@ def operator() -> tuple[Obj, Obj, Obj]:
 
 def test_deployment_runs_serve_as_the_cli_understands_it() -> None:
     deployment, main, _ = operator()
-    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["replicas"] == 2  # every replica serves xDS; the Lease holder writes status
     assert main["image"] == "xds-operator:latest"
     assert main["args"] == [
         "serve",
@@ -226,7 +249,21 @@ def test_deployment_runs_serve_as_the_cli_understands_it() -> None:
     args = cli.build_parser().parse_args(main["args"])  # the CLI accepts them as they are
     assert (args.command, args.xds_port, args.admin_port) == ("serve", 18000, 19000)
     assert args.dir is None  # Kubernetes mode
-    assert {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}} in main["env"]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in main["env"]}
+    assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}  # Lease namespace, identity
+
+
+def test_replicas_spread_and_drain_one_at_a_time() -> None:
+    deployment, _, _ = operator()
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    [term] = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod_labels.items()
+    budget = one(rendered("default"), "PodDisruptionBudget", "xds-operator")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
 
 def test_probes_use_the_admin_endpoints() -> None:

@@ -524,8 +524,12 @@ def test_fail_next_and_request_log(core: client.CoreV1Api, server: FakeApiServer
             core.create_namespaced_pod(NS, pod("a"))
     core.create_namespaced_pod(NS, pod("a"))
 
-    method, path, query = server.requests[0]
-    assert (method, path, query) == ("GET", "/api/v1/namespaces/default/pods", {"labelSelector": "app=w"})
+    first = server.requests[0]
+    assert (first.method, first.path, first.query) == (
+        "GET",
+        "/api/v1/namespaces/default/pods",
+        {"labelSelector": "app=w"},
+    )
     assert [r.method for r in server.requests].count("POST") == 3
 
 
@@ -555,3 +559,49 @@ async def test_usable_from_asyncio(server: FakeApiServer) -> None:
         assert await server.wait_for_async(lambda s: (s.get(PLURAL, NS, "a") or {}).get("status") == {"observed": True})
         got = await asyncio.to_thread(custom.get_namespaced_custom_object, GROUP, VERSION, NS, PLURAL, "a")
         assert got["status"] == {"observed": True}
+
+
+def test_fail_next_by_user_agent_fails_one_client_of_several(server: FakeApiServer) -> None:
+    with server.api_client() as first, server.api_client() as second:
+        first.user_agent, second.user_agent = "replica-a", "replica-b"
+        server.fail_next(10**6, code=503, user_agent="replica-a")  # a network partition for one client
+        with pytest.raises(ApiException) as failed:
+            client.CoreV1Api(first).list_namespaced_pod(NS)
+        assert failed.value.status == 503
+        client.CoreV1Api(second).list_namespaced_pod(NS)
+        server.clear_failures()
+        client.CoreV1Api(first).list_namespaced_pod(NS)
+    assert [r.user_agent for r in server.requests] == ["replica-a", "replica-b", "replica-a"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Leases (leader election)
+# ---------------------------------------------------------------------------------------------
+
+
+def lease(name: str, holder: str) -> client.V1Lease:
+    now = datetime.now(UTC)
+    spec = client.V1LeaseSpec(holder_identity=holder, lease_duration_seconds=15, acquire_time=now, renew_time=now)
+    return client.V1Lease(metadata=client.V1ObjectMeta(name=name), spec=spec)
+
+
+def test_leases_are_served_with_optimistic_concurrency(api: client.ApiClient, server: FakeApiServer) -> None:
+    leases = client.CoordinationV1Api(api)
+    created = leases.create_namespaced_lease(NS, lease("leader", "a"))
+    assert created.spec.holder_identity == "a" and created.spec.renew_time is not None
+    with pytest.raises(ApiException) as exists:
+        leases.create_namespaced_lease(NS, lease("leader", "b"))  # two candidates creating it: one wins
+    assert exists.value.status == 409 and json.loads(exists.value.body)["reason"] == "AlreadyExists"
+
+    stale = leases.read_namespaced_lease("leader", NS)
+    fresh = leases.read_namespaced_lease("leader", NS)
+    fresh.spec.holder_identity = "a"
+    fresh.spec.lease_transitions = 1
+    renewed = leases.replace_namespaced_lease("leader", NS, fresh)
+    assert renewed.metadata.resource_version != stale.metadata.resource_version
+    stale.spec.holder_identity = "b"  # written from an old read: refused, the caller must read again
+    with pytest.raises(ApiException) as conflict:
+        leases.replace_namespaced_lease("leader", NS, stale)
+    assert conflict.value.status == 409 and json.loads(conflict.value.body)["reason"] == "Conflict"
+    assert server.get("leases", NS, "leader")["spec"]["holderIdentity"] == "a"
+    assert server.get("leases", NS, "leader")["spec"]["leaseTransitions"] == 1

@@ -7,15 +7,18 @@ import logging
 import signal
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import debug
+from . import __version__, debug
 from .admin import AdminServer, Handler, WithQuery
 from .files import DirectorySource
 from .metrics import Metrics, for_directory, for_kubernetes
 from .xds.cache import SnapshotCache
 from .xds.server import AggregatedDiscoveryService, start_server
 from .xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
+
+if TYPE_CHECKING:  # the kubernetes client is imported only in Kubernetes mode
+    from .operator.leader import LeaseConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,26 +63,52 @@ async def serve_kubernetes(
     *,
     tls: ServerTls | None = None,
     policy: ConnectionPolicy = DEFAULT_POLICY,
+    election: LeaseConfig | None = None,
 ) -> None:
-    """Serve the cluster's VirtualServices (in `namespaces`, or all) until SIGINT or SIGTERM."""
+    """Serve the cluster's VirtualServices (in `namespaces`, or all) until SIGINT or SIGTERM.
+
+    With `election`, every replica serves xDS and only the Lease holder writes status and Events.
+    """
     from .operator.kube import api_client
+    from .operator.leader import LeaderElector
+    from .operator.peers import ProgressReports
     from .operator.pods import PodIndex
     from .operator.source import KubernetesSource, start_watches
     from .operator.status import StatusWriter
 
     api = api_client(kubeconfig, connections=2 * max(1, len(namespaces)) + 4)
+    if election is not None:  # tells replicas apart in the API server's audit log
+        api.user_agent = f"xds-operator/{__version__} ({election.identity})"
     pods = PodIndex()
     metrics = Metrics()
     cache = SnapshotCache(pods.ready_ips, on_commit=metrics.observe_build)
-    writer = StatusWriter(api)
+    elector = None if election is None else LeaderElector(api, election, on_change=lambda leading: on_leader(leading))
+    writer = StatusWriter(api, leading=(lambda: elector.leading) if elector else (lambda: True))
     source = KubernetesSource(cache, pods, writer)
     service = AggregatedDiscoveryService(
         cache, identify=source.identify, on_progress=source.on_progress, observer=metrics
     )
     source.bind(service)
+    if elector is not None:  # replicas count each other's proxies in status
+        source.peers = ProgressReports(
+            api, elector.config, on_change=source.on_progress, leading=lambda: elector.leading
+        )
+
+    def on_leader(leading: bool) -> None:
+        if leading:  # a new leader writes every status it computed while following
+            source.on_progress()
+            writer.resume()
+
     reflectors = start_watches(source, api, namespaces, asyncio.get_running_loop())
     for_kubernetes(metrics, service, cache, source, reflectors)
     where = "namespaces " + ", ".join(namespaces) if namespaces else "all namespaces"
+    routes: dict[str, Handler] = {"/debug/virtualservices": lambda: (200, _records(source))}
+    description = f"VirtualServices from Kubernetes ({where})"
+    if elector is not None and source.peers is not None:
+        peers = source.peers
+        routes["/debug/leader"] = lambda: (200, {**elector.describe(), "peers": [p.identity for p in peers.peers()]})
+        description += f", status written by the holder of Lease {elector.config.namespace}/{elector.config.name}"
+        description += f" (this replica: {elector.identity})"
     try:
         await _run(
             service,
@@ -87,10 +116,10 @@ async def serve_kubernetes(
             xds_address,
             admin_host,
             admin_port,
-            background=[writer.run()],
+            background=[writer.run(), *([elector.run(), source.peers.run()] if elector and source.peers else [])],
             before_serving=source.synced(),
-            description=f"VirtualServices from Kubernetes ({where})",
-            routes={"/debug/virtualservices": lambda: (200, _records(source))},
+            description=description,
+            routes=routes,
             tls=tls,
             policy=policy,
         )
@@ -98,6 +127,9 @@ async def serve_kubernetes(
         for reflector in reflectors:
             reflector.stop(timeout=0.2)
         source.dns.close()
+        if elector is not None and source.peers is not None:
+            await elector.stopped()  # the Lease is free before the process ends: a peer takes over at once
+            await source.peers.stopped()
         api.close()
 
 

@@ -167,6 +167,39 @@ def build_parser() -> argparse.ArgumentParser:
         "/debug/config_dump?node=ID (default: 19000)",
     )
     _add_serve_transport_arguments(serve)
+    election = serve.add_argument_group(
+        "leader election (Kubernetes mode)",
+        "Every replica serves xDS; only the holder of a coordination.k8s.io Lease writes VirtualService "
+        "status and Events. Durations are in seconds; the defaults are client-go's.",
+    )
+    election.add_argument(
+        "--leader-elect",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="elect one status writer through a Lease (default: on; --no-leader-elect: this replica always writes)",
+    )
+    election.add_argument("--lease-name", default="xds-operator", metavar="NAME", help="default: xds-operator")
+    election.add_argument(
+        "--lease-namespace",
+        metavar="NS",
+        help="default: $POD_NAMESPACE, else the in-cluster service account's namespace, else default",
+    )
+    election.add_argument(
+        "--identity", metavar="ID", help="this replica's name in the Lease (default: $POD_NAME, else hostname_random)"
+    )
+    election.add_argument(
+        "--lease-duration", type=float, default=15.0, metavar="S", help="a claim without renewal lasts (default: 15)"
+    )
+    election.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="the leader stops writing when it could not renew for this long (default: 10)",
+    )
+    election.add_argument(
+        "--retry-period", type=float, default=2.0, metavar="S", help="renew / try to acquire every (default: 2)"
+    )
 
     validate = commands.add_parser(
         "validate",
@@ -277,8 +310,19 @@ def _serve(args: argparse.Namespace) -> int:
             return 2
         serving = serve_directory(args.dir, xds_address, args.admin_address, args.admin_port, tls=tls, policy=policy)
     else:
+        election = _lease_config(args)
+        if election is not None and (problems := election.problems()):
+            print("xds-operator: " + "; ".join(problems), file=sys.stderr)
+            return 2
         serving = serve_kubernetes(
-            args.kubeconfig, args.namespace, xds_address, args.admin_address, args.admin_port, tls=tls, policy=policy
+            args.kubeconfig,
+            args.namespace,
+            xds_address,
+            args.admin_address,
+            args.admin_port,
+            tls=tls,
+            policy=policy,
+            election=election,
         )
     try:
         asyncio.run(serving)
@@ -286,6 +330,21 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"xds-operator: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _lease_config(args: argparse.Namespace):  # -> LeaseConfig | None; the kubernetes client loads lazily
+    from .operator.leader import LeaseConfig, default_identity, default_namespace
+
+    if not args.leader_elect:
+        return None
+    return LeaseConfig(
+        name=args.lease_name,
+        namespace=args.lease_namespace or default_namespace(),
+        identity=args.identity or default_identity(),
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+    )
 
 
 def _serve_transport(args: argparse.Namespace) -> tuple[ServerTls | None, ConnectionPolicy] | int:

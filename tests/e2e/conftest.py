@@ -383,12 +383,18 @@ def launch_control_plane(
     source_args: Sequence[str],
     directory: Path | None = None,
     global_args: Sequence[str] = (),
+    *,
+    xds_port: int | None = None,
+    name: str = "xds-operator",
 ) -> Iterator[ControlPlane]:
     """`xds-operator [global_args] serve` with the given source arguments, until /readyz answers 200;
-    stopped afterwards."""
-    xds_port, admin_port = free_port(), free_port()
-    log_path = tmp_path / "xds-operator.log"
-    _register_log(request, "xds-operator stderr", log_path)
+    stopped afterwards.
+
+    `xds_port` reuses a port (a replica taking over from a stopped one); `name` tells several apart in logs.
+    """
+    xds_port, admin_port = xds_port or free_port(), free_port()
+    log_path = tmp_path / f"{name}.log"
+    _register_log(request, f"{name} stderr", log_path)
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [
@@ -451,11 +457,13 @@ def start_envoy(
     def start(
         labels: Mapping[str, str],
         node_id: str | None = None,
+        xds_address: str | None = None,
         *,
         bootstrap_args: Sequence[str] = (),
         wait_live: bool = True,
     ) -> Envoy:
-        """bootstrap_args: more `xds-operator bootstrap` options. wait_live=False: return once the admin
+        """xds_address: another control plane than `xds_server` (e.g. a second replica).
+        bootstrap_args: more `xds-operator bootstrap` options. wait_live=False: return once the admin
         port is up, without waiting for Envoy to go LIVE (it never does without its first config)."""
         number = next(numbers)
         node_id = node_id or f"e2e-envoy-{number}"
@@ -468,7 +476,7 @@ def start_envoy(
             "--node-id",
             node_id,
             "--xds-address",
-            xds_server.xds_address,
+            xds_address or xds_server.xds_address,
             "--admin-address",
             f"127.0.0.1:{admin_port}",
             *(["--delta"] if ads_variant == "delta" else []),

@@ -29,6 +29,7 @@ from ..xds.cache import SnapshotCache
 from ..xds.progress import summarize
 from ..xds.server import AggregatedDiscoveryService
 from .dns import DnsCache, is_ip
+from .peers import ProgressReports, encode, merge
 from .pods import PodChange, PodIndex
 from .readiness import ListenerState, listener_states
 from .reflector import Changed, Event, Reflector, Synced
@@ -59,6 +60,7 @@ class KubernetesSource:
         self.status = status
         self.dns = dns or DnsCache(self.on_progress)  # whether address endpoints resolve, for Ready
         self.service: AggregatedDiscoveryService | None = None  # bound once the server exists
+        self.peers: ProgressReports | None = None  # other replicas' proxies (several replicas only)
         self.records: dict[Key, Record] = {}
         self._dirty_namespaces: set[str] = set()
         self._dirty_nodes: set[str] = set()
@@ -217,6 +219,12 @@ class KubernetesSource:
             return
         services = self.cache.virtual_services()
         progress = summarize(self.service.progress() if self.service else (), services)
+        if self.peers is not None:  # publish this replica's proxies' progress; count the other replicas'
+            generations = {key: record.serving_generation for key, record in self.records.items()}
+            self.peers.publish(encode(progress, generations))
+            if not self.peers.synced.is_set():
+                return  # a status without the other replicas' proxies could turn Programmed True too early
+            progress = merge(progress, generations, self.peers.peers())
         conflicts = self.cache.conflicts
         now = now_rfc3339()
         addresses: dict[tuple[int, ...], tuple[str, ...]] = {}  # alike proxy sets give alike addresses

@@ -89,6 +89,10 @@ def _programmed(observed: Observed) -> tuple[str, str, str, str]:
     if progress.selected == 0:
         return ("Programmed", "False", "NoProxies", "no connected proxy matches spec.selector")
     counts = f"{progress.applied} of {progress.selected} selected proxies run it"
+    if progress.replicas > 1:
+        counts += f" (proxies of all {progress.replicas} control plane replicas)"
+    if progress.waiting:
+        return ("Programmed", "False", "Pending", f"{counts}; waiting for replica {progress.waiting[0]} to catch up")
     if progress.applied == progress.selected:
         return ("Programmed", "True", "Programmed", counts)
     if observed.conflict is not None:
@@ -154,6 +158,10 @@ def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class NotLeading(Exception):
+    """Another replica leads: this one does not write."""
+
+
 @dataclass(frozen=True)
 class WarningEvent:
     """A Kubernetes Event about a VirtualService (type Warning)."""
@@ -171,9 +179,16 @@ class StatusWriter:
     `want` never blocks: it records the wanted status and wakes the writer. Writes of a key
     collapse to the newest; an unchanged status is not written; failures are retried with
     backoff; a VirtualService that is gone (404) is dropped.
+
+    With several replicas only the leader writes (`leading`): a follower keeps computing what
+    it wants, takes the status the objects carry as its baseline, drops its Events (the leader
+    emits them), and writes what differs once it leads (`resume`).
     """
 
-    def __init__(self, api_client: client.ApiClient, retry_delay: float = 1.0):
+    def __init__(
+        self, api_client: client.ApiClient, retry_delay: float = 1.0, leading: Callable[[], bool] = lambda: True
+    ):
+        self._leading = leading
         self._objects = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
         self._wanted: dict[Key, dict] = {}
@@ -189,8 +204,8 @@ class StatusWriter:
 
     def observed(self, key: Key, status: Mapping[str, Any] | None) -> None:
         """The status the object carries now (from the watch): the baseline to compare against."""
-        if key not in self._written and status:
-            self._written[key] = dict(status)
+        if status and (key not in self._written or not self._leading()):
+            self._written[key] = dict(status)  # a follower follows what the leader wrote
 
     def want(self, key: Key, status: dict) -> None:
         if self._written.get(key) == status:
@@ -203,6 +218,10 @@ class StatusWriter:
         self._warnings.append(warning)
         self._wake.set()
 
+    def resume(self) -> None:
+        """Leadership began: write whatever differs from what the objects carry."""
+        self._wake.set()
+
     def forget(self, key: Key) -> None:
         self._wanted.pop(key, None)
         self._written.pop(key, None)
@@ -211,6 +230,9 @@ class StatusWriter:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if not self._leading():
+                self._warnings.clear()  # the leader reports these; `resume` wakes this loop
+                continue
             failed = False
             while self._warnings:
                 warning = self._warnings.pop(0)
@@ -240,6 +262,8 @@ class StatusWriter:
         try:
             await asyncio.to_thread(call, *args)
             return True
+        except NotLeading:
+            return False  # kept wanted; written if this replica leads again
         except ApiException as error:
             if error.status == 404:
                 log.debug("%s: the VirtualService is gone", what)
@@ -251,12 +275,16 @@ class StatusWriter:
 
     def _patch(self, key: Key, status: dict) -> None:
         namespace, name = key
+        if not self._leading():  # leadership can end while writes queue up
+            raise NotLeading()
         self._objects.patch_namespaced_custom_object_status(
             API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}
         )
         self.writes += 1
 
     def _emit(self, warning: WarningEvent) -> None:
+        if not self._leading():
+            return  # dropped: the leader reports it
         now = now_rfc3339()
         self._core.create_namespaced_event(
             warning.namespace,

@@ -23,6 +23,8 @@ class Progress:
     # The node ids of the proxies that ACKed its current resources, one tuple per set of alike
     # proxies; the tuples are shared by every VirtualService those proxies run (no copy per one).
     serving: list[tuple[str, ...]] = field(default_factory=list, compare=False)  # (compared as addresses)
+    replicas: int = 1  # control plane replicas whose proxies are counted (see operator/peers.py)
+    waiting: list[str] = field(default_factory=list)  # replicas that do not serve this generation yet
 
 
 def summarize(proxies: Iterable[ProxyProgress], services: Mapping[Key, VirtualService]) -> dict[Key, Progress]:
