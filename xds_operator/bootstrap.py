@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import yaml
 
+from .net import is_ip
 from .xds.transport import MIN_CLIENT_PING_INTERVAL_SECONDS
 
 XDS_CLUSTER = "xds_cluster"
@@ -66,7 +66,7 @@ def envoy_bootstrap(
     """
     xds_host, xds_port = split_host_port(xds_address)
     admin_host, admin_port = split_host_port(admin_address, allow_port_zero=True)
-    discovery = "STATIC" if _is_ip(xds_host) else "STRICT_DNS"
+    discovery = "STATIC" if is_ip(xds_host) else "STRICT_DNS"
     if keepalive != 0 and not keepalive >= MIN_KEEPALIVE_SECONDS:
         raise ValueError(
             f"--keepalive {keepalive:g}: expected 0 (off) or at least {MIN_KEEPALIVE_SECONDS:g} seconds "
@@ -124,7 +124,7 @@ def transport_socket(tls: ClientTls, server_name: str) -> dict:
     Envoy verifies nothing unless trusted_ca is set; with it, the chain is verified, and the SAN
     matcher pins the server's identity (any certificate from the CA would pass without it).
     """
-    ip = _is_ip(server_name)
+    ip = is_ip(server_name)
     common: dict = {
         "alpn_protocols": ["h2"],  # gRPC runs over HTTP/2
         "validation_context": {
@@ -145,14 +145,6 @@ def transport_socket(tls: ClientTls, server_name: str) -> dict:
     if not ip:
         context["sni"] = server_name  # SNI carries host names only (RFC 6066), never an address
     return {"name": "envoy.transport_sockets.tls", "typed_config": context}
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _duration(seconds: float) -> str:

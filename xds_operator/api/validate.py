@@ -7,7 +7,6 @@ Every problem found is reported, each with the path of the field it concerns.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from ..net import is_ip
 from . import virtualservice_pb2 as pb
 from .model import VirtualService
 from .schema import (
@@ -338,7 +338,7 @@ def _check_cross_field_rules(spec: pb.VirtualServiceSpec, path: str, errors: lis
         here = f"{path}.listeners[{index}].{protocol}"
         if cluster.service_discovery == "eds":
             for position, endpoint in enumerate(cluster.endpoints):
-                if endpoint.host.HasField("address") and not _is_ip(endpoint.host.address):
+                if endpoint.host.HasField("address") and not is_ip(endpoint.host.address):
                     errors.append(
                         FieldError(
                             f"{here}.cluster.endpoints[{position}].host.address",
@@ -388,14 +388,6 @@ def _key_text(key: Any) -> str:
 
 def _is_set(value: Any) -> bool:
     return value is not None and value != {} and value != ""
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 @cache

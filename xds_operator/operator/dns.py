@@ -11,25 +11,16 @@ use on each status pass and then calls `retain_asked`, which forgets the others.
 from __future__ import annotations
 
 import asyncio
-import functools
-import ipaddress
 import logging
 import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from ..net import is_ip
+
 log = logging.getLogger(__name__)
 
 LOOKUP_THREADS = 2  # a hanging resolver ties up these, not the loop's default executor
-
-
-@functools.lru_cache(maxsize=65536)  # asked about every pod IP on every status pass
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def lookup(host: str) -> bool:

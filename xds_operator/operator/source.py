@@ -24,11 +24,12 @@ from kubernetes import client
 
 from ..api import API_GROUP, API_VERSION, Key, ValidationError, VirtualService, key_of, parse_virtual_service
 from ..api.schema import PLURAL
+from ..net import is_ip
 from ..translate import Resolved
 from ..xds.cache import SnapshotCache
 from ..xds.progress import summarize
 from ..xds.server import AggregatedDiscoveryService
-from .dns import DnsCache, is_ip
+from .dns import DnsCache
 from .peers import ProgressReports, encode, merge
 from .pods import PodChange, PodIndex
 from .readiness import ListenerState, listener_states
