@@ -18,6 +18,7 @@ from google.rpc import status_pb2
 from xds_operator.xds.snapshot import CLUSTER, ENDPOINT, LISTENER
 
 RECEIVE_TIMEOUT = 2.0  # an expected response must arrive within this
+EVENTUALLY_TIMEOUT = 15.0  # generous: the machine may be loaded, and only a failing test waits this long
 SILENCE = 0.3  # "nothing arrives" is checked over this window
 
 
@@ -159,13 +160,13 @@ class AdsClient(_EnvoyLikeStream):
         return response
 
 
-async def eventually(condition: Callable[[], bool], timeout: float = RECEIVE_TIMEOUT) -> None:
-    """Wait until condition() holds (the server reacts to a closed stream asynchronously)."""
+async def eventually(check: Callable[[], object], what: str = "condition", timeout: float = EVENTUALLY_TIMEOUT) -> None:
+    """Wait until check() holds: the servers under test react asynchronously (a closed stream, a watch event)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not condition():
+    while not check():
         if loop.time() > deadline:
-            raise AssertionError("condition not reached in time")
+            raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
 
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import pytest
+from ads_client import eventually
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
@@ -81,15 +82,6 @@ class Replicas:
         for replica in self.all:
             await replica.stop()
             replica.api.close()
-
-
-async def eventually(check: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

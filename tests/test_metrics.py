@@ -18,7 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_ads_protocol import INGRESS as ADS_INGRESS
 from test_ads_protocol import listener_spec, vs_document
 from test_operator import INGRESS, NS, pod_body, subscribe, vs_body
-from test_operator import eventually as eventually_named
 
 from xds_operator.files import DirectorySource
 from xds_operator.metrics import Metrics, for_directory, for_kubernetes
@@ -170,7 +169,7 @@ async def test_kubernetes_metrics_follow_conditions_source_errors_and_watch_rest
                 and found[("Conflicted", "False")] == 2
             )
 
-        await eventually_named(conditions_written, "conditions counted from the written status")
+        await eventually(conditions_written, "conditions counted from the written status")
         assert counts()[("Programmed", "False")] == 1  # the invalid one is not served
         assert value(metrics, "xds_operator_source_errors_total", kind="invalid_virtualservice") == 1
         assert value(metrics, "xds_operator_connected_proxies", variant="sotw") == 1
@@ -188,15 +187,15 @@ async def test_kubernetes_metrics_follow_conditions_source_errors_and_watch_rest
         assert restarts() == 0 and relists() == 0
         # Each ended watch is started again once; one ended with 410 Gone also lists again.
         dropped = await end_both_watches(apiserver.drop_watches)
-        await eventually_named(lambda: restarts() == dropped, f"{dropped} watch restarts counted")
+        await eventually(lambda: restarts() == dropped, f"{dropped} watch restarts counted")
         assert relists() == 0
         expired = await end_both_watches(apiserver.expire_watches)
-        await eventually_named(lambda: relists() == expired, f"{expired} relists counted")
+        await eventually(lambda: relists() == expired, f"{expired} relists counted")
 
         # A status write the API server refuses is counted (and retried).
         apiserver.fail_next(1, code=500, path_contains="/status", method="PATCH")
         apiserver.put(vs_body("calls", 2003))
-        await eventually_named(
+        await eventually(
             lambda: value(metrics, "xds_operator_source_errors_total", kind="status_write") == 1,
             "a failed status write counted",
         )

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
-from ads_client import AdsClient, resource_names
+from ads_client import AdsClient, eventually, resource_names
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from fake_apiserver import FakeApiServer
@@ -153,15 +153,6 @@ class Operator:
 
         await eventually(holds, f"{name}: condition {kind}={status} ({reason})", timeout)
         return self.condition(name, kind)
-
-
-async def eventually(check: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def start_operator(apiserver: FakeApiServer, namespaces: Sequence[str] = ()) -> Operator:

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 
+from ads_client import eventually
 from fake_apiserver import FakeApiServer
 
 from xds_operator.operator.leader import LeaseConfig
@@ -111,15 +111,6 @@ def test_report_names_are_valid_object_names() -> None:
 
 
 # -- the reports' Leases -------------------------------------------------------------------------------
-
-
-async def eventually(check: Callable[[], object], what: str, timeout: float = 15.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_replicas_read_each_others_reports_and_drop_stopped_and_silent_ones() -> None:
