@@ -289,7 +289,7 @@ def test_config_dump_is_what_envoy_runs_and_render_shows_the_same(envoy, control
 
 
 @pytest.mark.parametrize("ads_variant", ["sotw"])
-@pytest.mark.parametrize("control_plane", [["--log-format", "json", "--log-level", "debug"]], indirect=True)
+@pytest.mark.parametrize("control_plane", [["--log-format", "json", "--log-level", "info"]], indirect=True)
 def test_json_logs_parse_and_carry_node_ids_types_and_versions(
     start_envoy, control_plane, workers, vs_files, held_udp_port
 ):
@@ -324,5 +324,6 @@ def test_json_logs_parse_and_carry_node_ids_types_and_versions(
     assert connected[0]["node_id"] == "edge-json" and connected[0]["variant"] == "sotw"
     pushes = [r for r in every if r["message"].startswith("push ")]
     assert {r["type"] for r in pushes} == {"CDS", "LDS"} and {r["node_id"] for r in pushes} == {"edge-json"}
-    assert all(r["level"] == "debug" for r in pushes)
+    assert all(r["level"] == "info" and re.fullmatch(r"[0-9a-f]{16}", r["version"]) for r in pushes)
+    assert not [r for r in every if " ACKed " in r["message"]], "ACKs are debug lines"
     assert any(r.get("file", "").endswith("blocked.yaml") for r in every)

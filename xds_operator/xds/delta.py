@@ -86,7 +86,7 @@ class DeltaStream(ProxyStream):
         for name in removed:
             state.known.pop(name, None)
         state.sent_version = wanted.version
-        log.debug(
+        log.info(
             "push %s version %s to proxy %s: %d changed, %d removed",
             SHORT_NAMES[type_url],
             wanted.version,

@@ -193,7 +193,7 @@ class SotwStream(ProxyStream):
         if wanted.version == state.sent_version:
             return None  # unchanged, or the version the proxy rejected: never sent twice
         state.sent_version = wanted.version
-        log.debug(
+        log.info(
             "push %s version %s (%d resources) to proxy %s",
             SHORT_NAMES[type_url],
             wanted.version,
