@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
+import os
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
 from .admin import AdminServer, Handler
 from .files import DirectorySource
+from .shutdown import GRACE_SECONDS, Shutdown
 from .xds.cache import SnapshotCache
 from .xds.server import AggregatedDiscoveryService, start_server
 
 log = logging.getLogger(__name__)
-
-GRACE_SECONDS = 2.0  # how long open streams get to finish on shutdown
 
 
 async def serve_directory(directory: Path, xds_address: str, admin_host: str, admin_port: int) -> None:
@@ -104,15 +103,14 @@ async def _run(
             "/healthz": lambda: (200, "ok\n"),
             "/readyz": readyz,
             "/debug/proxies": lambda: (200, service.proxies()),
+            "/debug/runtime": lambda: (200, _runtime(service)),
             **(routes or {}),
         }
     )
     bound_admin = await admin.start(admin_host, admin_port)
     tasks = [asyncio.create_task(work) for work in background]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    shutdown = Shutdown(asyncio.get_running_loop())
+    stop = shutdown.requested
     stopping = asyncio.create_task(stop.wait())
     server = None
     try:
@@ -139,9 +137,23 @@ async def _run(
         for task in [stopping, *tasks]:
             task.cancel()
         if server is not None:
-            log.info("shutting down: closing xDS streams (grace %.0fs)", GRACE_SECONDS)
-            await server.stop(GRACE_SECONDS)
+            # Refuse new streams first, then end the open ones: proxies reconnect to another replica.
+            stopped = asyncio.create_task(server.stop(GRACE_SECONDS))
+            await asyncio.sleep(0)
+            log.info("shutting down: closing %d xDS stream(s) (grace %.0fs)", service.drain(), GRACE_SECONDS)
+            await stopped
         await admin.stop()
+        log.info("stopped")
+
+
+def _runtime(service: AggregatedDiscoveryService) -> dict[str, int]:
+    """What must not grow with churn: asyncio tasks, streams, cache groups and watches, resident memory."""
+    try:
+        with open("/proc/self/statm") as statm:  # Linux; the field is in pages
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        rss = 0  # not Linux: unknown
+    return {"tasks": len(asyncio.all_tasks()), **service.counts(), "rss_bytes": rss}
 
 
 def _raise_if_failed(tasks: Sequence[asyncio.Task]) -> None:
