@@ -425,6 +425,22 @@ def test_cancelled_watch_is_not_notified() -> None:
     assert counter.calls == calls
 
 
+def test_proxies_that_come_and_go_leave_no_group_or_snapshot_behind() -> None:
+    """Each proxy with labels of its own makes a group; when the last watch of a group goes, so does its
+    snapshot, unless another group still shares it (no commit needed to let go of it)."""
+    cache = loaded(make_vs("calls"), make_vs("edge", selector={"app": "edge"}, port=3000))
+    staying = cache.watch({"app": "edge"}, Counter())
+    for index in range(50):
+        ingress = cache.watch({**INGRESS, "pod": f"ingress-{index}"}, Counter())
+        edge = cache.watch({"app": "edge", "pod": f"edge-{index}"}, Counter())
+        assert edge.snapshot is staying.snapshot and names(ingress.snapshot, LISTENER) == {"calls-l"}
+        cache.cancel(ingress)
+        cache.cancel(edge)
+    assert cache.counts() == {"virtual_services": 2, "groups": 1, "watches": 1, "snapshots": 1}
+    cache.cancel(staying)
+    assert cache.counts() == {"virtual_services": 2, "groups": 0, "watches": 0, "snapshots": 0}
+
+
 def test_relabel_moves_the_proxy_to_its_new_group() -> None:
     cache = loaded(make_vs("calls"), make_vs("edge", selector={"app": "edge"}, port=3000))
     counter = Counter()

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
+from .shutdown import EXIT_DEADLINE_SECONDS, GRACE_SECONDS
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -37,7 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
         "VirtualServices whose spec.selector is contained in its bootstrap's node.metadata.labels. "
         "Without --dir, as a Kubernetes operator: it watches VirtualServices and Pods (in-cluster config, "
         "or --kubeconfig / $KUBECONFIG outside a cluster), identifies each proxy by its node.id (pod UID or "
-        "<namespace>/<pod-name>), takes its labels from that Pod, and writes each VirtualService's status.",
+        "<namespace>/<pod-name>), takes its labels from that Pod, and writes each VirtualService's status. "
+        f"On SIGTERM or SIGINT it ends every ADS stream (proxies reconnect, to another replica if there is one, "
+        f"and keep forwarding meanwhile), gives stuck streams {GRACE_SECONDS:.0f}s and exits within "
+        f"{EXIT_DEADLINE_SECONDS:.0f}s; a second signal exits at once.",
     )
     serve.add_argument(
         "--dir", type=Path, metavar="DIR", help="serve the *.yaml / *.yml VirtualService files in DIR (no cluster)"
