@@ -5,11 +5,12 @@
 `xds-operator serve --dir` runs as a subprocess, so the resident memory measured (from
 /proc/<pid>/status) is the server's alone. Then, from this process:
 
-- stream cycles: ADS streams open CONCURRENCY at a time, one HTTP/2 connection per batch. Each
-  sends its node (a node id of its own; every other one with a label of its own too, so its
-  proxy group is created and dropped with it), asks for clusters and listeners, ACKs both
-  answers, and goes away in one of three ways: cancelled, half-closed (the server ends the
-  call), or still open when its connection closes.
+- stream cycles: ADS streams open CONCURRENCY at a time, one HTTP/2 connection per batch; one
+  in four speaks delta ADS, the others state of the world. Each sends its node (a node id of
+  its own; every other one with a label of its own too, so its proxy group is created and
+  dropped with it), asks for clusters and listeners, ACKs both answers, and goes away in one
+  of three ways: cancelled, half-closed (the server ends the call), or still open when its
+  connection closes.
 - VirtualService cycles: BATCH files, each with a VirtualService of a new name, are written,
   a watching proxy receives all their listeners, the files are deleted, and it sees them go.
 
@@ -20,18 +21,24 @@ measured after the warm-up, `after` once the server has settled. The server's /d
 counters (asyncio tasks, open streams, connections, cache groups, watches, snapshots,
 VirtualServices) must be back to `before`, its RSS within 10 %, and a new proxy must then get
 exactly the resources of the VirtualServices left on disk.
+
+A third case, in this process (the cache and a state-of-the-world stream, nothing else): one
+VirtualService among 10,000 edited 300 times, each new version encoded for the stream as a
+push does; RSS before and after the edits (superseded versions must not stay in memory).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +50,10 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from harness import Ports, serve_command, stop, tail
 
+from xds_operator.api import parse_virtual_service
+from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.snapshot import CLUSTER, LISTENER
+from xds_operator.xds.stream import SotwStream
 
 CONCURRENCY = 250  # streams open at once
 BATCH = 100  # VirtualService files written (then deleted) at once
@@ -99,27 +109,37 @@ def names(response: discovery_pb2.DiscoveryResponse) -> set[str]:
 class Server:
     """The control plane under test, and its /debug/runtime counters."""
 
-    def __init__(self, directory: Path, log_path: Path):
+    def __init__(self, directory: Path | None, log_path: Path, source_args: Sequence[str] = ()):
+        """Directory mode on `directory`; or, with directory None, `serve` with source_args (Kubernetes mode)."""
         ports = Ports()
         self.xds_port, self.admin_port = ports.take(), ports.take()
         self.log_path = log_path
+        command = serve_command(directory or Path("."), self.xds_port, self.admin_port)
+        if directory is None:
+            at = command.index("--dir")
+            command[at : at + 2] = source_args
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                serve_command(directory, self.xds_port, self.admin_port),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        self._wait(lambda: self.runtime() is not None, "the admin port")
+        self._wait(lambda: self.get("/readyz") == "ready\n", "the server to serve xDS (/readyz)")
 
-    def runtime(self) -> dict[str, int] | None:
+    def get(self, path: str) -> Any:
+        """An admin page (JSON decoded), or None if the server does not answer it with 200 (yet)."""
         if self.process.poll() is not None:
             raise RuntimeError(f"xds-operator exited with {self.process.returncode}:\n{tail(self.log_path)}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/debug/runtime", timeout=5) as response:
-                return json.loads(response.read())
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as response:
+                body = response.read().decode()
         except OSError:
             return None
+        return json.loads(body) if response.headers.get_content_type() == "application/json" else body
+
+    def runtime(self) -> dict[str, int] | None:
+        return self.get("/debug/runtime")
 
     def rss(self) -> int:
         """VmRSS of the server process, from /proc, in bytes."""
@@ -159,24 +179,31 @@ def counters(runtime: dict[str, int]) -> dict[str, int]:
 
 
 async def one_stream(channel: grpc.aio.Channel, index: int) -> None:
-    """Connect, get and ACK clusters and listeners, then disconnect (the way depends on index)."""
-    call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
+    """Connect, get and ACK clusters and listeners, then disconnect (the way depends on index).
+
+    Every fourth stream speaks incremental (delta) ADS, the others state of the world.
+    """
+    stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+    delta = index % 4 == 3
+    call: Any = stub.DeltaAggregatedResources() if delta else stub.StreamAggregatedResources()
+    request: Any = discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
     node = base_pb2.Node(id=f"churn-{index}")
     node.metadata.update({"labels": {**LABELS, "pod": f"pod-{index}"} if index % 2 else LABELS})
-    await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=node))
-    await call.write(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
-    answers: dict[str, discovery_pb2.DiscoveryResponse] = {}
+    await call.write(request(type_url=CLUSTER, node=node))
+    await call.write(request(type_url=LISTENER))
+    answers: dict[str, Any] = {}
     while len(answers) < 2:
         response = await call.read()
         answers[response.type_url] = response
     if len(answers[CLUSTER].resources) != KEPT or len(answers[LISTENER].resources) != KEPT:
         raise AssertionError(f"stream {index}: {len(answers[LISTENER].resources)} listeners, expected {KEPT}")
     for response in answers.values():
-        await call.write(
-            discovery_pb2.DiscoveryRequest(
-                type_url=response.type_url, version_info=response.version_info, response_nonce=response.nonce
+        if delta:
+            await call.write(request(type_url=response.type_url, response_nonce=response.nonce))
+        else:
+            await call.write(
+                request(type_url=response.type_url, version_info=response.version_info, response_nonce=response.nonce)
             )
-        )
     way = index % 3
     if way == 0:
         call.cancel()
@@ -203,7 +230,8 @@ async def stream_cycles(port: int, count: int, first: int = 0) -> None:
 class Watcher:
     """One proxy that stays connected and keeps the latest listener names it was sent."""
 
-    def __init__(self, channel: grpc.aio.Channel):
+    def __init__(self, channel: grpc.aio.Channel, node_id: str = "churn-watcher"):
+        self.node_id = node_id
         self.call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
         self.listeners: set[str] | None = None
         self.clusters: set[str] | None = None
@@ -211,7 +239,7 @@ class Watcher:
         self._reader: asyncio.Task | None = None
 
     async def start(self) -> None:
-        node = base_pb2.Node(id="churn-watcher")
+        node = base_pb2.Node(id=self.node_id)
         node.metadata.update({"labels": LABELS})
         await self.call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=node))
         await self.call.write(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
@@ -262,11 +290,11 @@ async def vs_cycles(port: int, directory: Path, count: int, kept: set[str], firs
             await watcher.close()
 
 
-async def final_proxy(port: int) -> tuple[set[str], set[str]]:
+async def final_proxy(port: int, node_id: str = "churn-final") -> tuple[set[str], set[str]]:
     """What a new proxy gets now: (listener names, cluster names)."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel).StreamAggregatedResources()
-        node = base_pb2.Node(id="churn-final")
+        node = base_pb2.Node(id=node_id)
         node.metadata.update({"labels": LABELS})
         await call.write(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=node))
         await call.write(discovery_pb2.DiscoveryRequest(type_url=LISTENER))
@@ -352,10 +380,41 @@ async def _measure(
     }
 
 
+def own_rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def edit_retention(count: int, edits: int) -> dict[str, Any]:
+    """RSS of this process before and after `edits` edits of one VirtualService among `count`, each pushed."""
+    from snapshot_build import LABELS as BUILD_LABELS
+    from snapshot_build import virtual_service as numbered
+
+    cache = SnapshotCache()
+    for index in range(count):
+        cache.upsert(parse_virtual_service(numbered(index)))
+    cache.commit()
+    watch = cache.watch(BUILD_LABELS, lambda: None)
+    stream = SotwStream("churn-edits")
+    node = base_pb2.Node(id="churn-edits")
+    stream.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=node), watch.snapshot)
+    stream.on_request(discovery_pb2.DiscoveryRequest(type_url=LISTENER), watch.snapshot)
+    gc.collect()
+    before = own_rss()
+    pushed = 0
+    for edit in range(edits):
+        cache.upsert(parse_virtual_service(numbered(count // 2, endpoint_port=6000 + edit)))
+        cache.commit()
+        pushed += len(stream.on_snapshot(watch.snapshot))  # encodes the new CDS response
+    gc.collect()
+    return {"count": count, "edits": edits, "pushed": pushed, "rss_before": before, "rss_after": own_rss()}
+
+
 def run(smoke: bool = False) -> list[dict[str, Any]]:
     streams, virtual_services = (300, 30) if smoke else (10_000, 1_000)
     warmup = (CONCURRENCY, BATCH) if smoke else (WARMUP_STREAMS, WARMUP_VS)
     m = measure(streams, virtual_services, *warmup)
+    e = edit_retention(*((200, 20) if smoke else (10_000, 300)))
     exact = m["final_listeners"] == m["expected_listeners"] and m["final_clusters"] == m["expected_clusters"]
     leaked = {key: m["after"][key] - m["before"][key] for key in m["before"] if m["after"][key] != m["before"][key]}
     return [
@@ -382,7 +441,19 @@ def run(smoke: bool = False) -> list[dict[str, Any]]:
             "targets": {"rss_after_vs_before": RSS_RATIO_LIMIT, "leaked_counters": 0},
             "counters": {"before": m["before"], "after": m["after"]},
             "samples": {"rss_mb_every_2000_streams": [round(rss / 2**20, 1) for rss in m["rss_samples"]]},
-        }
+        },
+        {
+            "scenario": "churn",
+            "name": f"{e['edits']} edits of one VirtualService among {e['count']:,}, each pushed (in process)",
+            "parameters": {"virtual_services": e["count"], "edits": e["edits"]},
+            "figures": {
+                "rss_before_mb": round(e["rss_before"] / 2**20, 1),
+                "rss_after_mb": round(e["rss_after"] / 2**20, 1),
+                "pushes": e["pushed"],
+            },
+            "ratios": {"rss_after_vs_before": round(e["rss_after"] / e["rss_before"], 3)},
+            "targets": {"rss_after_vs_before": RSS_RATIO_LIMIT},
+        },
     ]
 
 

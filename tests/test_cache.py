@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -439,6 +441,26 @@ def test_proxies_that_come_and_go_leave_no_group_or_snapshot_behind() -> None:
     assert cache.counts() == {"virtual_services": 2, "groups": 1, "watches": 1, "snapshots": 1}
     cache.cancel(staying)
     assert cache.counts() == {"virtual_services": 2, "groups": 0, "watches": 0, "snapshots": 0}
+
+
+def test_superseded_versions_and_their_encoded_responses_are_not_kept() -> None:
+    """Every edit makes a new snapshot; once no group holds the old one, nothing keeps its selections
+    (and the encoded responses made for them) alive: memory does not grow with the number of edits."""
+    cache = loaded(make_vs("calls"))
+    watch = cache.watch(INGRESS, Counter())
+    first = watch.snapshot.select(LISTENER)
+    assert first.sotw_response  # encoded, as when a stream is sent it
+    superseded = [weakref.ref(first)]
+    del first
+    for port in range(2100, 2110):
+        cache.upsert(make_vs("calls", port=port))
+        cache.commit()
+        selection = watch.snapshot.select(LISTENER)
+        assert selection.sotw_response
+        superseded.append(weakref.ref(selection))
+    del selection
+    gc.collect()
+    assert [ref() is None for ref in superseded] == [True] * 10 + [False]  # only the current one lives
 
 
 def test_relabel_moves_the_proxy_to_its_new_group() -> None:
