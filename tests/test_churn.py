@@ -12,12 +12,16 @@ resources of the VirtualServices left on disk.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sys
+import time
 from pathlib import Path
 
 import grpc
 from fake_apiserver import FakeApiServer
 from kubernetes import client
+
+from xds_operator.shutdown import EXIT_DEADLINE_SECONDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
@@ -78,6 +82,11 @@ def test_kubernetes_mode_virtualservice_churn_leaks_nothing_and_ends_exact(tmp_p
         server = churn.Server(None, tmp_path / "xds-operator.log", ["--kubeconfig", str(kubeconfig)])
         try:
             m = asyncio.run(kubernetes_churn(server, objects, {f"{b['metadata']['name']}-l" for b in kept}))
+            # Kubernetes mode stops within the bound too (watch threads interrupted, client closed).
+            signalled = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            assert server.process.wait(timeout=EXIT_DEADLINE_SECONDS + 10) == 0
+            exited = time.monotonic() - signalled
         finally:
             server.stop()
             api.close()
@@ -91,7 +100,7 @@ def test_kubernetes_mode_virtualservice_churn_leaks_nothing_and_ends_exact(tmp_p
     assert ratio <= churn.RSS_RATIO_LIMIT, f"RSS {m['rss_before'] / 2**20:.1f} → {m['rss_after'] / 2**20:.1f} MB"
     print(
         f"\nFIGURE churn-kubernetes vs_cycles={K8S_VS_CYCLES} rss_before_mb={m['rss_before'] / 2**20:.1f} "
-        f"rss_after_mb={m['rss_after'] / 2**20:.1f} ratio={ratio:.3f}"
+        f"rss_after_mb={m['rss_after'] / 2**20:.1f} ratio={ratio:.3f} sigterm_exit_s={exited:.2f}"
     )
 
 

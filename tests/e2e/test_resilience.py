@@ -242,7 +242,8 @@ def test_sigterm_closes_the_streams_and_exits_within_the_bound(envoy, control_pl
     port = free_port()
     vs_files.write("calls.yaml", virtual_service("calls", port, [endpoint(a, health=False)]))
     envoy.wait_listener("calls-l", port)
-    wait_until(lambda: all_acked(control_plane, envoy), "Envoy to ACK its config")
+    before = wait_until(lambda: all_acked(control_plane, envoy), "Envoy to ACK its config")
+    stats_before = config_stats(envoy)
     process = control_plane.process
     assert process is not None
 
@@ -262,3 +263,11 @@ def test_sigterm_closes_the_streams_and_exits_within_the_bound(envoy, control_pl
     drained = log.index("closing 1 xDS stream(s)")
     assert drained < log.index(f"proxy {envoy.node_id} disconnected", drained) < log.index("stopped", drained)
     print(f"\nFIGURE sigterm-exit seconds={exited:.2f} (bound {EXIT_DEADLINE_SECONDS:.0f} s)")
+
+    # A replica behind the same address (here: the next process on the port) takes over; Envoy
+    # reconnects to it and is sent nothing, its config being current.
+    control_plane.spawn()
+    control_plane.wait_ready()
+    after = reconnected(control_plane, envoy)
+    assert {t: after[t]["version"] for t in after} == {t: before[t]["version"] for t in before}
+    assert config_stats(envoy) == stats_before
