@@ -151,9 +151,6 @@ class _RecentResponses:
         if entry is not None and entry[0] is reference:  # not a newer selection that reuses the id
             del self._entries[key]
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
 
 _SOTW_RESPONSES = _RecentResponses(256)
 
