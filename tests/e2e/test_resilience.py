@@ -80,7 +80,7 @@ class Traffic(threading.Thread):
         super().__init__(daemon=True)
         self.port = port
         self.sock = fresh_socket()
-        self.sock.settimeout(1.0)
+        self.sock.settimeout(2.0)  # an answer later than this counts as lost
         self.log: list[tuple[float, bool]] = []
         self.halt = threading.Event()
 
