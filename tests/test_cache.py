@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import gc
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -446,6 +448,42 @@ def test_cancelled_watch_is_not_notified() -> None:
     cache.upsert(make_vs("calls", port=2500))
     cache.commit()
     assert counter.calls == calls
+
+
+def test_proxies_that_come_and_go_leave_no_group_or_snapshot_behind() -> None:
+    """Each proxy with labels of its own makes a group; when the last watch of a group goes, so does its
+    snapshot, unless another group still shares it (no commit needed to let go of it)."""
+    cache = loaded(make_vs("calls"), make_vs("edge", selector={"app": "edge"}, port=3000))
+    staying = cache.watch({"app": "edge"}, Counter())
+    for index in range(50):
+        ingress = cache.watch({**INGRESS, "pod": f"ingress-{index}"}, Counter())
+        edge = cache.watch({"app": "edge", "pod": f"edge-{index}"}, Counter())
+        assert edge.snapshot is staying.snapshot and names(ingress.snapshot, LISTENER) == {"calls-l"}
+        cache.cancel(ingress)
+        cache.cancel(edge)
+    assert cache.counts() == {"virtual_services": 2, "groups": 1, "watches": 1, "snapshots": 1}
+    cache.cancel(staying)
+    assert cache.counts() == {"virtual_services": 2, "groups": 0, "watches": 0, "snapshots": 0}
+
+
+def test_superseded_versions_and_their_encoded_responses_are_not_kept() -> None:
+    """Every edit makes a new snapshot; once no group holds the old one, nothing keeps its selections
+    (and the encoded responses made for them) alive: memory does not grow with the number of edits."""
+    cache = loaded(make_vs("calls"))
+    watch = cache.watch(INGRESS, Counter())
+    first = watch.snapshot.select(LISTENER)
+    assert first.sotw_response  # encoded, as when a stream is sent it
+    superseded = [weakref.ref(first)]
+    del first
+    for port in range(2100, 2110):
+        cache.upsert(make_vs("calls", port=port))
+        cache.commit()
+        selection = watch.snapshot.select(LISTENER)
+        assert selection.sotw_response
+        superseded.append(weakref.ref(selection))
+    del selection
+    gc.collect()
+    assert [ref() is None for ref in superseded] == [True] * 10 + [False]  # only the current one lives
 
 
 def test_relabel_moves_the_proxy_to_its_new_group() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,6 +12,7 @@ from . import __version__, debug
 from .admin import AdminServer, Handler, WithQuery
 from .files import DirectorySource
 from .metrics import Metrics, for_directory, for_kubernetes
+from .shutdown import GRACE_SECONDS, Shutdown
 from .xds.cache import SnapshotCache
 from .xds.server import AggregatedDiscoveryService, start_server
 from .xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
@@ -21,8 +21,6 @@ if TYPE_CHECKING:  # the kubernetes client is imported only in Kubernetes mode
     from .operator.leader import LeaseConfig
 
 log = logging.getLogger(__name__)
-
-GRACE_SECONDS = 2.0  # how long open streams get to finish on shutdown
 
 
 async def serve_directory(
@@ -176,10 +174,8 @@ async def _run(
     )
     bound_admin = await admin.start(admin_host, admin_port)
     tasks = [asyncio.create_task(work) for work in background]
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
+    shutdown = Shutdown(asyncio.get_running_loop())
+    stop = shutdown.requested
     stopping = asyncio.create_task(stop.wait())
     server = None
     try:
@@ -207,9 +203,13 @@ async def _run(
         for task in [stopping, *tasks]:
             task.cancel()
         if server is not None:
-            log.info("shutting down: closing xDS streams (grace %.0fs)", GRACE_SECONDS)
-            await server.stop(GRACE_SECONDS)
+            # Refuse new streams first, then end the open ones: proxies reconnect to another replica.
+            stopped = asyncio.create_task(server.stop(GRACE_SECONDS))
+            await asyncio.sleep(0)
+            log.info("shutting down: closing %d xDS stream(s) (grace %.0fs)", service.drain(), GRACE_SECONDS)
+            await stopped
         await admin.stop()
+        log.info("stopped")
 
 
 def _raise_if_failed(tasks: Sequence[asyncio.Task]) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from . import __version__
 from .bootstrap import DEFAULT_KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS, MIN_KEEPALIVE_SECONDS
+from .shutdown import EXIT_DEADLINE_SECONDS, GRACE_SECONDS
 from .xds.transport import (
     DEFAULT_POLICY,
     MIN_CLIENT_PING_INTERVAL_SECONDS,
@@ -136,7 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
         "VirtualServices whose spec.selector is contained in its bootstrap's node.metadata.labels. "
         "Without --dir, as a Kubernetes operator: it watches VirtualServices and Pods (in-cluster config, "
         "or --kubeconfig / $KUBECONFIG outside a cluster), identifies each proxy by its node.id (pod UID or "
-        "<namespace>/<pod-name>), takes its labels from that Pod, and writes each VirtualService's status.",
+        "<namespace>/<pod-name>), takes its labels from that Pod, and writes each VirtualService's status. "
+        f"On SIGTERM or SIGINT it ends every ADS stream (proxies reconnect, to another replica if there is one, "
+        f"and keep forwarding meanwhile), gives stuck streams {GRACE_SECONDS:.0f}s and exits within "
+        f"{EXIT_DEADLINE_SECONDS:.0f}s; a second signal exits at once.",
     )
     serve.add_argument(
         "--dir", type=Path, metavar="DIR", help="serve the *.yaml / *.yml VirtualService files in DIR (no cluster)"

@@ -1,6 +1,9 @@
-"""The admin port's views of a running control plane: /metrics and /debug/config_dump."""
+"""The admin port's views of a running control plane: /metrics, /debug/config_dump, /debug/runtime."""
 
 from __future__ import annotations
+
+import asyncio
+import os
 
 from .admin import Handler, Payload, WithQuery
 from .metrics import CONTENT_TYPE, Metrics
@@ -14,6 +17,7 @@ def routes(service: AggregatedDiscoveryService, metrics: Metrics) -> dict[str, H
     return {
         "/metrics": lambda: (200, Payload(CONTENT_TYPE, metrics.exposition())),
         "/debug/config_dump": WithQuery(lambda query: config_dump(service, query.get("node"))),
+        "/debug/runtime": lambda: (200, runtime(service)),
     }
 
 
@@ -40,3 +44,13 @@ def config_dump(service: AggregatedDiscoveryService, node_id: str | None) -> tup
         "labels": connection.watch.labels,
         "resources": resources_json(connection.watch.snapshot, subscriptions),
     }
+
+
+def runtime(service: AggregatedDiscoveryService) -> dict[str, int]:
+    """What must not grow with churn: asyncio tasks, streams, cache groups and watches, resident memory."""
+    try:
+        with open("/proc/self/statm") as statm:  # Linux; the field is in pages
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        rss = 0  # not Linux: unknown
+    return {"tasks": len(asyncio.all_tasks()), **service.counts(), "rss_bytes": rss}

@@ -264,11 +264,31 @@ class ControlPlane:
     xds_port: int
     admin_port: int
     log_path: Path
-    process: subprocess.Popen
+    command: list[str]
+    process: subprocess.Popen | None = None
 
     @property
     def xds_address(self) -> str:
         return f"127.0.0.1:{self.xds_port}"
+
+    def spawn(self) -> subprocess.Popen:
+        """Start the process (again, after a restart: same ports, same log file, appended)."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                self.command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+            )
+        return self.process
+
+    def wait_ready(self, timeout: float = WAIT) -> None:
+        process = self.process
+        assert process is not None
+
+        def ready() -> bool:
+            if process.poll() is not None:
+                pytest.fail(f"xds-operator serve exited with {process.returncode}:\n{tail(self.log_path)}")
+            return self.get("/readyz")[0] == 200
+
+        wait_until(ready, "xds-operator /readyz to return 200", timeout)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -395,38 +415,29 @@ def launch_control_plane(
     xds_port, admin_port = xds_port or free_port(), free_port()
     log_path = tmp_path / f"{name}.log"
     _register_log(request, f"{name} stderr", log_path)
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "xds_operator.cli",
-                *global_args,
-                "serve",
-                *source_args,
-                "--xds-address",
-                "127.0.0.1",
-                "--xds-port",
-                str(xds_port),
-                "--admin-port",
-                str(admin_port),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    plane = ControlPlane(directory, xds_port, admin_port, log_path, process)
+    command = [
+        sys.executable,
+        "-m",
+        "xds_operator.cli",
+        *global_args,
+        "serve",
+        *source_args,
+        "--xds-address",
+        "127.0.0.1",
+        "--xds-port",
+        str(xds_port),
+        "--admin-port",
+        str(admin_port),
+    ]
+    log_path.write_bytes(b"")
+    plane = ControlPlane(directory, xds_port, admin_port, log_path, command)
+    plane.spawn()
     try:
-
-        def ready() -> bool:
-            if process.poll() is not None:
-                pytest.fail(f"xds-operator serve exited with {process.returncode}:\n{tail(log_path)}")
-            return plane.get("/readyz")[0] == 200
-
-        wait_until(ready, "xds-operator /readyz to return 200")
+        plane.wait_ready()
         yield plane
     finally:
-        _stop(process)
+        if plane.process is not None:
+            _stop(plane.process)
 
 
 @pytest.fixture

@@ -177,11 +177,20 @@ def healthy_ips(envoy: Envoy, cluster: str) -> set[str]:
 
 
 def versions(plane: ControlPlane, node_id: str = f"{NS}/envoy-0") -> dict[str, Any]:
-    """The CDS/EDS/LDS versions the proxy ACKed, from the control plane's admin port."""
-    status, body = plane.get("/debug/proxies")
-    assert status == 200
-    (proxy,) = [p for p in json.loads(body) if p["node_id"] == node_id]
-    return {kind: state["acked_version"] for kind, state in proxy["types"].items()}
+    """The CDS/EDS/LDS versions the proxy ACKed, from the control plane's admin port, once it ACKed
+    everything it was sent: Envoy ACKs a new EDS cluster only after it warmed, a few ms after its hosts
+    (and their health) show up on Envoy's admin port."""
+
+    def acked() -> dict[str, Any] | None:
+        status, body = plane.get("/debug/proxies")
+        assert status == 200
+        (proxy,) = [p for p in json.loads(body) if p["node_id"] == node_id]
+        types = proxy["types"]
+        if all(state["state"] == "ACKed" for state in types.values()):
+            return {kind: state["acked_version"] for kind, state in types.items()}
+        return None
+
+    return wait_until(acked, f"proxy {node_id} to ACK everything it was sent")
 
 
 def test_an_app_creates_a_virtualservice_and_datagrams_flow_to_worker_pods(cluster, ingress, operator):

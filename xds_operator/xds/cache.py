@@ -213,9 +213,22 @@ class SnapshotCache:
             group.watches.discard(watch)
             if not group.watches:
                 del self._groups[label_set]
+                # Its snapshot, unless another group shares it, must not outlive it: proxies that
+                # come and go with labels of their own would otherwise pile up snapshots until a commit.
+                if group.signature is not None and all(g.signature != group.signature for g in self._groups.values()):
+                    self._by_signature.pop(group.signature, None)
 
     def group_count(self) -> int:
         return len(self._groups)
+
+    def counts(self) -> dict[str, int]:
+        """Sizes of what proxies and VirtualServices hold: after churn they return to where they were."""
+        return {
+            "virtual_services": len(self._services),
+            "groups": len(self._groups),
+            "watches": sum(len(group.watches) for group in self._groups.values()),
+            "snapshots": len(self._by_signature),
+        }
 
     def snapshot_for(self, labels: Mapping[str, str]) -> Snapshot:
         """The snapshot a proxy with these labels would get (builds it if no proxy has them yet)."""

@@ -33,6 +33,8 @@ MAX_RESPONSES_IN_FLIGHT = 64  # across all streams
 SLOT_WAIT_SECONDS = 1.0  # proxies that stop reading must not stall the others for longer
 _SNAPSHOT_CHANGED = object()
 _CLOSED = object()
+_DRAIN = object()  # the server is shutting down: end the stream so the proxy reconnects elsewhere
+DRAIN_DETAILS = "xds-operator is shutting down; reconnect"
 
 
 def group_name(labels: Mapping[str, str] | None) -> str:
@@ -88,6 +90,8 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._on_progress = on_progress  # called when a proxy connects, leaves, ACKs or NACKs
         self._observer = observer or StreamObserver()  # told of every push, ACK and NACK (metrics)
         self._connections: dict[int, Connection] = {}
+        self._inboxes: dict[int, asyncio.Queue[object]] = {}  # every open stream, identified or not
+        self._draining = False
         self._next_stream_id = 0
         self._sending = asyncio.Semaphore(MAX_RESPONSES_IN_FLIGHT)
 
@@ -106,6 +110,17 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
 
     def connections(self) -> list[Connection]:
         return list(self._connections.values())
+
+    def counts(self) -> dict[str, int]:
+        """Open streams, identified connections and the cache's sizes: churn must bring them back."""
+        return {"streams": len(self._inboxes), "connections": len(self._connections), **self._cache.counts()}
+
+    def drain(self) -> int:
+        """Shutting down: end every open stream (and any that opens from now on); return how many."""
+        self._draining = True
+        for inbox in self._inboxes.values():
+            inbox.put_nowait(_DRAIN)
+        return len(self._inboxes)
 
     def progress(self) -> list[ProxyProgress]:
         return [
@@ -161,10 +176,18 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         reader = asyncio.create_task(_read_into(request_iterator, inbox))
         connection: Connection | None = None
         stream_id = self._next_stream_id = self._next_stream_id + 1
+        self._inboxes[stream_id] = inbox
+        if self._draining:
+            inbox.put_nowait(_DRAIN)
         try:
             while True:
                 item = await inbox.get()
                 if item is _CLOSED:
+                    return
+                if item is _DRAIN:
+                    # UNAVAILABLE: the status gRPC clients (Envoy too) retry, here on another replica.
+                    context.set_code(grpc.StatusCode.UNAVAILABLE)
+                    context.set_details(DRAIN_DETAILS)
                     return
                 if item is _SNAPSHOT_CHANGED:
                     pending_change = False
@@ -195,6 +218,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                             self._sending.release()
         finally:
             reader.cancel()
+            del self._inboxes[stream_id]
             if connection is not None:
                 self._cache.cancel(connection.watch)
             if self._connections.pop(stream_id, None) is not None:
