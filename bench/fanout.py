@@ -59,6 +59,7 @@ class Config:
     ready_timeout: float = 120.0  # server start until /readyz answers 200
     sync_timeout: float = 300.0  # until every stream ACKed its first CDS and LDS
     push_timeout: float = 120.0  # from the edit until every stream ACKed the new LDS
+    log_level: str = "warning"  # the server's; "info" logs a line per push (per proxy and type)
 
     @property
     def name(self) -> str:
@@ -165,7 +166,7 @@ class Run:
         try:
             started = time.monotonic()
             self.server = self._start(
-                serve_command(served, xds_port, admin_port),
+                serve_command(served, xds_port, admin_port, config.log_level),
                 self.server_log,
             )
             self._wait_ready(admin_port, started + config.ready_timeout)
@@ -365,11 +366,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--proxies", type=int, help="run one configuration of this many proxies instead")
     parser.add_argument("--groups", type=int, default=50, help="with --proxies (default: 50)")
     parser.add_argument("--virtual-services", type=int, default=1000, help="with --proxies (default: 1000)")
+    parser.add_argument(
+        "--log-level", default="warning", help="with --proxies: the server's log level (info logs every push)"
+    )
     parser.add_argument("--chart", type=Path, metavar="PNG", help="also draw the latency CDF (needs the bench extra)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if args.proxies:
-        results = [run_one(Config(args.proxies, args.groups, args.virtual_services))]
+        results = [run_one(Config(args.proxies, args.groups, args.virtual_services, log_level=args.log_level))]
     else:
         results = run(smoke=args.smoke)
     print_table(results)
