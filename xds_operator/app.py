@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import grpc
 
 from . import __version__, debug
 from .admin import AdminServer, Handler, WithQuery
@@ -19,6 +22,7 @@ from .xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
 
 if TYPE_CHECKING:  # the kubernetes client is imported only in Kubernetes mode
     from .operator.leader import LeaseConfig
+    from .operator.source import KubernetesSource
 
 log = logging.getLogger(__name__)
 
@@ -80,33 +84,36 @@ async def serve_kubernetes(
     pods = PodIndex()
     metrics = Metrics()
     cache = SnapshotCache(pods.ready_ips, on_commit=metrics.observe_build)
-    elector = None if election is None else LeaderElector(api, election, on_change=lambda leading: on_leader(leading))
-    writer = StatusWriter(api, leading=(lambda: elector.leading) if elector else (lambda: True))
+    elector: LeaderElector | None = None
+    writer = StatusWriter(api, leading=lambda: elector is None or elector.leading)
     source = KubernetesSource(cache, pods, writer)
     service = AggregatedDiscoveryService(
         cache, identify=source.identify, on_progress=source.on_progress, observer=metrics
     )
     source.bind(service)
-    if elector is not None:  # replicas count each other's proxies in status
-        source.peers = ProgressReports(
-            api, elector.config, on_change=source.on_progress, leading=lambda: elector.leading
-        )
+    where = "namespaces " + ", ".join(namespaces) if namespaces else "all namespaces"
+    description = f"VirtualServices from Kubernetes ({where})"
+    routes: dict[str, Handler | WithQuery] = {"/debug/virtualservices": lambda: (200, _records(source))}
+    background = [writer.run()]
+    if election is not None:
 
-    def on_leader(leading: bool) -> None:
-        if leading:  # a new leader writes every status it computed while following
-            source.on_progress()
-            writer.resume()
+        def on_leader(leading: bool) -> None:
+            if leading:  # a new leader writes every status it computed while following
+                source.on_progress()
+                writer.resume()
+
+        elector = LeaderElector(api, election, on_change=on_leader)
+        # Replicas publish their proxies' progress, so the leader's status counts every replica's proxies.
+        peers = source.peers = ProgressReports(
+            api, election, on_change=source.on_progress, leading=lambda: elector.leading
+        )
+        background += [elector.run(), peers.run()]
+        routes["/debug/leader"] = lambda: (200, {**elector.describe(), "peers": [p.identity for p in peers.peers()]})
+        description += f", status written by the holder of Lease {election.namespace}/{election.name}"
+        description += f" (this replica: {election.identity})"
 
     reflectors = start_watches(source, api, namespaces, asyncio.get_running_loop())
     for_kubernetes(metrics, service, cache, source, reflectors)
-    where = "namespaces " + ", ".join(namespaces) if namespaces else "all namespaces"
-    routes: dict[str, Handler] = {"/debug/virtualservices": lambda: (200, _records(source))}
-    description = f"VirtualServices from Kubernetes ({where})"
-    if elector is not None and source.peers is not None:
-        peers = source.peers
-        routes["/debug/leader"] = lambda: (200, {**elector.describe(), "peers": [p.identity for p in peers.peers()]})
-        description += f", status written by the holder of Lease {elector.config.namespace}/{elector.config.name}"
-        description += f" (this replica: {elector.identity})"
     try:
         await _run(
             service,
@@ -114,7 +121,7 @@ async def serve_kubernetes(
             xds_address,
             admin_host,
             admin_port,
-            background=[writer.run(), *([elector.run(), source.peers.run()] if elector and source.peers else [])],
+            background=background,
             before_serving=source.synced(),
             description=description,
             routes=routes,
@@ -131,7 +138,8 @@ async def serve_kubernetes(
         api.close()
 
 
-def _records(source: Any) -> dict:
+def _records(source: KubernetesSource) -> dict:
+    """/debug/virtualservices: per VirtualService, the generation seen and served, why it is rejected, its status."""
     return {
         f"{namespace}/{name}": {
             "generation": record.generation,
@@ -157,7 +165,10 @@ async def _run(
     tls: ServerTls | None = None,
     policy: ConnectionPolicy = DEFAULT_POLICY,
 ) -> None:
-    """Admin port first (so probes answer), then wait for the source's first state, then serve xDS."""
+    """Admin port first (so probes answer), then wait for the source's first state, then serve xDS until a signal.
+
+    `background`: the source's work, run meanwhile; one that ends (it should not) stops the process with its error.
+    """
     serving = False
 
     def readyz() -> tuple[int, object]:
@@ -172,20 +183,31 @@ async def _run(
             **(routes or {}),
         }
     )
-    bound_admin = await admin.start(admin_host, admin_port)
-    tasks = [asyncio.create_task(work) for work in background]
+    try:
+        bound_admin = await admin.start(admin_host, admin_port)
+    except OSError as error:
+        for work in [*background, *([before_serving] if before_serving else [])]:
+            work.close()  # never started: closed, or Python warns that they were never awaited
+        reason = os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror or str(error)
+        raise OSError(
+            f"cannot listen on the admin port {admin_host}:{admin_port}: {reason} (see --admin-address, --admin-port)"
+        ) from None
     shutdown = Shutdown(asyncio.get_running_loop())
-    stop = shutdown.requested
-    stopping = asyncio.create_task(stop.wait())
+    stopping = asyncio.create_task(shutdown.requested.wait())
+    tasks = [asyncio.create_task(work) for work in background]
+    synced = asyncio.create_task(before_serving) if before_serving is not None else None
     server = None
     try:
-        if before_serving is not None:
+        if synced is not None:
             log.info("waiting for the first complete list before serving xDS")
-            await asyncio.wait([stopping, asyncio.create_task(before_serving), *tasks], return_when="FIRST_COMPLETED")
+            await asyncio.wait([stopping, synced, *tasks], return_when=asyncio.FIRST_COMPLETED)
             _raise_if_failed(tasks)
-            if stop.is_set():
+            if shutdown.requested.is_set():
                 return
-        server, bound_xds = await start_server(service, xds_address, tls=tls, policy=policy)
+        try:
+            server, bound_xds = await start_server(service, xds_address, tls=tls, policy=policy)
+        except OSError as error:
+            raise OSError(f"{error} (see --xds-address, --xds-port)") from None
         serving = True
         log.info(
             "serving xDS (%s) on %s (port %d), admin on %s:%d, %s",
@@ -200,16 +222,23 @@ async def _run(
         _raise_if_failed(tasks)
     finally:
         serving = False
-        for task in [stopping, *tasks]:
+        started = [stopping, *tasks, *([synced] if synced else [])]
+        for task in started:
             task.cancel()
         if server is not None:
-            # Refuse new streams first, then end the open ones: proxies reconnect to another replica.
-            stopped = asyncio.create_task(server.stop(GRACE_SECONDS))
-            await asyncio.sleep(0)
-            log.info("shutting down: closing %d xDS stream(s) (grace %.0fs)", service.drain(), GRACE_SECONDS)
-            await stopped
+            await _drain(server, service)
+        # Let the cancelled work finish (a leader starts releasing its Lease) before the caller cleans up.
+        await asyncio.gather(*started, return_exceptions=True)
         await admin.stop()
         log.info("stopped")
+
+
+async def _drain(server: grpc.aio.Server, service: AggregatedDiscoveryService) -> None:
+    """Refuse new streams, then end the open ones: proxies reconnect, to another replica if there is one."""
+    stopped = asyncio.create_task(server.stop(GRACE_SECONDS))
+    await asyncio.sleep(0)  # stop() has begun refusing new streams
+    log.info("shutting down: closing %d xDS stream(s) (grace %.0fs)", service.drain(), GRACE_SECONDS)
+    await stopped
 
 
 def _raise_if_failed(tasks: Sequence[asyncio.Task]) -> None:

@@ -39,6 +39,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a port in 0..65535 (0 picks a free one)")
+    return value
+
+
 def _add_serve_transport_arguments(serve: argparse.ArgumentParser) -> None:
     group = serve.add_argument_group(
         "transport security and connections",
@@ -158,13 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--xds-address", default="0.0.0.0", metavar="HOST", help="address the xDS gRPC server binds (default: 0.0.0.0)"
     )
-    serve.add_argument("--xds-port", type=int, default=18000, metavar="PORT", help="xDS gRPC port (default: 18000)")
+    serve.add_argument("--xds-port", type=_port, default=18000, metavar="PORT", help="xDS gRPC port (default: 18000)")
     serve.add_argument(
         "--admin-address", default="127.0.0.1", metavar="HOST", help="address of the admin port (default: 127.0.0.1)"
     )
     serve.add_argument(
         "--admin-port",
-        type=int,
+        type=_port,
         default=19000,
         metavar="PORT",
         help="admin HTTP port: /healthz, /readyz, /metrics (Prometheus), /debug/proxies, "

@@ -312,8 +312,11 @@ async def start_server(
         ]
     )
     server.add_generic_rpc_handlers((_ads_handler(service),))
-    port = server.add_insecure_port(address) if tls is None else server.add_secure_port(address, tls.credentials())
+    try:
+        port = server.add_insecure_port(address) if tls is None else server.add_secure_port(address, tls.credentials())
+    except RuntimeError:  # how grpcio reports a failed bind (older versions returned port 0)
+        port = 0
     if port == 0:
-        raise OSError(f"cannot bind the xDS server to {address}")
+        raise OSError(f"cannot bind the xDS server to {address}: the port is in use or the address is not this host's")
     await server.start()
     return server, port

@@ -1,0 +1,52 @@
+"""`xds-operator serve` that cannot start says why, naming the flag, without a traceback or a warning."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+
+def serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`serve --dir` (an empty directory) with these arguments; it must end on its own."""
+    command = [sys.executable, "-m", "xds_operator.cli", "serve", "--dir", str(tmp_path), "--xds-address", "127.0.0.1"]
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A TCP port another socket listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("flag", ["--xds-port", "--admin-port"])
+@pytest.mark.parametrize("port", ["70000", "-1", "http"])
+def test_a_port_out_of_range_is_refused(tmp_path: Path, flag: str, port: str) -> None:
+    # 70000 used to be served silently on 70000 - 65536 = 4464.
+    other = "--admin-port" if flag == "--xds-port" else "--xds-port"
+    result = serve(tmp_path, flag, port, other, "0")
+    assert result.returncode == 2
+    assert f"argument {flag}: {port!r}: expected a port" in result.stderr
+
+
+def test_an_xds_port_in_use_is_reported_by_flag(tmp_path: Path, taken_port: int) -> None:
+    result = serve(tmp_path, "--xds-port", str(taken_port), "--admin-port", "0")
+    assert result.returncode == 1
+    assert f"cannot bind the xDS server to 127.0.0.1:{taken_port}" in result.stderr
+    assert "--xds-port" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_an_admin_port_in_use_is_reported_by_flag(tmp_path: Path, taken_port: int) -> None:
+    result = serve(tmp_path, "--xds-port", "0", "--admin-address", "127.0.0.1", "--admin-port", str(taken_port))
+    assert result.returncode == 1
+    assert f"cannot listen on the admin port 127.0.0.1:{taken_port}: Address already in use" in result.stderr
+    assert "--admin-port" in result.stderr
+    assert "never awaited" not in result.stderr and "Traceback" not in result.stderr
