@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .bootstrap import DEFAULT_KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS, MIN_KEEPALIVE_SECONDS
@@ -20,6 +21,9 @@ from .xds.transport import (
     TlsFileError,
     load_server_tls,
 )
+
+if TYPE_CHECKING:  # the kubernetes client loads only in Kubernetes mode
+    from .operator.leader import LeaseConfig
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -47,6 +51,79 @@ def _port(text: str) -> int:
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a port in 0..65535 (0 picks a free one)")
     return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="xds-operator",
+        description="An Envoy xDS control plane for UDP and TCP VirtualServices (servicemesh.l7mp.io/v1).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="default: info (debug adds every push and ACK, per proxy and type)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="text (default), or one JSON object per line: time, level, logger, message and the event's "
+        "fields (node_id, type, version, group, file, error...)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_serve, _add_validate, _add_render, _add_status, _add_bootstrap):
+        add(commands)
+    return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    """`serve`: the control plane (directory or Kubernetes mode)."""
+    serve = commands.add_parser(
+        "serve",
+        help="serve VirtualServices to Envoy over ADS",
+        description="Serve VirtualServices to Envoy proxies over aggregated xDS (ADS). "
+        "With --dir, from the VirtualService files in a directory, watched live; a proxy receives the "
+        "VirtualServices whose spec.selector is contained in its bootstrap's node.metadata.labels. "
+        "Without --dir, as a Kubernetes operator: it watches VirtualServices and Pods (in-cluster config, "
+        "or --kubeconfig / $KUBECONFIG outside a cluster), identifies each proxy by its node.id (pod UID or "
+        "<namespace>/<pod-name>), takes its labels from that Pod, and writes each VirtualService's status. "
+        f"On SIGTERM or SIGINT it ends every ADS stream (proxies reconnect, to another replica if there is one, "
+        f"and keep forwarding meanwhile), gives stuck streams {GRACE_SECONDS:.0f}s and exits within "
+        f"{EXIT_DEADLINE_SECONDS:.0f}s; a second signal exits at once.",
+    )
+    serve.add_argument(
+        "--dir", type=Path, metavar="DIR", help="serve the *.yaml / *.yml VirtualService files in DIR (no cluster)"
+    )
+    serve.add_argument(
+        "--kubeconfig", type=Path, metavar="FILE", help="Kubernetes mode: kubeconfig to use outside a cluster"
+    )
+    serve.add_argument(
+        "--namespace",
+        action="append",
+        default=[],
+        metavar="NS",
+        help="Kubernetes mode: watch VirtualServices and Pods only in NS (repeatable; default: all namespaces)",
+    )
+    serve.add_argument(
+        "--xds-address", default="0.0.0.0", metavar="HOST", help="address the xDS gRPC server binds (default: 0.0.0.0)"
+    )
+    serve.add_argument("--xds-port", type=_port, default=18000, metavar="PORT", help="xDS gRPC port (default: 18000)")
+    serve.add_argument(
+        "--admin-address", default="127.0.0.1", metavar="HOST", help="address of the admin port (default: 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--admin-port",
+        type=_port,
+        default=19000,
+        metavar="PORT",
+        help="admin HTTP port: /healthz, /readyz, /metrics (Prometheus), /debug/proxies, "
+        "/debug/config_dump?node=ID (default: 19000)",
+    )
+    _add_serve_transport_arguments(serve)
+    _add_leader_election_arguments(serve)
+    serve.set_defaults(run=_serve)
 
 
 def _add_serve_transport_arguments(serve: argparse.ArgumentParser) -> None:
@@ -92,95 +169,7 @@ def _add_serve_transport_arguments(serve: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_bootstrap_transport_arguments(bootstrap: argparse.ArgumentParser) -> None:
-    group = bootstrap.add_argument_group(
-        "transport security and keepalive",
-        "With --tls-ca the proxy connects over TLS and verifies the control plane's certificate: signed by "
-        "that CA, with --tls-server-name as a SAN. Paths are as Envoy sees them.",
-    )
-    group.add_argument("--tls-ca", metavar="FILE", help="connect over TLS, trusting this PEM CA for the server")
-    group.add_argument("--tls-cert", metavar="FILE", help="mTLS: the proxy's PEM client certificate (with --tls-key)")
-    group.add_argument("--tls-key", metavar="FILE", help="mTLS: the private key of --tls-cert")
-    group.add_argument(
-        "--tls-server-name",
-        metavar="NAME",
-        help="the DNS name or IP address the server's certificate must carry as a SAN; sent as SNI when a "
-        "name (default: the host of --xds-address)",
-    )
-    group.add_argument(
-        "--keepalive",
-        type=_seconds,
-        default=DEFAULT_KEEPALIVE_SECONDS,
-        metavar="SECONDS",
-        help=f"HTTP/2 PING interval on the xDS connection (default: {DEFAULT_KEEPALIVE_SECONDS:g}; 0: off; "
-        f"at least {MIN_KEEPALIVE_SECONDS:g}); no answer within min(interval, {KEEPALIVE_TIMEOUT_SECONDS:g}s) "
-        "closes it and Envoy reconnects",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="xds-operator",
-        description="An Envoy xDS control plane for UDP and TCP VirtualServices (servicemesh.l7mp.io/v1).",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "--log-level",
-        default="info",
-        choices=["debug", "info", "warning", "error"],
-        help="default: info (debug adds every push and ACK, per proxy and type)",
-    )
-    parser.add_argument(
-        "--log-format",
-        default="text",
-        choices=["text", "json"],
-        help="text (default), or one JSON object per line: time, level, logger, message and the event's "
-        "fields (node_id, type, version, group, file, error...)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = commands.add_parser(
-        "serve",
-        help="serve VirtualServices to Envoy over ADS",
-        description="Serve VirtualServices to Envoy proxies over aggregated xDS (ADS). "
-        "With --dir, from the VirtualService files in a directory, watched live; a proxy receives the "
-        "VirtualServices whose spec.selector is contained in its bootstrap's node.metadata.labels. "
-        "Without --dir, as a Kubernetes operator: it watches VirtualServices and Pods (in-cluster config, "
-        "or --kubeconfig / $KUBECONFIG outside a cluster), identifies each proxy by its node.id (pod UID or "
-        "<namespace>/<pod-name>), takes its labels from that Pod, and writes each VirtualService's status. "
-        f"On SIGTERM or SIGINT it ends every ADS stream (proxies reconnect, to another replica if there is one, "
-        f"and keep forwarding meanwhile), gives stuck streams {GRACE_SECONDS:.0f}s and exits within "
-        f"{EXIT_DEADLINE_SECONDS:.0f}s; a second signal exits at once.",
-    )
-    serve.add_argument(
-        "--dir", type=Path, metavar="DIR", help="serve the *.yaml / *.yml VirtualService files in DIR (no cluster)"
-    )
-    serve.add_argument(
-        "--kubeconfig", type=Path, metavar="FILE", help="Kubernetes mode: kubeconfig to use outside a cluster"
-    )
-    serve.add_argument(
-        "--namespace",
-        action="append",
-        default=[],
-        metavar="NS",
-        help="Kubernetes mode: watch VirtualServices and Pods only in NS (repeatable; default: all namespaces)",
-    )
-    serve.add_argument(
-        "--xds-address", default="0.0.0.0", metavar="HOST", help="address the xDS gRPC server binds (default: 0.0.0.0)"
-    )
-    serve.add_argument("--xds-port", type=_port, default=18000, metavar="PORT", help="xDS gRPC port (default: 18000)")
-    serve.add_argument(
-        "--admin-address", default="127.0.0.1", metavar="HOST", help="address of the admin port (default: 127.0.0.1)"
-    )
-    serve.add_argument(
-        "--admin-port",
-        type=_port,
-        default=19000,
-        metavar="PORT",
-        help="admin HTTP port: /healthz, /readyz, /metrics (Prometheus), /debug/proxies, "
-        "/debug/config_dump?node=ID (default: 19000)",
-    )
-    _add_serve_transport_arguments(serve)
+def _add_leader_election_arguments(serve: argparse.ArgumentParser) -> None:
     election = serve.add_argument_group(
         "leader election (Kubernetes mode)",
         "Every replica serves xDS; only the holder of a coordination.k8s.io Lease writes VirtualService "
@@ -215,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-period", type=float, default=2.0, metavar="S", help="renew / try to acquire every (default: 2)"
     )
 
+
+def _add_validate(commands: argparse._SubParsersAction) -> None:
+    """`validate`: check VirtualService files."""
     validate = commands.add_parser(
         "validate",
         help="check VirtualService files without serving them",
@@ -222,7 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
         "problem with its file and field path. Exit status 1 if any document is invalid.",
     )
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    validate.set_defaults(run=_validate)
 
+
+def _add_render(commands: argparse._SubParsersAction) -> None:
+    """`render`: the Envoy resources files give a proxy, without a server."""
     render = commands.add_parser(
         "render",
         help="print the Envoy resources VirtualService files give a proxy, without a server",
@@ -242,7 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="a label of the proxy; repeatable (a VirtualService applies if its selector is contained in them)",
     )
     render.add_argument("--output", "-o", choices=["json", "yaml"], default="json", help="default: json")
+    render.set_defaults(run=_render)
 
+
+def _add_status(commands: argparse._SubParsersAction) -> None:
+    """`status`: the proxies of a running control plane."""
     status = commands.add_parser(
         "status",
         help="show every connected proxy and whether it runs what it was sent",
@@ -258,7 +258,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="the control plane's admin port (default: 127.0.0.1:19000)",
     )
     status.add_argument("--output", "-o", choices=["text", "json"], default="text", help="default: text")
+    status.set_defaults(run=_status)
 
+
+def _add_bootstrap(commands: argparse._SubParsersAction) -> None:
+    """`bootstrap`: an Envoy bootstrap pointing at the control plane."""
     bootstrap = commands.add_parser(
         "bootstrap",
         help="print an Envoy bootstrap pointing at this control plane",
@@ -294,7 +298,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="use incremental xDS (DELTA_GRPC): only changed resources go on the wire (default: state of the world)",
     )
     _add_bootstrap_transport_arguments(bootstrap)
-    return parser
+    bootstrap.set_defaults(run=_bootstrap)
+
+
+def _add_bootstrap_transport_arguments(bootstrap: argparse.ArgumentParser) -> None:
+    group = bootstrap.add_argument_group(
+        "transport security and keepalive",
+        "With --tls-ca the proxy connects over TLS and verifies the control plane's certificate: signed by "
+        "that CA, with --tls-server-name as a SAN. Paths are as Envoy sees them.",
+    )
+    group.add_argument("--tls-ca", metavar="FILE", help="connect over TLS, trusting this PEM CA for the server")
+    group.add_argument("--tls-cert", metavar="FILE", help="mTLS: the proxy's PEM client certificate (with --tls-key)")
+    group.add_argument("--tls-key", metavar="FILE", help="mTLS: the private key of --tls-cert")
+    group.add_argument(
+        "--tls-server-name",
+        metavar="NAME",
+        help="the DNS name or IP address the server's certificate must carry as a SAN; sent as SNI when a "
+        "name (default: the host of --xds-address)",
+    )
+    group.add_argument(
+        "--keepalive",
+        type=_seconds,
+        default=DEFAULT_KEEPALIVE_SECONDS,
+        metavar="SECONDS",
+        help=f"HTTP/2 PING interval on the xDS connection (default: {DEFAULT_KEEPALIVE_SECONDS:g}; 0: off; "
+        f"at least {MIN_KEEPALIVE_SECONDS:g}); no answer within min(interval, {KEEPALIVE_TIMEOUT_SECONDS:g}s) "
+        "closes it and Envoy reconnects",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     configure(args.log_level, args.log_format)
-    commands = {"serve": _serve, "validate": _validate, "render": _render, "status": _status, "bootstrap": _bootstrap}
-    return commands[args.command](args)
+    return args.run(args)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -346,7 +375,7 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lease_config(args: argparse.Namespace):  # -> LeaseConfig | None; the kubernetes client loads lazily
+def _lease_config(args: argparse.Namespace) -> LeaseConfig | None:
     from .operator.leader import LeaseConfig, default_identity, default_namespace
 
     if not args.leader_elect:
