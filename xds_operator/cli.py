@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="default: info (debug adds every push and ACK, per proxy and type)",
+        help="default: info (logs every push, per proxy and type; debug adds every ACK)",
     )
     parser.add_argument(
         "--log-format",

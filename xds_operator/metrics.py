@@ -25,12 +25,8 @@ from .xds.stream import ProxyStream, StreamObserver
 PREFIX = "xds_operator_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 VARIANTS = ("sotw", "delta")
-CONDITIONS = (
-    "Accepted",
-    "Programmed",
-    "Ready",
-    "Conflicted",
-)  # Kubernetes mode; directory mode has Accepted and Conflicted
+# Kubernetes mode; directory mode has Accepted and Conflicted only.
+CONDITIONS = ("Accepted", "Programmed", "Ready", "Conflicted")
 CONDITION_STATUSES = ("True", "False", "Unknown")
 # Envoy usually ACKs within milliseconds; warming clusters (DNS, health checks) can take seconds.
 ACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
