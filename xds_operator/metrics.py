@@ -12,15 +12,22 @@ import bisect
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .xds.cache import SnapshotCache
+from .xds.server import AggregatedDiscoveryService, Connection
 from .xds.snapshot import PUSH_ORDER, SHORT_NAMES
 from .xds.stream import ProxyStream, StreamObserver
+
+if TYPE_CHECKING:  # the sources are imported only by the mode that runs them
+    from .files import DirectorySource
+    from .operator.reflector import Reflector
+    from .operator.source import KubernetesSource
 
 PREFIX = "xds_operator_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -66,7 +73,7 @@ class Metrics(StreamObserver):
 
     # -- read when scraped ---------------------------------------------------------------------
 
-    def read_serving(self, connections: Callable[[], Iterable[Any]], group_count: Callable[[], int]) -> None:
+    def read_serving(self, connections: Callable[[], Iterable[Connection]], group_count: Callable[[], int]) -> None:
         """Connected proxies by ADS variant (from the service's connections) and proxy groups (from the cache)."""
 
         def read() -> Iterator[Metric]:
@@ -113,7 +120,7 @@ class Metrics(StreamObserver):
 
         self._readers.append(read)
 
-    def read_watches(self, reflectors: Sequence[Any]) -> None:
+    def read_watches(self, reflectors: Sequence[Reflector]) -> None:
         """Kubernetes list/watch loops: watches re-established (ended, dropped, failed) and full relists (410 Gone)."""
 
         def read() -> Iterator[Metric]:
@@ -216,7 +223,9 @@ def condition_counts(statuses: Iterable[Mapping[str, Any] | None]) -> dict[tuple
     return counts
 
 
-def for_directory(metrics: Metrics, service: Any, cache: Any, source: Any) -> None:
+def for_directory(
+    metrics: Metrics, service: AggregatedDiscoveryService, cache: SnapshotCache, source: DirectorySource
+) -> None:
     """Directory mode: what is read at scrape time from the ADS service, the cache and the DirectorySource."""
     metrics.read_serving(service.connections, cache.group_count)
 
@@ -233,7 +242,13 @@ def for_directory(metrics: Metrics, service: Any, cache: Any, source: Any) -> No
     metrics.read_source_errors(lambda: {"invalid_document": 0, "unreadable_file": 0, **source.errors})
 
 
-def for_kubernetes(metrics: Metrics, service: Any, cache: Any, source: Any, reflectors: Sequence[Any]) -> None:
+def for_kubernetes(
+    metrics: Metrics,
+    service: AggregatedDiscoveryService,
+    cache: SnapshotCache,
+    source: KubernetesSource,
+    reflectors: Sequence[Reflector],
+) -> None:
     """Kubernetes mode: as above, with VirtualServices counted from their status and the watches' restarts."""
     metrics.read_serving(service.connections, cache.group_count)
     writer = source.status
