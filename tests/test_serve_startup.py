@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from xds_operator.cli import main
+
 
 def serve(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """`serve --dir` (an empty directory) with these arguments; it must end on its own."""
@@ -50,3 +52,18 @@ def test_an_admin_port_in_use_is_reported_by_flag(tmp_path: Path, taken_port: in
     assert f"cannot listen on the admin port 127.0.0.1:{taken_port}: Address already in use" in result.stderr
     assert "--admin-port" in result.stderr
     assert "never awaited" not in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--lease-duration", "--renew-deadline", "--retry-period"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_a_lease_duration_that_is_not_a_finite_number_of_seconds_is_refused(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # NaN passed every consistency check (each comparison with it is false) and reached the election.
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)  # were it to get that far, it would not serve
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-such-kubeconfig"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_:
+        main(["serve", flag, value])
+    assert exit_.value.code == 2
+    assert f"argument {flag}: {value!r}: expected a finite number of seconds" in capsys.readouterr().err

@@ -191,17 +191,17 @@ def _add_leader_election_arguments(serve: argparse.ArgumentParser) -> None:
         "--identity", metavar="ID", help="this replica's name in the Lease (default: $POD_NAME, else hostname_random)"
     )
     election.add_argument(
-        "--lease-duration", type=float, default=15.0, metavar="S", help="a claim without renewal lasts (default: 15)"
+        "--lease-duration", type=_seconds, default=15.0, metavar="S", help="a claim without renewal lasts (default: 15)"
     )
     election.add_argument(
         "--renew-deadline",
-        type=float,
+        type=_seconds,
         default=10.0,
         metavar="S",
         help="the leader stops writing when it could not renew for this long (default: 10)",
     )
     election.add_argument(
-        "--retry-period", type=float, default=2.0, metavar="S", help="renew / try to acquire every (default: 2)"
+        "--retry-period", type=_seconds, default=2.0, metavar="S", help="renew / try to acquire every (default: 2)"
     )
 
 
