@@ -20,9 +20,10 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from .xds.cache import SnapshotCache
+from .xds.delta import DeltaStream
 from .xds.server import AggregatedDiscoveryService, Connection
 from .xds.snapshot import PUSH_ORDER, SHORT_NAMES
-from .xds.stream import ProxyStream, StreamObserver
+from .xds.stream import ProxyStream, SotwStream, StreamObserver
 
 if TYPE_CHECKING:  # the sources are imported only by the mode that runs them
     from .files import DirectorySource
@@ -31,7 +32,7 @@ if TYPE_CHECKING:  # the sources are imported only by the mode that runs them
 
 PREFIX = "xds_operator_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-VARIANTS = ("sotw", "delta")
+VARIANTS = (SotwStream.variant, DeltaStream.variant)
 # Kubernetes mode; directory mode has Accepted and Conflicted only.
 CONDITIONS = ("Accepted", "Programmed", "Ready", "Conflicted")
 CONDITION_STATUSES = ("True", "False", "Unknown")

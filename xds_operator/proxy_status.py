@@ -10,7 +10,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 
-TYPES = ("CDS", "EDS", "LDS")
+from .xds.snapshot import PUSH_ORDER, SHORT_NAMES
+
+TYPES = tuple(SHORT_NAMES[type_url] for type_url in PUSH_ORDER)  # CDS, EDS, LDS
 TIMEOUT_SECONDS = 5.0
 STATES = {"ACKed": "ACKED", "NACKed": "NACKED", "pending": "PENDING", "waiting": "NOT SENT"}
 

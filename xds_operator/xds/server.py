@@ -109,6 +109,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         ]
 
     def connections(self) -> list[Connection]:
+        """Streams whose proxy has sent its first request, oldest first (a reconnecting proxy may have two)."""
         return list(self._connections.values())
 
     def counts(self) -> dict[str, int]:
@@ -123,6 +124,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         return len(self._inboxes)
 
     def progress(self) -> list[ProxyProgress]:
+        """Per connected proxy, what status needs: the snapshot it should run, the one it runs, its NACK."""
         return [
             ProxyProgress(c.stream.node_id, c.watch.labels, c.watch.snapshot, c.applied, c.stream.rejection())
             for c in self._connections.values()
