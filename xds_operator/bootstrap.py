@@ -37,13 +37,14 @@ class ClientTls:
             raise ValueError("--tls-cert and --tls-key go together: give both for a client certificate, or neither")
 
 
-def split_host_port(address: str, *, allow_port_zero: bool = False) -> tuple[str, int]:
-    """Parse HOST:PORT (IPv6 as [::1]:PORT). Raises ValueError with a readable message."""
+def split_host_port(address: str, *, allow_port_zero: bool = False, flag: str = "") -> tuple[str, int]:
+    """Parse HOST:PORT (IPv6 as [::1]:PORT). Raises ValueError with a readable message, naming `flag` if given."""
     host, sep, port = address.rpartition(":")
     host = host.strip("[]")
     lowest = 0 if allow_port_zero else 1
     if not sep or not host or not port.isdigit() or not lowest <= int(port) <= 65535:
-        raise ValueError(f"{address!r}: expected HOST:PORT with a port in {lowest}..65535")
+        where = f"{flag} " if flag else ""
+        raise ValueError(f"{where}{address!r}: expected HOST:PORT with a port in {lowest}..65535")
     return host, int(port)
 
 
@@ -64,8 +65,8 @@ def envoy_bootstrap(
     tls: connect over TLS, verifying the server's certificate (and present a client certificate).
     keepalive: seconds between Envoy's HTTP/2 PINGs on the xDS connection; 0 sends none.
     """
-    xds_host, xds_port = split_host_port(xds_address)
-    admin_host, admin_port = split_host_port(admin_address, allow_port_zero=True)
+    xds_host, xds_port = split_host_port(xds_address, flag="--xds-address")
+    admin_host, admin_port = split_host_port(admin_address, allow_port_zero=True, flag="--admin-address")
     discovery = "STATIC" if is_ip(xds_host) else "STRICT_DNS"
     if keepalive != 0 and not keepalive >= MIN_KEEPALIVE_SECONDS:
         raise ValueError(

@@ -14,8 +14,8 @@ import logging
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .snapshot import NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Selection, Snapshot
-from .stream import ProxyStream, StreamObserver, TypeState
+from .snapshot import NAMED_TYPES, SHORT_NAMES, Selection, Snapshot
+from .stream import ProxyStream, StreamObserver, TypeState, nack_text
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +34,16 @@ class DeltaStream(ProxyStream):
     ) -> list[bytes]:
         """Handle a request; return the serialized DeltaDiscoveryResponses to send."""
         type_url = request.type_url
-        if type_url not in PUSH_ORDER:
-            log.info("proxy %s asked for unsupported type %s; ignored", self.node_id, type_url)
+        state = self._type_state(type_url)
+        if state is None:
             return []
-        state = self.types.setdefault(type_url, TypeState())
         first = not state.subscribed
         if first:
             state.subscribed = True
             state.known = dict(request.initial_resource_versions)
             state.names = frozenset() if type_url in NAMED_TYPES else None  # CDS and LDS: always wildcard
         elif request.response_nonce and request.response_nonce == state.nonce:
-            error = request.error_detail.message if request.HasField("error_detail") else None
-            self._acknowledge(type_url, state, error, state.acked_version)
+            self._acknowledge(type_url, state, nack_text(request), state.acked_version)
         elif request.response_nonce:
             log.debug("proxy %s: stale %s nonce %r", self.node_id, SHORT_NAMES[type_url], request.response_nonce)
         # Subscription changes count even with a stale nonce (the protocol says so).

@@ -126,6 +126,13 @@ class ProxyStream:
             extra={**fields, "kept_version": running, "error": error},
         )
 
+    def _type_state(self, type_url: str) -> TypeState | None:
+        """The state of a requested type, created on first use; None (logged) for a type this server does not serve."""
+        if type_url not in PUSH_ORDER:
+            log.info("proxy %s asked for unsupported type %s; ignored", self.node_id, type_url)
+            return None
+        return self.types.setdefault(type_url, TypeState())
+
     def has_applied(self, snapshot: Snapshot) -> bool:
         """The proxy ACKed, for every type it subscribed to (clusters and listeners at least), this snapshot."""
         subscribed = {type_url: state for type_url, state in self.types.items() if state.subscribed}
@@ -163,10 +170,9 @@ class SotwStream(ProxyStream):
     ) -> list[bytes]:
         """Handle a request; return the serialized DiscoveryResponses to send."""
         type_url = request.type_url
-        if type_url not in PUSH_ORDER:
-            log.info("proxy %s asked for unsupported type %s; ignored", self.node_id, type_url)
+        state = self._type_state(type_url)
+        if state is None:
             return []
-        state = self.types.setdefault(type_url, TypeState())
         if not state.subscribed:
             # First request of this type on this stream (any nonce it carries is from an
             # earlier stream): an Envoy that reconnects says which version it already has,
@@ -178,7 +184,7 @@ class SotwStream(ProxyStream):
             )
             return []
         else:
-            error = request.error_detail.message if request.HasField("error_detail") else None
+            error = nack_text(request)
             # A NACK's version_info is the version the proxy still runs (its ACK may have crossed a push).
             self._acknowledge(type_url, state, error, request.version_info or None)
         state.subscribed = True
@@ -203,3 +209,8 @@ class SotwStream(ProxyStream):
         )
         state.nonce = wanted.nonce
         return wanted.sotw_response
+
+
+def nack_text(request: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest) -> str | None:
+    """Envoy's reason for rejecting the response a request answers; None for an ACK."""
+    return request.error_detail.message if request.HasField("error_detail") else None
