@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from xds_operator.cli import main
@@ -67,3 +70,24 @@ def test_a_lease_duration_that_is_not_a_finite_number_of_seconds_is_refused(
         main(["serve", flag, value])
     assert exit_.value.code == 2
     assert f"argument {flag}: {value!r}: expected a finite number of seconds" in capsys.readouterr().err
+
+
+def test_an_ipv6_xds_address_is_served(tmp_path: Path) -> None:
+    # `--xds-address ::1` was handed to gRPC as "::1:18000", which it cannot bind.
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "xds_operator.cli", "serve", "--dir", str(tmp_path)]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [*command, "--xds-address", "::1", "--xds-port", "0", "--admin-port", "0"], stderr=stderr
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (serving := re.search(r"serving xDS \(plaintext\) on \[::1\]:0 \(port (\d+)\)", log.read_text())):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "timed out waiting for the server"
+            time.sleep(0.05)
+        with grpc.insecure_channel(f"[::1]:{serving.group(1)}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -339,7 +339,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import serve_directory, serve_kubernetes
     from .operator.kube import NoKubernetesConfig
 
-    xds_address = f"{args.xds_address}:{args.xds_port}"
+    host = f"[{args.xds_address}]" if ":" in args.xds_address else args.xds_address  # an IPv6 address
+    xds_address = f"{host}:{args.xds_port}"
     transport = _serve_transport(args)
     if isinstance(transport, int):
         return transport
