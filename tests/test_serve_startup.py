@@ -1,4 +1,5 @@
-"""`xds-operator serve` that cannot start says why, naming the flag, without a traceback or a warning."""
+"""Starting `xds-operator serve`: a bad or busy port or address is reported by its flag (no traceback, no
+warning); durations must be finite; an IPv6 xDS address is served."""
 
 from __future__ import annotations
 
