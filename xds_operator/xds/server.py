@@ -199,13 +199,9 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                         else []
                     )
                 else:
-                    if connection is None:
-                        # Envoy may send its node only in the first request.
-                        stream = make_stream(item.node.id or context.peer(), self._observer)
-                        watch = self._cache.watch(self._identify(item.node), on_change)
-                        connection = self._connections[stream_id] = Connection(item.node, stream, watch)
-                        pending_change = False
-                        _log_connected(stream, watch)
+                    if connection is None:  # Envoy may send its node only in the first request
+                        connection = self._connect(stream_id, item.node, context.peer(), make_stream, on_change)
+                        pending_change = False  # the first answer covers the snapshot the watch starts with
                     responses = connection.stream.on_request(item, connection.watch.snapshot, connection.watch.since)
                     self._note_progress(connection)
                 for response in responses:
@@ -230,6 +226,21 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     extra={"node_id": connection.stream.node_id, "variant": connection.stream.variant},
                 )
                 self._on_progress()
+
+    def _connect(
+        self,
+        stream_id: int,
+        node: base_pb2.Node,
+        peer: str,
+        make_stream: Callable[[str, StreamObserver], Any],
+        on_change: Callable[[], None],
+    ) -> Connection:
+        """The stream's first request: its proxy's protocol state, and a watch on its group's snapshot."""
+        stream = make_stream(node.id or peer, self._observer)
+        watch = self._cache.watch(self._identify(node), on_change)
+        connection = self._connections[stream_id] = Connection(node, stream, watch)
+        _log_connected(stream, watch)
+        return connection
 
     async def _send_slot(self) -> bool:
         """Take one of the in-flight slots; False if none freed up in time (then send anyway)."""
