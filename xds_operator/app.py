@@ -15,6 +15,7 @@ from . import __version__, debug
 from .admin import AdminServer, Handler, WithQuery
 from .files import DirectorySource
 from .metrics import Metrics, for_directory, for_kubernetes
+from .net import join_host_port
 from .shutdown import GRACE_SECONDS, Shutdown
 from .xds.cache import SnapshotCache
 from .xds.server import AggregatedDiscoveryService, start_server
@@ -190,7 +191,8 @@ async def _run(
             work.close()  # never started: closed, or Python warns that they were never awaited
         reason = os.strerror(error.errno) if error.errno and error.errno > 0 else error.strerror or str(error)
         raise OSError(
-            f"cannot listen on the admin port {admin_host}:{admin_port}: {reason} (see --admin-address, --admin-port)"
+            f"cannot listen on the admin port {join_host_port(admin_host, admin_port)}: {reason}"
+            " (see --admin-address, --admin-port)"
         ) from None
     shutdown = Shutdown(asyncio.get_running_loop())
     stopping = asyncio.create_task(shutdown.requested.wait())
@@ -210,12 +212,11 @@ async def _run(
             raise OSError(f"{error} (see --xds-address, --xds-port)") from None
         serving = True
         log.info(
-            "serving xDS (%s) on %s (port %d), admin on %s:%d, %s",
+            "serving xDS (%s) on %s (port %d), admin on %s, %s",
             "plaintext" if tls is None else "mTLS" if tls.client_ca else "TLS",
             xds_address,
             bound_xds,
-            admin_host,
-            bound_admin,
+            join_host_port(admin_host, bound_admin),
             description,
         )
         await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)

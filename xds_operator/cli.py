@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .bootstrap import DEFAULT_KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS, MIN_KEEPALIVE_SECONDS
+from .net import join_host_port
 from .shutdown import EXIT_DEADLINE_SECONDS, GRACE_SECONDS
 from .xds.transport import (
     DEFAULT_POLICY,
@@ -339,8 +340,7 @@ def _serve(args: argparse.Namespace) -> int:
     from .app import serve_directory, serve_kubernetes
     from .operator.kube import NoKubernetesConfig
 
-    host = f"[{args.xds_address}]" if ":" in args.xds_address else args.xds_address  # an IPv6 address
-    xds_address = f"{host}:{args.xds_port}"
+    xds_address = join_host_port(args.xds_address, args.xds_port)
     transport = _serve_transport(args)
     if isinstance(transport, int):
         return transport

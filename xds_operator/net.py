@@ -1,4 +1,4 @@
-"""Small network helpers shared by validation, bootstraps and readiness."""
+"""Small network helpers shared by validation, bootstraps, readiness and the serve command."""
 
 from __future__ import annotations
 
@@ -14,3 +14,8 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def join_host_port(host: str, port: int) -> str:
+    """HOST:PORT, with an IPv6 address in brackets (as gRPC and URLs want it)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
