@@ -23,11 +23,17 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+from certs import Pki, make_pki
+from fake_apiserver import FakeApiServer
 
 from xds_operator.echo import EchoWorker, TcpEchoWorker
+
+if TYPE_CHECKING:
+    from .kube import Cluster
 
 ENVOY = Path(sys.executable).parent / "envoy"  # never `import envoy`: xds-protos owns that package too
 POLL = 0.05  # seconds between polls
@@ -564,6 +570,56 @@ PROXY_LABELS = {"app": "e2e-ingress", "tier": "edge"}
 def envoy(start_envoy: Callable[..., Envoy]) -> Envoy:
     """One Envoy with PROXY_LABELS."""
     return start_envoy(PROXY_LABELS)
+
+
+# ---------------------------------------------------------------- TLS and Kubernetes mode
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA with server and client certificates, and an untrusted CA with its own (tests/certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiServer]:
+    with FakeApiServer(bookmark_interval=1.0) as server:
+        yield server
+
+
+@pytest.fixture
+def cluster(apiserver: FakeApiServer) -> Iterator[Cluster]:
+    """The app's and the kubelet's view of the fake API server (tests/e2e/kube.py); workers closed at teardown."""
+    from .kube import Cluster  # kube.py builds on this module
+
+    made = Cluster(apiserver)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def operator_args() -> list[str]:
+    """More `xds-operator serve` options for `operator` (test modules may override this fixture)."""
+    return []
+
+
+@pytest.fixture
+def operator(
+    request: pytest.FixtureRequest, tmp_path: Path, apiserver: FakeApiServer, operator_args: list[str]
+) -> Iterator[ControlPlane]:
+    """`xds-operator serve --kubeconfig` against the fake API server. A module whose Envoys connect to it
+    overrides `xds_server` to return it."""
+    kubeconfig = apiserver.kubeconfig(tmp_path / "kubeconfig")
+    yield from launch_control_plane(request, tmp_path, ["--kubeconfig", str(kubeconfig), *operator_args])
+
+
+@pytest.fixture
+def ingress(cluster: Cluster, start_envoy: Callable[..., Envoy]) -> Envoy:
+    """An Envoy whose node.id names its pod; the labels it would claim are ignored in this mode."""
+    from .kube import INGRESS, NS
+
+    cluster.pod("envoy-0", INGRESS, "127.0.0.1")
+    return start_envoy({}, node_id=f"{NS}/envoy-0")
 
 
 # ---------------------------------------------------------------- echo workers and VirtualService files

@@ -31,19 +31,11 @@ from .conftest import (
     virtual_service,
     wait_until,
 )
+from .kube import GROUP, INGRESS, NS, PLURAL, VERSION
 
-GROUP, VERSION, PLURAL = "servicemesh.l7mp.io", "v1", "virtualservices"
-NS = "media"
 LEASE_NS = "xds-operator-system"
-INGRESS = {"app": "envoy-ingress"}
 WAIT = 20.0  # a takeover waits for the Lease to expire, under load too
 SHORT = ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.2"]  # a takeover waits 3 s
-
-
-@pytest.fixture
-def apiserver() -> Iterator[FakeApiServer]:
-    with FakeApiServer(bookmark_interval=1.0) as server:
-        yield server
 
 
 class Replicas:
@@ -105,16 +97,9 @@ def objects(apiserver: FakeApiServer) -> Iterator[client.CustomObjectsApi]:
 
 
 def vs_body(name: str, port: int = 2000) -> dict[str, Any]:
-    cluster = {"name": f"{name}-c", "endpoints": [{"name": "w", "host": {"address": "127.0.0.1"}, "port": 9}]}
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "VirtualService",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "selector": dict(INGRESS),
-            "listeners": [{"name": f"{name}-l", "udp": {"port": port, "cluster": cluster}}],
-        },
-    }
+    return virtual_service(
+        name, port, [{"name": "w", "host": {"address": "127.0.0.1"}, "port": 9}], selector=INGRESS, namespace=NS
+    )
 
 
 def conditions(apiserver: FakeApiServer, name: str) -> dict[str, dict]:
