@@ -185,21 +185,11 @@ def test_a_stopped_leader_hands_over_at_once(replicas, apiserver, objects):
     assert replicas.leading(other(leader))
 
 
-def test_status_counts_the_proxies_of_every_replica(replicas, apiserver, objects, start_envoy):
+def test_status_counts_the_proxies_of_every_replica(replicas, apiserver, cluster, objects, start_envoy):
     """Two Envoys, one per replica: the leader's Programmed counts both (each replica sees only its own)."""
     a, b = replicas.start("replica-a"), replicas.start("replica-b")
-    core_api = apiserver.api_client()
-    core = client.CoreV1Api(core_api)
     for pod in ("envoy-a", "envoy-b"):
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod, "namespace": NS, "labels": INGRESS},
-            "spec": {"containers": [{"name": "envoy", "image": "envoy"}]},
-            "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
-        }
-        core.create_namespaced_pod(NS, body)
-    core_api.close()
+        cluster.pod(pod, INGRESS, "127.0.0.1")
     port = free_udp_port()
     objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, vs_body("calls", port))
     envoy_a = start_envoy({}, node_id=f"{NS}/envoy-a", xds_address=a.xds_address)
