@@ -21,6 +21,8 @@ import pytest
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
+from xds_operator.shutdown import EXIT_DEADLINE_SECONDS
+
 from .conftest import (
     ControlPlane,
     Envoy,
@@ -34,7 +36,7 @@ from .conftest import (
 from .kube import GROUP, INGRESS, NS, PLURAL, VERSION
 
 LEASE_NS = "xds-operator-system"
-WAIT = 20.0  # a takeover waits for the Lease to expire, under load too
+WAIT = 45.0  # a takeover waits for the Lease to expire on top of the usual (conftest.WAIT), under load too
 SHORT = ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.2"]  # a takeover waits 3 s
 
 
@@ -177,8 +179,8 @@ def test_a_stopped_leader_hands_over_at_once(replicas, apiserver, objects):
     replicas.start("replica-b", long_lease)
     leader = replicas.leader()
     replicas.planes[leader].process.send_signal(signal.SIGTERM)
-    replicas.planes[leader].process.wait(timeout=10)
-    # Far sooner than the 60 s the Lease would take to expire: the stopped leader released it.
+    replicas.planes[leader].process.wait(timeout=EXIT_DEADLINE_SECONDS + 10)  # room for a loaded machine
+    # Far sooner than the 60 s the Lease would take to expire (WAIT is less): the stopped leader released it.
     wait_until(lambda: replicas.holder() == other(leader), "the other replica to take the Lease", WAIT)
     objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, vs_body("calls"))
     wait_status(apiserver, "calls", 1)
@@ -262,7 +264,7 @@ def test_an_envoy_moving_to_another_replica_with_the_same_input_is_sent_nothing_
 
     # Replica A stops; replica B, given the same directory, serves on the address Envoy reconnects to.
     control_plane.process.send_signal(signal.SIGTERM)
-    control_plane.process.wait(timeout=10)
+    control_plane.process.wait(timeout=EXIT_DEADLINE_SECONDS + 10)  # room for a loaded machine
     launch = contextlib.contextmanager(launch_control_plane)
     with launch(
         request, tmp_path, ["--dir", str(vs_dir)], vs_dir, xds_port=control_plane.xds_port, name="replica-b"
