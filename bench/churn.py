@@ -48,7 +48,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from harness import Ports, serve_command, stop, tail
+from harness import Ports, one_endpoint_vs, serve_command, stop, tail
 
 from xds_operator.api import parse_virtual_service
 from xds_operator.xds.cache import SnapshotCache
@@ -67,27 +67,9 @@ TIMEOUT = 60.0  # any single wait
 
 
 def virtual_service(name: str, port: int) -> dict[str, Any]:
-    return {
-        "apiVersion": "servicemesh.l7mp.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": name, "namespace": "churn"},
-        "spec": {
-            "selector": dict(LABELS),
-            "listeners": [
-                {
-                    "name": f"{name}-l",
-                    "udp": {
-                        "port": port,
-                        "cluster": {
-                            "name": f"{name}-c",
-                            "service_discovery": "strictdns",
-                            "endpoints": [{"name": "worker", "host": {"address": "127.0.0.1"}, "port": 9}],
-                        },
-                    },
-                }
-            ],
-        },
-    }
+    return one_endpoint_vs(
+        name, port, selector=LABELS, namespace="churn", host="127.0.0.1", endpoint_port=9, endpoint="worker"
+    )
 
 
 def write(path: Path, documents: Iterable[dict[str, Any]]) -> None:

@@ -56,7 +56,7 @@ from typing import Any
 
 import yaml
 from google.protobuf.json_format import MessageToDict
-from harness import Ports, serve_command, stop, tail
+from harness import Ports, one_endpoint_vs, serve_command, stop, tail
 
 from xds_operator.api import parse_virtual_service
 from xds_operator.echo import EchoWorker
@@ -126,27 +126,15 @@ def wait_until(check: Callable[[], bool], what: str, processes: list[Process], t
 
 def virtual_service(name: str, port: int, worker: EchoWorker) -> dict:
     """One UDP listener `<name>-l` on `port` → cluster `<name>-c` → the echo worker (no health check)."""
-    return {
-        "apiVersion": "servicemesh.l7mp.io/v1",
-        "kind": "VirtualService",
-        "metadata": {"name": name, "namespace": "bench"},
-        "spec": {
-            "selector": {"app": f"bench-{name}"},
-            "listeners": [
-                {
-                    "name": f"{name}-l",
-                    "udp": {
-                        "port": port,
-                        "cluster": {
-                            "name": f"{name}-c",
-                            "service_discovery": "strictdns",
-                            "endpoints": [{"name": WORKER, "host": {"address": worker.host}, "port": worker.port}],
-                        },
-                    },
-                }
-            ],
-        },
-    }
+    return one_endpoint_vs(
+        name,
+        port,
+        selector={"app": f"bench-{name}"},
+        namespace="bench",
+        host=worker.host,
+        endpoint_port=worker.port,
+        endpoint=WORKER,
+    )
 
 
 def discovery_resources(document: dict) -> dict[str, list[dict]]:

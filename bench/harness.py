@@ -1,5 +1,5 @@
 """What the benchmarks that run processes share: the control plane's command line, free ports,
-log tails, and stopping a process."""
+a one-endpoint VirtualService, log tails, and stopping a process."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 LOG_TAIL = 12_000  # characters of a log shown with a failure
 
@@ -31,6 +33,26 @@ def serve_command(directory: Path, xds_port: int, admin_port: int, log_level: st
         "--admin-port",
         str(admin_port),
     ]
+
+
+def one_endpoint_vs(
+    name: str, port: int, *, selector: Mapping[str, str], namespace: str, host: str, endpoint_port: int, endpoint: str
+) -> dict[str, Any]:
+    """A VirtualService: one UDP listener `<name>-l` on `port` → strictdns cluster `<name>-c` → one endpoint."""
+    cluster = {
+        "name": f"{name}-c",
+        "service_discovery": "strictdns",
+        "endpoints": [{"name": endpoint, "host": {"address": host}, "port": endpoint_port}],
+    }
+    return {
+        "apiVersion": "servicemesh.l7mp.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "selector": dict(selector),
+            "listeners": [{"name": f"{name}-l", "udp": {"port": port, "cluster": cluster}}],
+        },
+    }
 
 
 class Ports:

@@ -1108,7 +1108,7 @@ class FakeApiServer:
         with self._store.lock:
             return str(self._store.rv)
 
-    def wait_for(self, predicate: Callable[[FakeApiServer], bool], timeout: float = 5.0) -> bool:
+    def wait_for(self, predicate: Callable[[FakeApiServer], bool], timeout: float = 15.0) -> bool:
         """Block until ``predicate(self)`` holds; re-checked on every write, request and watch open/close."""
         with self._store.changed:
             return self._store.changed.wait_for(lambda: predicate(self), timeout)

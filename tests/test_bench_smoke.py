@@ -48,4 +48,17 @@ def test_the_runner_writes_json_with_targets_judged(tmp_path) -> None:
     report = json.loads((tmp_path / "smoke.json").read_text())
     assert report["machine"]["cpus"] >= 1 and report["smoke"] is True
     assert [r["scenario"] for r in report["results"]] == ["snapshot build", "incremental change"]
-    assert report["results"][1]["met"] in (True, False)
+    incremental_result = report["results"][1]
+    assert incremental_result["targets"] and incremental_result["met"] is bench_run.met(incremental_result)
+
+
+def test_a_target_is_met_only_when_every_bound_holds() -> None:
+    result = {
+        "figures": {"median_ms": 4.0},
+        "ratios": {"vs_floor": 1.2},
+        "targets": {"median_ms": 5.0, "vs_floor": 1.5},
+    }
+    assert bench_run.met(result) is True
+    assert bench_run.met({**result, "figures": {"median_ms": 6.0}}) is False  # one bound broken
+    assert bench_run.met({**result, "ratios": {}}) is False  # a target nothing was measured for
+    assert bench_run.met({"figures": {"median_ms": 6.0}}) is None  # no targets: no verdict

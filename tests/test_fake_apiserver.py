@@ -99,18 +99,18 @@ class WatchThread:
         except BaseException as error:  # noqa: BLE001 -- recorded for the test to assert on
             self.error = error
 
-    def wait_events(self, n: int, timeout: float = 5.0) -> None:
+    def wait_events(self, n: int, timeout: float = 15.0) -> None:
         with self._received:
             assert self._received.wait_for(lambda: len(self.events) >= n, timeout)
 
-    def join(self, timeout: float = 5.0) -> WatchThread:
+    def join(self, timeout: float = 15.0) -> WatchThread:
         self._thread.join(timeout)
         assert not self._thread.is_alive(), "watch stream did not end"
         return self
 
 
 def wait_watches(server: FakeApiServer, n: int = 1) -> None:
-    assert server.wait_for(lambda s: s.open_watches() == n, timeout=5)
+    assert server.wait_for(lambda s: s.open_watches() == n, timeout=15)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +500,7 @@ def test_stop_closes_open_watches(core: client.CoreV1Api) -> None:
         watcher = WatchThread(client.CoreV1Api(api_client).list_namespaced_pod, NS, count=99, timeout_seconds=30)
         wait_watches(server)
         server.stop()
-        watcher.join(timeout=2)
+        watcher.join()
     assert isinstance(watcher.error, urllib3.exceptions.ProtocolError)  # like a network drop
     assert server.open_watches() == 0
 

@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from ads_client import eventually
 
 from xds_operator.files import DirectorySource, read_file
 from xds_operator.xds.cache import SnapshotCache
@@ -243,31 +244,17 @@ async def test_watch_picks_up_a_new_file_live(tmp_path: Path) -> None:
     task = asyncio.create_task(src.watch())
     try:
         write(tmp_path / "b.yaml", vs_yaml("b", port=2001))
-        for _ in range(250):  # at most 5 s
-            if ("default", "b") in cache.virtual_services():
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: ("default", "b") in cache.virtual_services(), "b.yaml to be read")
         assert ports(cache) == {"a": 2000, "b": 2001}
         assert set(cache.snapshot_for(INGRESS).resources[LISTENER]) == {"a-l", "b-l"}
 
         (tmp_path / "a.yaml").unlink()
-        for _ in range(250):
-            if ("default", "a") not in cache.virtual_services():
-                break
-            await asyncio.sleep(0.02)
+        await eventually(lambda: ("default", "a") not in cache.virtual_services(), "a.yaml to be forgotten")
         assert ports(cache) == {"b": 2001}
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-async def until(condition, timeout: float = 5.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_watch_follows_a_configmap_volume_swapping_its_data_symlink(tmp_path: Path) -> None:
@@ -286,7 +273,7 @@ async def test_watch_follows_a_configmap_volume_swapping_its_data_symlink(tmp_pa
         write(second / "calls.yaml", vs_yaml("calls", port=2010))
         (tmp_path / "..data_tmp").symlink_to(second.name)
         os.replace(tmp_path / "..data_tmp", tmp_path / "..data")  # what the kubelet does
-        await until(lambda: ports(cache) == {"calls": 2010})
+        await eventually(lambda: ports(cache) == {"calls": 2010}, "the swapped ..data to be read")
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -303,7 +290,7 @@ async def test_watch_applies_a_burst_of_new_files_at_once(tmp_path: Path) -> Non
         snapshots.clear()
         for index in range(20):  # like `cp *.yaml dir/`: 20 files written back to back
             write(tmp_path / f"vs-{index}.yaml", vs_yaml(f"vs-{index}", port=3000 + index))
-        await until(lambda: len(cache.virtual_services()) == 20)
+        await eventually(lambda: len(cache.virtual_services()) == 20, "all 20 files to be read")
         assert len(snapshots) == 1  # one snapshot for the burst, not one per file
     finally:
         task.cancel()

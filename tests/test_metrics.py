@@ -214,9 +214,13 @@ async def test_kubernetes_metrics_follow_conditions_source_errors_and_watch_rest
 async def end_both_watches(end) -> int:
     """End the VirtualService and the Pod watch (either may be between two watches): how many were ended."""
     ended = 0
-    while ended < 2:
+
+    def both_ended() -> bool:
+        nonlocal ended
         ended += end()
-        await asyncio.sleep(0.02)
+        return ended >= 2
+
+    await eventually(both_ended, "the VirtualService and the Pod watch to be ended")  # bounded: a failure, not a hang
     return ended
 
 

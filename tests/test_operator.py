@@ -30,7 +30,7 @@ from xds_operator.xds.snapshot import CLUSTER, ENDPOINT, LISTENER
 GROUP, VERSION, PLURAL = "servicemesh.l7mp.io", "v1", "virtualservices"
 NS = "media"
 INGRESS = {"app": "envoy-ingress"}
-WAIT = 5.0
+WAIT = 15.0  # generous: a loaded machine; only a failing test waits this long
 
 
 def vs_body(
@@ -473,9 +473,14 @@ async def test_status_writes_are_coalesced_and_an_unchanged_status_is_not_rewrit
     await ads.ack(clusters)
     await ads.ack(await ads.expect(LISTENER))
     await operator.wait_condition("calls", "Programmed", "True")
+
+    def status_writes() -> int:
+        """What the API server received: every status PATCH of any VirtualService."""
+        return sum(1 for r in operator.apiserver.requests if r.method == "PATCH" and r.path.endswith("/status"))
+
     await asyncio.sleep(0.6)
     writes = [r for r in operator.apiserver.requests if r.method == "PATCH" and r.path.endswith("/calls/status")]
     assert 1 <= len(writes) <= 3  # created → (pending) → programmed, not one per event or ACK
-    settled = operator.writer.writes
-    await ads.expect_nothing(0.6)
-    assert operator.writer.writes == settled
+    settled = status_writes()
+    await ads.expect_nothing(0.6)  # several status ticks, nothing changed
+    assert status_writes() == settled

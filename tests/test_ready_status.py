@@ -209,11 +209,11 @@ async def test_dns_answers_come_from_a_cache_filled_off_the_event_loop():
     try:
         assert dns.resolves("10.0.0.1") is True and dns.resolves("fd00::1") is True  # IPs need no lookup
         assert dns.resolves("worker.media.svc") is None  # not known yet: looked up in the background
-        await asyncio.wait_for(changed.wait(), 5)
+        await asyncio.wait_for(changed.wait(), 15)
         assert dns.resolves("worker.media.svc") is False
         changed.clear()
         table["worker.media.svc"] = True  # the name appears: noticed on the next retry, without other events
-        await asyncio.wait_for(changed.wait(), 5)
+        await asyncio.wait_for(changed.wait(), 15)
         assert dns.resolves("worker.media.svc") is True
         dns.retain_asked()  # still in use: kept
         assert dns.resolves("worker.media.svc") is True

@@ -23,15 +23,21 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import yaml
+from certs import Pki, make_pki
+from fake_apiserver import FakeApiServer
 
 from xds_operator.echo import EchoWorker, TcpEchoWorker
 
+if TYPE_CHECKING:
+    from .kube import Cluster
+
 ENVOY = Path(sys.executable).parent / "envoy"  # never `import envoy`: xds-protos owns that package too
 POLL = 0.05  # seconds between polls
-WAIT = 10.0  # default bound of every wait
+WAIT = 30.0  # default bound of every wait: generous, a loaded 2-core machine; only a failing test waits it out
 LOG_TAIL = 12_000  # characters of each log shown with a failure
 
 LOGS = pytest.StashKey[list[tuple[str, Path]]]()
@@ -164,8 +170,9 @@ def send_until_answer(
     pytest.fail(f"port {port}: no accepted answer within {timeout:.1f}s; answers seen: {seen[-10:]}")
 
 
-def answers(port: int, n: int, *, timeout: float = 1.0) -> list[str | None]:
-    """Who answers each of n datagrams, each from a new source port (None: no answer)."""
+def answers(port: int, n: int, *, timeout: float = 2.0) -> list[str | None]:
+    """Who answers each of n datagrams, each from a new source port (None: no answer within `timeout`:
+    a loaded machine may take more than a second to pass a datagram through Envoy and back)."""
     return [answered_by(exchange(port, f"probe-{i}".encode(), timeout=timeout)[0]) for i in range(n)]
 
 
@@ -237,7 +244,7 @@ def assert_silent(port: int, *, attempts: int = 3, timeout: float = 0.3) -> None
 # ---------------------------------------------------------------- processes
 
 
-def _http_get(url: str, timeout: float = 1.0) -> tuple[int, str]:
+def _http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read().decode()
@@ -564,6 +571,56 @@ PROXY_LABELS = {"app": "e2e-ingress", "tier": "edge"}
 def envoy(start_envoy: Callable[..., Envoy]) -> Envoy:
     """One Envoy with PROXY_LABELS."""
     return start_envoy(PROXY_LABELS)
+
+
+# ---------------------------------------------------------------- TLS and Kubernetes mode
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA with server and client certificates, and an untrusted CA with its own (tests/certs.py)."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def apiserver() -> Iterator[FakeApiServer]:
+    with FakeApiServer(bookmark_interval=1.0) as server:
+        yield server
+
+
+@pytest.fixture
+def cluster(apiserver: FakeApiServer) -> Iterator[Cluster]:
+    """The app's and the kubelet's view of the fake API server (tests/e2e/kube.py); workers closed at teardown."""
+    from .kube import Cluster  # kube.py builds on this module
+
+    made = Cluster(apiserver)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def operator_args() -> list[str]:
+    """More `xds-operator serve` options for `operator` (test modules may override this fixture)."""
+    return []
+
+
+@pytest.fixture
+def operator(
+    request: pytest.FixtureRequest, tmp_path: Path, apiserver: FakeApiServer, operator_args: list[str]
+) -> Iterator[ControlPlane]:
+    """`xds-operator serve --kubeconfig` against the fake API server. A module whose Envoys connect to it
+    overrides `xds_server` to return it."""
+    kubeconfig = apiserver.kubeconfig(tmp_path / "kubeconfig")
+    yield from launch_control_plane(request, tmp_path, ["--kubeconfig", str(kubeconfig), *operator_args])
+
+
+@pytest.fixture
+def ingress(cluster: Cluster, start_envoy: Callable[..., Envoy]) -> Envoy:
+    """An Envoy whose node.id names its pod; the labels it would claim are ignored in this mode."""
+    from .kube import INGRESS, NS
+
+    cluster.pod("envoy-0", INGRESS, "127.0.0.1")
+    return start_envoy({}, node_id=f"{NS}/envoy-0")
 
 
 # ---------------------------------------------------------------- echo workers and VirtualService files

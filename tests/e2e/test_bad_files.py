@@ -9,11 +9,7 @@ from bad_files import BAD_FILES
 
 from .conftest import endpoint, free_udp_port, send_until_answer, virtual_service, wait_all_answered_by, wait_until
 
-
-@pytest.fixture
-def ads_variant() -> str:
-    """Reading files does not depend on the ADS variant: state of the world only."""
-    return "sotw"
+pytestmark = pytest.mark.parametrize("ads_variant", ["sotw"])  # reading files does not depend on the ADS variant
 
 
 def test_bad_files_are_reported_and_the_good_one_keeps_serving(control_plane, envoy, workers, vs_files):

@@ -1,23 +1,15 @@
 """End to end in Kubernetes mode: an app creates VirtualServices through the real `kubernetes` client
 against the fake API server; `xds-operator serve --kubeconfig` (a subprocess) watches it; a real Envoy,
-identified as a pod the API server knows, forwards datagrams to echo workers that stand in for pods.
-
-Worker "pods" get distinct loopback IPs (127.0.0.2, 127.0.0.3, ...) so that, as in a cluster, every
-pod of a selector serves on the same port.
+identified as a pod the API server knows, forwards datagrams to echo workers that stand in for pods
+on their own loopback IPs (tests/e2e/kube.py).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_apiserver import FakeApiServer
-from kubernetes import client
-
-from xds_operator.echo import EchoWorker, TcpEchoWorker
 
 from .conftest import (
     ControlPlane,
@@ -25,145 +17,18 @@ from .conftest import (
     assert_silent,
     free_port,
     free_udp_port,
-    launch_control_plane,
     send_until_answer,
     tcp_answered_by,
     tcp_wait_answer,
     wait_all_answered_by,
     wait_until,
 )
-
-GROUP, VERSION, PLURAL = "servicemesh.l7mp.io", "v1", "virtualservices"
-NS = "media"
-INGRESS = {"app": "envoy-ingress"}
-WORKERS = {"app": "worker"}
-
-
-@pytest.fixture
-def apiserver() -> Iterator[FakeApiServer]:
-    with FakeApiServer(bookmark_interval=1.0) as server:
-        yield server
-
-
-@pytest.fixture
-def operator(request: pytest.FixtureRequest, tmp_path: Path, apiserver: FakeApiServer) -> Iterator[ControlPlane]:
-    kubeconfig = apiserver.kubeconfig(tmp_path / "kubeconfig")
-    yield from launch_control_plane(request, tmp_path, ["--kubeconfig", str(kubeconfig)])
+from .kube import NS, vs_body
 
 
 @pytest.fixture
 def xds_server(operator: ControlPlane) -> ControlPlane:
     return operator
-
-
-class Cluster:
-    """What an app and the kubelet would do, through the real client."""
-
-    def __init__(self, apiserver: FakeApiServer):
-        self.apiserver = apiserver
-        self.api = apiserver.api_client()
-        self.objects = client.CustomObjectsApi(self.api)
-        self.core = client.CoreV1Api(self.api)
-        self.workers: list[EchoWorker | TcpEchoWorker] = []
-        self._next_ip = 2
-
-    def pod(self, name: str, labels: Mapping[str, str], ip: str = "", ready: bool = True) -> None:
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": name, "namespace": NS, "labels": dict(labels)},
-            "spec": {"containers": [{"name": "main", "image": "example"}]},
-            "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
-        }
-        self.core.create_namespaced_pod(NS, body)
-
-    def worker_pod(self, name: str, port: int, health_port: int) -> EchoWorker:
-        """An echo worker on its own loopback IP, and a Ready pod with that IP."""
-        ip = f"127.0.0.{self._next_ip}"
-        self._next_ip += 1
-        worker = EchoWorker(name, host=ip, port=port, health_port=health_port)
-        self.workers.append(worker)
-        self.pod(name, WORKERS, ip)
-        return worker
-
-    def tcp_worker_pod(self, name: str, port: int) -> TcpEchoWorker:
-        """A TCP echo worker on its own loopback IP, and a Ready pod with that IP."""
-        ip = f"127.0.0.{self._next_ip}"
-        self._next_ip += 1
-        worker = TcpEchoWorker(name, host=ip, port=port)
-        self.workers.append(worker)
-        self.pod(name, WORKERS, ip)
-        return worker
-
-    def delete_pod(self, name: str) -> None:
-        self.core.delete_namespaced_pod(name, NS)
-
-    def create(self, body: dict[str, Any]) -> None:
-        self.objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, body)
-
-    def delete(self, name: str) -> None:
-        self.objects.delete_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name)
-
-    def condition(self, name: str, kind: str) -> dict[str, Any]:
-        status = self.objects.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, name).get("status") or {}
-        return {c["type"]: c for c in status.get("conditions", [])}.get(kind, {})
-
-    def wait_condition(self, name: str, kind: str, status: str, reason: str | None = None) -> dict[str, Any]:
-        def holds() -> bool:
-            condition = self.condition(name, kind)
-            return condition.get("status") == status and (reason is None or condition.get("reason") == reason)
-
-        wait_until(holds, f"VirtualService {name}: {kind}={status}")
-        return self.condition(name, kind)
-
-    def close(self) -> None:
-        for worker in self.workers:
-            worker.close()
-        self.api.close()
-
-
-@pytest.fixture
-def cluster(apiserver: FakeApiServer) -> Iterator[Cluster]:
-    made = Cluster(apiserver)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def ingress(cluster: Cluster, start_envoy: Callable[..., Envoy]) -> Envoy:
-    """An Envoy whose node.id names its pod; the labels it would claim are ignored in this mode."""
-    cluster.pod("envoy-0", INGRESS, "127.0.0.1")
-    return start_envoy({}, node_id=f"{NS}/envoy-0")
-
-
-def vs_body(
-    name: str,
-    port: int,
-    worker_port: int,
-    health_port: int | None = None,
-    eds: bool = True,
-    protocol: str = "udp",
-    hash_key: str | None = None,
-) -> dict:
-    cluster: dict[str, Any] = {
-        "name": f"{name}-c",
-        "service_discovery": "eds" if eds else "strictdns",
-        "endpoints": [{"name": "workers", "host": {"selector": dict(WORKERS)}, "port": worker_port}],
-    }
-    if health_port is not None:
-        cluster["health_check"] = {"protocol": "TCP", "interval": 500}
-        cluster["endpoints"][0]["health_check_port"] = health_port
-    if hash_key is not None:
-        cluster["hash_key"] = hash_key
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "VirtualService",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "selector": dict(INGRESS),
-            "listeners": [{"name": f"{name}-l", protocol: {"port": port, "cluster": cluster}}],
-        },
-    }
 
 
 def healthy_ips(envoy: Envoy, cluster: str) -> set[str]:

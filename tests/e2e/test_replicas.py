@@ -21,6 +21,8 @@ import pytest
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
+from xds_operator.shutdown import EXIT_DEADLINE_SECONDS
+
 from .conftest import (
     ControlPlane,
     Envoy,
@@ -31,19 +33,11 @@ from .conftest import (
     virtual_service,
     wait_until,
 )
+from .kube import GROUP, INGRESS, NS, PLURAL, VERSION
 
-GROUP, VERSION, PLURAL = "servicemesh.l7mp.io", "v1", "virtualservices"
-NS = "media"
 LEASE_NS = "xds-operator-system"
-INGRESS = {"app": "envoy-ingress"}
-WAIT = 20.0  # a takeover waits for the Lease to expire, under load too
+WAIT = 45.0  # a takeover waits for the Lease to expire on top of the usual (conftest.WAIT), under load too
 SHORT = ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.2"]  # a takeover waits 3 s
-
-
-@pytest.fixture
-def apiserver() -> Iterator[FakeApiServer]:
-    with FakeApiServer(bookmark_interval=1.0) as server:
-        yield server
 
 
 class Replicas:
@@ -105,16 +99,9 @@ def objects(apiserver: FakeApiServer) -> Iterator[client.CustomObjectsApi]:
 
 
 def vs_body(name: str, port: int = 2000) -> dict[str, Any]:
-    cluster = {"name": f"{name}-c", "endpoints": [{"name": "w", "host": {"address": "127.0.0.1"}, "port": 9}]}
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "VirtualService",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "selector": dict(INGRESS),
-            "listeners": [{"name": f"{name}-l", "udp": {"port": port, "cluster": cluster}}],
-        },
-    }
+    return virtual_service(
+        name, port, [{"name": "w", "host": {"address": "127.0.0.1"}, "port": 9}], selector=INGRESS, namespace=NS
+    )
 
 
 def conditions(apiserver: FakeApiServer, name: str) -> dict[str, dict]:
@@ -192,29 +179,19 @@ def test_a_stopped_leader_hands_over_at_once(replicas, apiserver, objects):
     replicas.start("replica-b", long_lease)
     leader = replicas.leader()
     replicas.planes[leader].process.send_signal(signal.SIGTERM)
-    replicas.planes[leader].process.wait(timeout=10)
-    # Far sooner than the 60 s the Lease would take to expire: the stopped leader released it.
+    replicas.planes[leader].process.wait(timeout=EXIT_DEADLINE_SECONDS + 10)  # room for a loaded machine
+    # Far sooner than the 60 s the Lease would take to expire (WAIT is less): the stopped leader released it.
     wait_until(lambda: replicas.holder() == other(leader), "the other replica to take the Lease", WAIT)
     objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, vs_body("calls"))
     wait_status(apiserver, "calls", 1)
     assert replicas.leading(other(leader))
 
 
-def test_status_counts_the_proxies_of_every_replica(replicas, apiserver, objects, start_envoy):
+def test_status_counts_the_proxies_of_every_replica(replicas, apiserver, cluster, objects, start_envoy):
     """Two Envoys, one per replica: the leader's Programmed counts both (each replica sees only its own)."""
     a, b = replicas.start("replica-a"), replicas.start("replica-b")
-    core_api = apiserver.api_client()
-    core = client.CoreV1Api(core_api)
     for pod in ("envoy-a", "envoy-b"):
-        body = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {"name": pod, "namespace": NS, "labels": INGRESS},
-            "spec": {"containers": [{"name": "envoy", "image": "envoy"}]},
-            "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]},
-        }
-        core.create_namespaced_pod(NS, body)
-    core_api.close()
+        cluster.pod(pod, INGRESS, "127.0.0.1")
     port = free_udp_port()
     objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, vs_body("calls", port))
     envoy_a = start_envoy({}, node_id=f"{NS}/envoy-a", xds_address=a.xds_address)
@@ -287,7 +264,7 @@ def test_an_envoy_moving_to_another_replica_with_the_same_input_is_sent_nothing_
 
     # Replica A stops; replica B, given the same directory, serves on the address Envoy reconnects to.
     control_plane.process.send_signal(signal.SIGTERM)
-    control_plane.process.wait(timeout=10)
+    control_plane.process.wait(timeout=EXIT_DEADLINE_SECONDS + 10)  # room for a loaded machine
     launch = contextlib.contextmanager(launch_control_plane)
     with launch(
         request, tmp_path, ["--dir", str(vs_dir)], vs_dir, xds_port=control_plane.xds_port, name="replica-b"

@@ -18,18 +18,15 @@ from fake_apiserver import FakeApiServer
 
 from xds_operator.echo import EchoWorker
 
-from . import test_kubernetes
-from .conftest import _register_log, assert_silent, free_udp_port, send_until_answer, wait_until
-from .test_kubernetes import NS, PLURAL, Cluster
+from .conftest import ControlPlane, _register_log, assert_silent, free_udp_port, send_until_answer, wait_until
+from .kube import NS, PLURAL, Cluster
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "session_manager.py"
 
-# The Kubernetes-mode fixtures: fake API server, operator, the app's client, the ingress Envoy.
-apiserver = test_kubernetes.apiserver
-operator = test_kubernetes.operator
-xds_server = test_kubernetes.xds_server
-cluster = test_kubernetes.cluster
-ingress = test_kubernetes.ingress
+
+@pytest.fixture
+def xds_server(operator: ControlPlane) -> ControlPlane:
+    return operator
 
 
 class SessionManager:

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
-from certs import Pki, make_pki
+from certs import Pki
 
 from .conftest import (
     PROXY_LABELS,
@@ -26,14 +26,7 @@ from .conftest import (
 ATTEMPTS = 3  # connections a refused Envoy must have tried before we look at what it got
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def ads_variant() -> str:
-    return "sotw"  # the transport is the same for both ADS variants
+pytestmark = pytest.mark.parametrize("ads_variant", ["sotw"])  # the transport is the same for both ADS variants
 
 
 @pytest.fixture

@@ -3,45 +3,21 @@ identified by its pod, with a client certificate; an Envoy without one gets noth
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 import pytest
-from certs import Pki, make_pki
-from fake_apiserver import FakeApiServer
+from certs import Pki
 
-from .conftest import ControlPlane, Envoy, free_port, free_udp_port, launch_control_plane, send_until_answer
-from .test_kubernetes import INGRESS, NS, Cluster, vs_body
+from .conftest import ControlPlane, Envoy, free_port, free_udp_port, send_until_answer
+from .kube import INGRESS, NS, Cluster, vs_body
 from .test_tls import assert_refused, envoy_flags, server_flags
 
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return make_pki(tmp_path_factory.mktemp("pki"))
+pytestmark = pytest.mark.parametrize("ads_variant", ["sotw"])  # the transport is the same for both ADS variants
 
 
 @pytest.fixture
-def ads_variant() -> str:
-    return "sotw"  # the transport is the same for both ADS variants
-
-
-@pytest.fixture
-def apiserver() -> Iterator[FakeApiServer]:
-    with FakeApiServer(bookmark_interval=1.0) as server:
-        yield server
-
-
-@pytest.fixture
-def cluster(apiserver: FakeApiServer) -> Iterator[Cluster]:
-    made = Cluster(apiserver)
-    yield made
-    made.close()
-
-
-@pytest.fixture
-def operator(request: pytest.FixtureRequest, tmp_path: Path, apiserver: FakeApiServer, pki: Pki):
-    kubeconfig = apiserver.kubeconfig(tmp_path / "kubeconfig")
-    yield from launch_control_plane(request, tmp_path, ["--kubeconfig", str(kubeconfig), *server_flags(pki, "mtls")])
+def operator_args(pki: Pki) -> list[str]:
+    return server_flags(pki, "mtls")
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ def test_datagrams_reach_echo_workers_through_envoy(envoy, workers, vs_files):
     assert send_until_answer(port) in {"worker-a", "worker-b"}
     for i in range(10):
         payload = f"rtp-{i}".encode()
-        answer, _ = exchange(port, payload, timeout=1.0)
+        answer, _ = exchange(port, payload, timeout=2.0)
         assert answer in {b"worker-a: " + payload, b"worker-b: " + payload}
     # No hash key: sessions from different source ports spread over both workers.
     assert set(answers(port, 20)) == {"worker-a", "worker-b"}
@@ -53,7 +53,7 @@ def test_hash_key_pins_every_source_port_to_one_worker(envoy, workers, vs_files)
     envoy.wait_hosts("calls-c", {a.port, b.port})  # both there, and (no health check) both healthy
     send_until_answer(port)
 
-    results = [exchange(port, f"call-{i}".encode(), timeout=1.0) for i in range(50)]
+    results = [exchange(port, f"call-{i}".encode(), timeout=2.0) for i in range(50)]
     sources = {source for _, source in results}
     names = [answer.split(b": ", 1)[0].decode() if answer else None for answer, _ in results]
     assert len(sources) == 50, "each datagram should come from its own source port"
@@ -75,13 +75,13 @@ def test_health_check_failover_moves_traffic_to_the_healthy_worker(envoy, worker
     chosen, other = (a, b) if chosen_name == "worker-a" else (b, a)
 
     chosen.close_health()
-    # unhealthy_threshold 1, interval 500 ms: a few intervals at most.
-    wait_all_answered_by(port, other.name, timeout=5.0)
+    # unhealthy_threshold 1, interval 500 ms: a few intervals (and the 1 s merge window) on an idle machine.
+    wait_all_answered_by(port, other.name)
     assert set(answers(port, 10)) == {other.name}
 
     # Healthy again: the hash key maps to the same worker as before.
     chosen.open_health()
-    wait_all_answered_by(port, chosen.name, timeout=5.0)
+    wait_all_answered_by(port, chosen.name)
     assert set(answers(port, 10)) == {chosen.name}
 
 
@@ -262,7 +262,7 @@ def test_measure_edit_to_serve(envoy, workers, vs_files):
             sock.settimeout(0.005)
             started = time.perf_counter()
             vs_files.write("calls.yaml", virtual_service("calls", port, [endpoint(a, health=False)]))
-            deadline = started + 10.0
+            deadline = started + 30.0
             sent = 0
             while True:
                 assert time.perf_counter() < deadline, f"edit {edit}: port {port} never answered"
@@ -287,7 +287,12 @@ def test_envoy_speaks_the_chosen_ads_variant(envoy, control_plane, ads_variant, 
     port = free_udp_port()
     vs_files.write("calls.yaml", virtual_service("calls", port, [endpoint(a, health=False)]))
     assert send_until_answer(port) == "worker-a"
-    status, body = control_plane.get("/debug/proxies")
-    (proxy,) = json.loads(body)
-    assert status == 200 and proxy["variant"] == ads_variant
-    assert {state["state"] for state in proxy["types"].values()} == {"ACKed"}
+
+    def proxy() -> dict | None:
+        # Envoy may pass datagrams a moment before its ACK of the listener reaches the control plane.
+        status, body = control_plane.get("/debug/proxies")
+        assert status == 200, body
+        (found,) = json.loads(body)
+        return found if {state["state"] for state in found["types"].values()} == {"ACKed"} else None
+
+    assert wait_until(proxy, "the proxy to ACK everything it was sent")["variant"] == ads_variant
