@@ -1,0 +1,61 @@
+"""Leadership handover and the status writer: the real `kubernetes` client against the fake API server.
+
+A replica computes status whether or not it leads, and skips a VirtualService whose inputs did not
+change. When it (again) becomes leader it must still write every status that differs from what the
+object carries, even one another leader changed while this replica followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from ads_client import eventually
+from fake_apiserver import FakeApiServer
+from kubernetes import client
+from test_operator import GROUP, NS, PLURAL, VERSION, vs_body
+
+from xds_operator.operator.pods import PodIndex
+from xds_operator.operator.source import KubernetesSource, start_watches
+from xds_operator.operator.status import StatusWriter
+from xds_operator.xds.cache import SnapshotCache
+
+
+def programmed(apiserver: FakeApiServer, name: str) -> str | None:
+    status = (apiserver.get(PLURAL, NS, name) or {}).get("status") or {}
+    return {c["type"]: c.get("reason") for c in status.get("conditions") or ()}.get("Programmed")
+
+
+async def test_a_new_leader_rewrites_a_status_another_leader_changed_while_it_followed() -> None:
+    with FakeApiServer(bookmark_interval=0.2) as apiserver:
+        api = apiserver.api_client()
+        pods = PodIndex()
+        leading = True
+        writer = StatusWriter(api, retry_delay=0.1, leading=lambda: leading)
+        source = KubernetesSource(SnapshotCache(pods.ready_ips), pods, writer)
+        reflectors = start_watches(source, api, [NS], asyncio.get_running_loop())
+        writing = asyncio.create_task(writer.run())
+        objects = client.CustomObjectsApi(api)
+        try:
+            await asyncio.wait_for(source.synced(), 15)
+            objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, vs_body("calls"))
+            await eventually(lambda: programmed(apiserver, "calls") == "NoProxies", "the first status")
+
+            leading = False  # another replica leads, and writes what it sees (here: something stale)
+            stale = {"observedGeneration": 1, "conditions": [{"type": "Programmed", "status": "True"}]}
+            objects.patch_namespaced_custom_object_status(GROUP, VERSION, NS, PLURAL, "calls", {"status": stale})
+            carried = (apiserver.get(PLURAL, NS, "calls") or {}).get("status")
+            await eventually(lambda: writer.written((NS, "calls")) == carried, "the follower to see that status")
+
+            leading = True  # this replica leads again: what app.py does on the change
+            source.on_progress()
+            writer.resume()
+            await eventually(lambda: programmed(apiserver, "calls") == "NoProxies", "the status rewritten", 5.0)
+        finally:
+            writing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writing
+            source.dns.close()
+            for reflector in reflectors:
+                reflector.stop(timeout=1.0)
+            api.close()
