@@ -27,7 +27,7 @@ from ..api.schema import PLURAL
 from ..net import is_ip
 from ..translate import Resolved
 from ..xds.cache import SnapshotCache
-from ..xds.progress import summarize
+from ..xds.progress import Progress, summarize
 from ..xds.server import AggregatedDiscoveryService
 from .dns import DnsCache
 from .peers import ProgressReports, encode, merge
@@ -215,23 +215,20 @@ class KubernetesSource:
             self._status_due = asyncio.get_running_loop().call_later(STATUS_INTERVAL_SECONDS, self.update_status)
 
     def update_status(self) -> None:
+        """Recompute every VirtualService's status; hand the writer those whose inputs changed."""
         self._status_due = None
         if self.status is None or not self.is_synced:
             return
         services = self.cache.virtual_services()
-        progress = summarize(self.service.progress() if self.service else (), services)
-        if self.peers is not None:  # publish this replica's proxies' progress; count the other replicas'
-            generations = {key: record.serving_generation for key, record in self.records.items()}
-            self.peers.publish(encode(progress, generations))
-            if not self.peers.synced.is_set():
-                return  # a status without the other replicas' proxies could turn Programmed True too early
-            progress = merge(progress, generations, self.peers.peers())
+        progress = self._progress(services)
+        if progress is None:
+            return
         conflicts = self.cache.conflicts
         now = now_rfc3339()
-        addresses: dict[tuple[int, ...], tuple[str, ...]] = {}  # alike proxy sets give alike addresses
+        addresses: dict[tuple[int, ...], tuple[str, ...]] = {}  # by serving node-id sets (shared between alike)
         for key, record in self.records.items():
-            vs, resolved = services.get(key), self.cache.resolved(key)
-            serving = progress[key].serving if key in progress else []
+            key_progress = progress.get(key)
+            serving = key_progress.serving if key_progress is not None else []
             shared = tuple(map(id, serving))
             if shared not in addresses:
                 addresses[shared] = self._proxy_addresses(serving)
@@ -240,23 +237,33 @@ class KubernetesSource:
                 rejected=record.rejected,
                 serving_generation=record.serving_generation,
                 conflict=conflicts.get(key),
-                progress=progress.get(key),
-                listeners=self._listener_states(key, vs, resolved),
+                progress=key_progress,
+                listeners=self._listener_states(key, services.get(key)),
                 addresses=addresses[shared],
             )
             if self._observed.get(key) == observed:
                 continue  # what was wanted for it last time (written, or queued) still holds
             self._observed[key] = observed
-            rejections = progress[key].rejections if key in progress else []
-            if rejections:
-                node, error = rejections[0]
+            if key_progress is not None and key_progress.rejections:
+                node, error = key_progress.rejections[0]
                 self._warn(key, record, "ProxyRejected", f"proxy {node} rejected its resources: {error}")
             self.status.want(key, status_of(observed, self.status.written(key), now))
         self.dns.retain_asked()  # every DNS name in use was asked above (their states are never kept)
 
-    def _listener_states(
-        self, key: Key, vs: VirtualService | None, resolved: Resolved | None
-    ) -> tuple[ListenerState, ...]:
+    def _progress(self, services: Mapping[Key, VirtualService]) -> dict[Key, Progress] | None:
+        """This replica's proxies' progress plus, with several replicas, the others' (None: not known yet)."""
+        progress = summarize(self.service.progress() if self.service else (), services)
+        if self.peers is None:
+            return progress
+        generations = {key: record.serving_generation for key, record in self.records.items()}
+        self.peers.publish(encode(progress, generations))  # every replica publishes; the leader merges
+        if not self.peers.synced.is_set():
+            return None  # a status without the other replicas' proxies could turn Programmed True too early
+        return merge(progress, generations, self.peers.peers())
+
+    def _listener_states(self, key: Key, vs: VirtualService | None) -> tuple[ListenerState, ...]:
+        """Of the generation served (none if no generation is valid)."""
+        resolved = self.cache.resolved(key)
         if vs is None or resolved is None:
             return ()
         kept = self._states.get(key)
