@@ -87,7 +87,7 @@ def _programmed(observed: Observed) -> tuple[str, str, str, str]:
         more = f" (and {len(progress.rejections) - 1} more proxies)" if len(progress.rejections) > 1 else ""
         return ("Programmed", "False", "Rejected", f"proxy {node} rejected its resources{more}: {error}")
     if progress.selected == 0:
-        return ("Programmed", "False", "NoProxies", "no connected proxy matches spec.selector")
+        return ("Programmed", "False", "NoProxies", "no connected proxy in its namespace matches spec.selector")
     counts = f"{progress.applied} of {progress.selected} selected proxies run it"
     if progress.replicas > 1:
         counts += f" (proxies of all {progress.replicas} control plane replicas)"
