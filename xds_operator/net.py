@@ -1,4 +1,4 @@
-"""Small network helpers shared by validation, bootstraps and readiness."""
+"""Small network helpers shared by validation, bootstraps, readiness and status."""
 
 from __future__ import annotations
 
@@ -14,3 +14,12 @@ def is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def address_order(ip: str) -> tuple[int, int, str]:
+    """A sort key: IPv4 before IPv6, each numerically (10.0.0.9 before 10.0.0.10); anything else last."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return (9, 0, ip)
+    return (address.version, int(address), ip)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -24,7 +23,7 @@ from kubernetes import client
 
 from ..api import API_GROUP, API_VERSION, Key, ValidationError, VirtualService, key_of, parse_virtual_service
 from ..api.schema import PLURAL
-from ..net import is_ip
+from ..net import address_order, is_ip
 from ..translate import Resolved
 from ..xds.cache import SnapshotCache
 from ..xds.progress import Progress, summarize
@@ -280,15 +279,7 @@ class KubernetesSource:
         """The pod IPs of these proxies, in address order."""
         ips = {self.pods.ip_for(node) for nodes in serving for node in nodes}
         ips.discard("")
-        return tuple(sorted(ips, key=_address_order))
-
-
-def _address_order(ip: str) -> tuple:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return (9, 0, ip)
-    return (address.version, int(address), ip)
+        return tuple(sorted(ips, key=address_order))
 
 
 def _key_of(obj: Mapping[str, Any]) -> Key:
