@@ -84,8 +84,9 @@ class KubernetesSource:
     def bind(self, service: AggregatedDiscoveryService) -> None:
         self.service = service
 
-    def expect_sync(self, name: str) -> None:
-        self._pending_syncs.add(name)
+    def expect_sync(self, watch: str) -> None:
+        """`synced` waits for this watch (a reflector's name) to list once."""
+        self._pending_syncs.add(watch)
 
     async def synced(self) -> None:
         """Wait until every watch has listed once (serving before that would hand proxies a partial config)."""
@@ -101,20 +102,21 @@ class KubernetesSource:
         """No received change is waiting to be applied."""
         return self._flush_due is None
 
-    def _mark_synced(self, name: str) -> None:
-        if name in self._pending_syncs:
-            self._pending_syncs.discard(name)
+    def _mark_synced(self, watch: str) -> None:
+        if watch in self._pending_syncs:
+            self._pending_syncs.discard(watch)
             if not self._pending_syncs:
                 self._synced.set()
 
     # -- VirtualServices ---------------------------------------------------------------------
 
-    def on_virtual_services(self, event: Event, namespace: str | None = None, name: str = "") -> None:
+    def on_virtual_services(self, event: Event, namespace: str | None = None, watch: str = "") -> None:
+        """An event of the VirtualService watch `watch` (of `namespace`, or of all namespaces if None)."""
         if isinstance(event, Synced):
             present = {self._upsert(obj) for obj in event.objects}
             for key in [k for k in self.records if (namespace is None or k[0] == namespace) and k not in present]:
                 self._delete(key)
-            self._mark_synced(name)
+            self._mark_synced(watch)
         elif event.type == "DELETED":
             self._delete(_key_of(event.object))
         else:
@@ -173,11 +175,12 @@ class KubernetesSource:
 
     # -- Pods --------------------------------------------------------------------------------
 
-    def on_pods(self, event: Event, namespace: str | None = None, name: str = "") -> None:
+    def on_pods(self, event: Event, namespace: str | None = None, watch: str = "") -> None:
+        """An event of the Pod watch `watch` (of `namespace`, or of all namespaces if None)."""
         changes: Sequence[PodChange | None]
         if isinstance(event, Synced):
             changes = self.pods.replace(event.objects, namespace)
-            self._mark_synced(name)
+            self._mark_synced(watch)
         elif event.type == "DELETED":
             changes = [self.pods.delete(event.object)]
         else:
@@ -304,13 +307,13 @@ def start_watches(
             )
             list_pods = functools.partial(core.list_namespaced_pod, namespace)
         where = f" in {namespace}" if namespace else ""
-        for name, list_call, handler in (
+        for watch, list_call, handler in (
             (f"virtualservices{where}", list_vs, source.on_virtual_services),
             (f"pods{where}", list_pods, source.on_pods),
         ):
-            source.expect_sync(name)
-            sink = _on_loop(loop, functools.partial(handler, namespace=namespace, name=name))
-            reflectors.append(Reflector(name, list_call, sink))
+            source.expect_sync(watch)
+            sink = _on_loop(loop, functools.partial(handler, namespace=namespace, watch=watch))
+            reflectors.append(Reflector(watch, list_call, sink))
     for reflector in reflectors:
         reflector.start()
     return reflectors
