@@ -133,6 +133,7 @@ def message_schema(message: Descriptor, description: str = "") -> Schema:
 def field_schema(field: FieldDescriptor) -> Schema:
     _check_cel_name(field)
     rules = field_rules(field)
+    schema: Schema
     if is_map(field):
         schema = {"description": rules.description, "type": "object"}
         schema["additionalProperties"] = _value_schema(field.message_type.fields_by_name["value"])
