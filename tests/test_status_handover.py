@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 
 from ads_client import eventually
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 from test_operator import GROUP, NS, PLURAL, VERSION, vs_body
 
+from xds_operator.operator.leader import LeaderElector, LeaseConfig
 from xds_operator.operator.pods import PodIndex
 from xds_operator.operator.source import KubernetesSource, start_watches
 from xds_operator.operator.status import StatusWriter
@@ -59,3 +61,47 @@ async def test_a_new_leader_rewrites_a_status_another_leader_changed_while_it_fo
             for reflector in reflectors:
                 reflector.stop(timeout=1.0)
             api.close()
+
+
+async def test_status_wanted_while_a_renewal_was_late_is_written_once_the_leader_renews() -> None:
+    """Writes stop when the leader has not renewed for the renew deadline, even while its renewal is still on
+    its way (a slow API server); when that renewal succeeds after all, what was wanted meanwhile is written."""
+    with FakeApiServer() as apiserver:
+        api = apiserver.api_client()
+        late = 0.0  # added to the clock: how late the leader's renewal is
+        config = LeaseConfig("xds-operator", NS, "replica-a", lease_duration=8.0, renew_deadline=6.0, retry_period=1.0)
+        writer = StatusWriter(api, retry_delay=0.1, leading=lambda: elector.leading)
+        elector = LeaderElector(
+            api,
+            config,
+            on_change=lambda leading: writer.resume() if leading else None,
+            clock=lambda: time.monotonic() + late,
+        )
+        tasks = [asyncio.create_task(elector.run()), asyncio.create_task(writer.run())]
+        objects = client.CustomObjectsApi(api)
+        try:
+            objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, vs_body("calls"))
+            await eventually(lambda: elector.leading, "replica-a to lead")
+            renewed = lease_renewal(apiserver)
+            await eventually(lambda: lease_renewal(apiserver) != renewed, "a renewal (then a 1 s pause)")
+
+            late = config.renew_deadline  # the leader now stops writing, until its next renewal
+            assert not elector.leading
+            status = {"observedGeneration": 1, "conditions": []}
+            writer.want((NS, "calls"), status)  # refused for now
+            await eventually(lambda: status_of_calls(apiserver) == status, "the wanted status, after the renewal")
+        finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await elector.stopped()
+            api.close()
+
+
+def lease_renewal(apiserver: FakeApiServer) -> str | None:
+    return ((apiserver.get("leases", NS, "xds-operator") or {}).get("spec") or {}).get("renewTime")
+
+
+def status_of_calls(apiserver: FakeApiServer) -> dict | None:
+    return (apiserver.get(PLURAL, NS, "calls") or {}).get("status")
