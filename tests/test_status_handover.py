@@ -2,7 +2,8 @@
 
 A replica computes status whether or not it leads, and skips a VirtualService whose inputs did not
 change. When it (again) becomes leader it must still write every status that differs from what the
-object carries, even one another leader changed while this replica followed.
+object carries, even one another leader changed while this replica followed, and what was wanted
+while its own renewal was late.
 """
 
 from __future__ import annotations
