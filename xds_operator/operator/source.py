@@ -42,7 +42,7 @@ STATUS_INTERVAL_SECONDS = 0.25  # status is recomputed at most this often
 
 
 @dataclass
-class Record:
+class VirtualServiceRecord:
     """What the source knows of one VirtualService beyond what the cache holds."""
 
     generation: int
@@ -61,7 +61,7 @@ class KubernetesSource:
         self.dns = dns or DnsCache(self.on_progress)  # whether address endpoints resolve, for Ready
         self.service: AggregatedDiscoveryService | None = None  # bound once the server exists
         self.peers: ProgressReports | None = None  # other replicas' proxies (several replicas only)
-        self.records: dict[Key, Record] = {}
+        self.records: dict[Key, VirtualServiceRecord] = {}
         self._dirty_namespaces: set[str] = set()
         self._dirty_nodes: set[str] = set()
         self._flush_due: asyncio.TimerHandle | None = None
@@ -131,7 +131,7 @@ class KubernetesSource:
         if record is None or record.uid != metadata.get("uid", ""):
             if record is not None:  # deleted and created again while we were not watching
                 self._delete(key)
-            record = self.records[key] = Record(generation, metadata.get("uid", ""))
+            record = self.records[key] = VirtualServiceRecord(generation, metadata.get("uid", ""))
         record.generation = generation
         if self.status is not None:
             self.status.observed(key, obj.get("status"))
@@ -157,7 +157,7 @@ class KubernetesSource:
         if self.status is not None:
             self.status.forget(key)
 
-    def _warn(self, key: Key, record: Record, reason: str, message: str) -> None:
+    def _warn(self, key: Key, record: VirtualServiceRecord, reason: str, message: str) -> None:
         """Log and emit a Kubernetes Event, once per distinct message."""
         if self._warned.get((key, reason)) == message:
             return
