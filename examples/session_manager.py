@@ -153,7 +153,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("session", type=session_id, help="the session id (lowercase letters, digits, '-')")
     parser.add_argument("--port", type=port, required=True, help="the UDP port the Envoys listen on for this session")
     parser.add_argument("--worker-port", type=port, default=2001, help="the UDP port of the worker (default 2001)")
-    parser.add_argument("--namespace", default="default", help="of the VirtualService and the worker pod")
+    parser.add_argument(
+        "--namespace",
+        default="default",
+        help="of the VirtualService, the worker pod and the ingress Envoys "
+        "(a VirtualService selects proxies in its own namespace only)",
+    )
     parser.add_argument(
         "--worker-label",
         type=label,

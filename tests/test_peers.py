@@ -11,7 +11,17 @@ from ads_client import eventually
 from fake_apiserver import FakeApiServer
 
 from xds_operator.operator.leader import LeaseConfig
-from xds_operator.operator.peers import LABEL, Entry, PeerReport, ProgressReports, decode, encode, merge, report_name
+from xds_operator.operator.peers import (
+    LABEL,
+    MAX_REPORT,
+    Entry,
+    PeerReport,
+    ProgressReports,
+    decode,
+    encode,
+    merge,
+    report_name,
+)
 from xds_operator.operator.status import Observed, status_of
 from xds_operator.xds.progress import Progress
 
@@ -41,6 +51,8 @@ def test_garbage_reports_count_as_nothing() -> None:
         '{"a/b": [1, -1, 0, null, []]}',
         '{"a/b": [1, 1, 1, 7, []]}',
         '{"a/b": [1, 1, 1, null, [3]]}',
+        '{"a/b": [1, 1, 1, null, 0]}',  # a node set that is not there
+        '{"a/b": [1, 1, 1, null, 0], "nodes": [[3]]}',
         '{"a/b": [1, 1, 1, null]}',
         '{"a/b": true}',
     ]
@@ -102,6 +114,17 @@ def test_a_huge_report_keeps_the_counts_and_says_it_is_partial() -> None:
     own = {key: Progress(1, 1) for key in list(generations)[:3]}
     entries, partial = decode(encode(own, generations))
     assert partial and set(entries) == set(own)
+
+
+def test_a_report_with_many_serving_proxies_stays_within_the_limit_and_keeps_the_counts() -> None:
+    # 300 VirtualServices run by the same 32 proxies (pod UIDs): their node ids alone would take ~370 kB.
+    nodes = tuple(f"{i:08d}-aaaa-bbbb-cccc-dddddddddddd" for i in range(32))
+    own = {("media", f"vs-{i}"): Progress(32, 32, serving=[nodes]) for i in range(300)}
+    text = encode(own, dict.fromkeys(own, 1))
+    assert len(text) <= MAX_REPORT
+    entries, partial = decode(text)
+    assert not partial and set(entries) == set(own)
+    assert {(entry.selected, entry.applied) for entry in entries.values()} == {(32, 32)}
 
 
 def test_report_names_are_valid_object_names() -> None:

@@ -89,7 +89,7 @@ def test_ready_when_every_selected_proxy_acked_and_every_cluster_has_a_ready_end
 def test_not_ready_without_proxies():
     ready = conditions(observe(session_vs([SESSION_POD]), worker_pods(), Progress()))["Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "NoProxies")
-    assert "no connected proxy matches spec.selector" in ready["message"]
+    assert "no connected proxy in its namespace matches spec.selector" in ready["message"]
 
 
 def test_not_ready_while_a_proxy_has_not_acked():

@@ -1,4 +1,4 @@
-"""Small network helpers shared by validation, bootstraps, readiness and the serve command."""
+"""Small network helpers shared by validation, bootstraps, readiness, status and the serve command."""
 
 from __future__ import annotations
 
@@ -19,3 +19,12 @@ def is_ip(host: str) -> bool:
 def join_host_port(host: str, port: int) -> str:
     """HOST:PORT, with an IPv6 address in brackets (as gRPC and URLs want it)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def address_order(ip: str) -> tuple[int, int, str]:
+    """A sort key: IPv4 before IPv6, each numerically (10.0.0.9 before 10.0.0.10); anything else last."""
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return (9, 0, ip)
+    return (address.version, int(address), ip)

@@ -3,9 +3,9 @@
 The spec schema is a walk over VirtualServiceSpec and the rules in its custom options (see
 schema.py), the same ones the validator reads: types, required fields, ranges, enums,
 defaults, patterns, lengths, item limits, descriptions. What an OpenAPI schema cannot say
-becomes CEL (x-kubernetes-validations): MessageRules.exactly_one_of, FieldRules.rejected and
-FieldRules.unique_by. Only the status (the standard Kubernetes condition shape) and the
-printer columns are written here by hand.
+becomes CEL (x-kubernetes-validations): MessageRules.exactly_one_of and FieldRules.unique_by.
+Only the status (the standard Kubernetes condition shape) and the printer columns are written
+here by hand.
 
     python -m xds_operator.api.crd           # write crds/ (what `make crds` runs)
     python -m xds_operator.api.crd --check   # exit 1 if the committed CRD is stale
@@ -133,13 +133,7 @@ def message_schema(message: Descriptor, description: str = "") -> Schema:
 def field_schema(field: FieldDescriptor) -> Schema:
     _check_cel_name(field)
     rules = field_rules(field)
-    if rules.rejected:
-        # Any content is rejected (by the message's CEL rule) with one clear message; the schema keeps
-        # unknown fields inside so pruning or strict field validation does not add noise before it.
-        schema: Schema = {"description": rules.description, "type": _json_type(field)}
-        if schema["type"] == "object":
-            schema["x-kubernetes-preserve-unknown-fields"] = True
-        return _without_empty(schema)
+    schema: Schema
     if is_map(field):
         schema = {"description": rules.description, "type": "object"}
         schema["additionalProperties"] = _value_schema(field.message_type.fields_by_name["value"])
@@ -222,17 +216,6 @@ def _message_validations(message: Descriptor) -> list[Schema]:
                 "message": f"set exactly one of {', '.join(choices)}",
             }
         )
-    for field in message.fields:
-        text = field_rules(field).rejected
-        if text:
-            rules.append(
-                {
-                    "rule": f"!has(self.{field.name})",
-                    "message": text,
-                    "fieldPath": f".{field.name}",
-                    "reason": "FieldValueForbidden",
-                }
-            )
     return rules
 
 

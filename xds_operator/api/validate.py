@@ -190,9 +190,6 @@ def _fill_field(message: Message, field: FieldDescriptor, value: Any, path: str,
         elif rules.default:
             setattr(message, field.name, rules.default)
         return
-    if rules.rejected:
-        errors.append(FieldError(path, rules.rejected))
-        return
     if is_map(field):
         _fill_map(getattr(message, field.name), value, path, rules.required, errors)
     elif is_repeated(field):

@@ -12,7 +12,7 @@ MESSAGE_FIELD_NUMBER: _ClassVar[int]
 message: _descriptor.FieldDescriptor
 
 class FieldRules(_message.Message):
-    __slots__ = ("required", "minimum", "maximum", "enum", "default", "unique_by", "pattern", "max_length", "rejected", "description", "max_items")
+    __slots__ = ("required", "minimum", "maximum", "enum", "default", "unique_by", "pattern", "max_length", "description", "max_items")
     REQUIRED_FIELD_NUMBER: _ClassVar[int]
     MINIMUM_FIELD_NUMBER: _ClassVar[int]
     MAXIMUM_FIELD_NUMBER: _ClassVar[int]
@@ -21,7 +21,6 @@ class FieldRules(_message.Message):
     UNIQUE_BY_FIELD_NUMBER: _ClassVar[int]
     PATTERN_FIELD_NUMBER: _ClassVar[int]
     MAX_LENGTH_FIELD_NUMBER: _ClassVar[int]
-    REJECTED_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
     required: bool
@@ -32,10 +31,9 @@ class FieldRules(_message.Message):
     unique_by: _containers.RepeatedScalarFieldContainer[str]
     pattern: str
     max_length: int
-    rejected: str
     description: str
     max_items: int
-    def __init__(self, required: _Optional[bool] = ..., minimum: _Optional[int] = ..., maximum: _Optional[int] = ..., enum: _Optional[_Iterable[str]] = ..., default: _Optional[str] = ..., unique_by: _Optional[_Iterable[str]] = ..., pattern: _Optional[str] = ..., max_length: _Optional[int] = ..., rejected: _Optional[str] = ..., description: _Optional[str] = ..., max_items: _Optional[int] = ...) -> None: ...
+    def __init__(self, required: _Optional[bool] = ..., minimum: _Optional[int] = ..., maximum: _Optional[int] = ..., enum: _Optional[_Iterable[str]] = ..., default: _Optional[str] = ..., unique_by: _Optional[_Iterable[str]] = ..., pattern: _Optional[str] = ..., max_length: _Optional[int] = ..., description: _Optional[str] = ..., max_items: _Optional[int] = ...) -> None: ...
 
 class MessageRules(_message.Message):
     __slots__ = ("exactly_one_of", "description")

@@ -153,6 +153,10 @@ class LeaderElector:
                 started = self._clock()
                 held = await asyncio.to_thread(self._try_acquire_or_renew)
                 if held:
+                    if self._leading and not self.leading:
+                        # The renew deadline passed before this renewal came back: writes were refused
+                        # meanwhile, so say so, and start again (the writer then writes what waited).
+                        self._set_leading(False)
                     self._renewed_at = started
                     if not self._leading:
                         self._set_leading(True)

@@ -3,8 +3,9 @@
 Each replica serves only the proxies connected to it. Every replica publishes, in a Lease of its
 own (`<lease-name>-<hash of identity>`, labelled as one of `<lease-name>`'s replicas), a summary
 per VirtualService: the generation it serves, and how many of its proxies it selects, how many
-run it, and the first NACK. Every replica reads the others' summaries every retry period; the
-leader adds them to its own proxies' progress before it writes status:
+run it (and their node ids, for status.listeners addresses), and the first NACK. Every replica
+reads the others' summaries every retry period; the leader adds them to its own proxies'
+progress before it writes status:
 
 - a peer's proxies count as running generation G only if the peer serves G too;
 - while a live peer serves another generation of a VirtualService, or does not list it yet,
@@ -56,21 +57,40 @@ class Entry:
 
 
 def encode(own: Mapping[Key, Progress], generations: Mapping[Key, int | None]) -> str:
-    """A compact JSON report: {"ns/name": generation} or [generation, selected, applied, rejection, serving]."""
-    report: dict[str, object] = {}
+    """A compact JSON report, at most MAX_REPORT bytes (see `_report` for its shape).
+
+    When the full report is too big, first the serving node ids go (status.listeners then lists
+    only the other replicas' proxies), then the VirtualServices without proxies here (see merge).
+    """
+    for with_nodes, partial in ((True, False), (False, False), (False, True)):
+        text = json.dumps(_report(own, generations, with_nodes, partial), separators=(",", ":"))
+        if len(text) <= MAX_REPORT:
+            break
+    return text
+
+
+def _report(
+    own: Mapping[Key, Progress], generations: Mapping[Key, int | None], with_nodes: bool, partial: bool
+) -> dict[str, object]:
+    """{"ns/name": generation} for a VirtualService without proxies here, else
+    [generation, selected, applied, rejection, index into "nodes" or null]; "nodes" holds each set of
+    serving node ids once (the same proxies usually run many VirtualServices)."""
+    report: dict[str, object] = {"partial": True} if partial else {}
+    node_sets: dict[tuple[str, ...], int] = {}
     for key, generation in sorted(generations.items()):
         progress = own.get(key)
         name = f"{key[0]}/{key[1]}"
         if progress is None or (progress.selected == 0 and not progress.rejections):
-            report[name] = generation
-        else:
-            rejection = f"{progress.rejections[0][0]}: {progress.rejections[0][1]}" if progress.rejections else None
-            serving = sorted({node for nodes in progress.serving for node in nodes})[:MAX_SERVING]
-            report[name] = [generation, progress.selected, progress.applied, rejection and rejection[:512], serving]
-    text = json.dumps(report, separators=(",", ":"))
-    if len(text) > MAX_REPORT:  # keep the counts, drop the list of what it merely knows (see merge)
-        text = json.dumps({"partial": True, **{k: v for k, v in report.items() if isinstance(v, list)}})
-    return text
+            if not partial:
+                report[name] = generation
+            continue
+        rejection = f"{progress.rejections[0][0]}: {progress.rejections[0][1]}" if progress.rejections else None
+        serving = tuple(sorted({node for nodes in progress.serving for node in nodes})[:MAX_SERVING])
+        index = node_sets.setdefault(serving, len(node_sets)) if serving and with_nodes else None
+        report[name] = [generation, progress.selected, progress.applied, rejection and rejection[:512], index]
+    if node_sets:
+        report["nodes"] = [list(nodes) for nodes in node_sets]
+    return report
 
 
 def decode(text: str | None) -> tuple[dict[Key, Entry], bool]:
@@ -81,22 +101,28 @@ def decode(text: str | None) -> tuple[dict[Key, Entry], bool]:
         return {}, True
     if not isinstance(report, dict):
         return {}, True
+    listed = report.get("nodes")
+    node_sets: list[tuple[str, ...]] = []  # shared by the entries (status caches addresses per node set)
+    if isinstance(listed, list) and all(
+        isinstance(nodes, list) and all(isinstance(node, str) for node in nodes) for nodes in listed
+    ):
+        node_sets = [tuple(nodes) for nodes in listed]
     entries: dict[Key, Entry] = {}
     for name, value in report.items():
         namespace, sep, vs_name = name.partition("/")
         if not sep:
             continue
         if isinstance(value, list) and len(value) == 5:
-            generation, selected, applied, rejection, serving = value
+            generation, selected, applied, rejection, index = value
             if (
                 _count(generation, True)
                 and _count(selected)
                 and _count(applied)
                 and isinstance(rejection, str | None)
-                and isinstance(serving, list)
-                and all(isinstance(node, str) for node in serving)
+                and (index is None or (_count(index) and index < len(node_sets)))
             ):
-                entries[(namespace, vs_name)] = Entry(generation, selected, applied, rejection, tuple(serving))
+                serving = node_sets[index] if index is not None else ()
+                entries[(namespace, vs_name)] = Entry(generation, selected, applied, rejection, serving)
         elif _count(value, True):
             entries[(namespace, vs_name)] = Entry(value)
     return entries, report.get("partial") is True

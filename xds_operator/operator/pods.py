@@ -134,13 +134,17 @@ class PodIndex:
     def labels_for(self, node_id: str) -> dict[str, str] | None:
         """A proxy's labels, from its pod (node id = pod UID or <namespace>/<name>), with the pod's namespace
         under NAMESPACE_LABEL (VirtualServices select proxies in their own namespace); None if unknown."""
-        pod = self._by_uid.get(node_id) or self._pods.get(node_id)
+        pod = self._proxy_pod(node_id)
         return {**pod.labels, NAMESPACE_LABEL: pod.namespace} if pod is not None else None
 
     def ip_for(self, node_id: str) -> str:
         """The pod IP of the proxy with this node id ("" if its pod is unknown or has no IP yet)."""
-        pod = self._by_uid.get(node_id) or self._pods.get(node_id)
+        pod = self._proxy_pod(node_id)
         return pod.ip if pod is not None else ""
+
+    def _proxy_pod(self, node_id: str) -> PodInfo | None:
+        """The pod a node id names: by UID, or by <namespace>/<name>."""
+        return self._by_uid.get(node_id) or self._pods.get(node_id)
 
     def ready_ips(self, namespace: str, selector: Mapping[str, str]) -> Sequence[str]:
         """The IPs of the serving pods in namespace whose labels contain the selector (a SelectorResolver)."""

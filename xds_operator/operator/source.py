@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -24,10 +23,10 @@ from kubernetes import client
 
 from ..api import API_GROUP, API_VERSION, Key, ValidationError, VirtualService, key_of, parse_virtual_service
 from ..api.schema import PLURAL
-from ..net import is_ip
+from ..net import address_order, is_ip
 from ..translate import Resolved
 from ..xds.cache import SnapshotCache
-from ..xds.progress import summarize
+from ..xds.progress import Progress, summarize
 from ..xds.server import AggregatedDiscoveryService
 from .dns import DnsCache
 from .peers import ProgressReports, encode, merge
@@ -43,7 +42,7 @@ STATUS_INTERVAL_SECONDS = 0.25  # status is recomputed at most this often
 
 
 @dataclass
-class Record:
+class VirtualServiceRecord:
     """What the source knows of one VirtualService beyond what the cache holds."""
 
     generation: int
@@ -62,7 +61,7 @@ class KubernetesSource:
         self.dns = dns or DnsCache(self.on_progress)  # whether address endpoints resolve, for Ready
         self.service: AggregatedDiscoveryService | None = None  # bound once the server exists
         self.peers: ProgressReports | None = None  # other replicas' proxies (several replicas only)
-        self.records: dict[Key, Record] = {}
+        self.records: dict[Key, VirtualServiceRecord] = {}
         self._dirty_namespaces: set[str] = set()
         self._dirty_nodes: set[str] = set()
         self._flush_due: asyncio.TimerHandle | None = None
@@ -85,8 +84,9 @@ class KubernetesSource:
     def bind(self, service: AggregatedDiscoveryService) -> None:
         self.service = service
 
-    def expect_sync(self, name: str) -> None:
-        self._pending_syncs.add(name)
+    def expect_sync(self, watch: str) -> None:
+        """`synced` waits for this watch (a reflector's name) to list once."""
+        self._pending_syncs.add(watch)
 
     async def synced(self) -> None:
         """Wait until every watch has listed once (serving before that would hand proxies a partial config)."""
@@ -102,20 +102,21 @@ class KubernetesSource:
         """No received change is waiting to be applied."""
         return self._flush_due is None
 
-    def _mark_synced(self, name: str) -> None:
-        if name in self._pending_syncs:
-            self._pending_syncs.discard(name)
+    def _mark_synced(self, watch: str) -> None:
+        if watch in self._pending_syncs:
+            self._pending_syncs.discard(watch)
             if not self._pending_syncs:
                 self._synced.set()
 
     # -- VirtualServices ---------------------------------------------------------------------
 
-    def on_virtual_services(self, event: Event, namespace: str | None = None, name: str = "") -> None:
+    def on_virtual_services(self, event: Event, namespace: str | None = None, watch: str = "") -> None:
+        """An event of the VirtualService watch `watch` (of `namespace`, or of all namespaces if None)."""
         if isinstance(event, Synced):
             present = {self._upsert(obj) for obj in event.objects}
             for key in [k for k in self.records if (namespace is None or k[0] == namespace) and k not in present]:
                 self._delete(key)
-            self._mark_synced(name)
+            self._mark_synced(watch)
         elif event.type == "DELETED":
             self._delete(_key_of(event.object))
         else:
@@ -130,7 +131,7 @@ class KubernetesSource:
         if record is None or record.uid != metadata.get("uid", ""):
             if record is not None:  # deleted and created again while we were not watching
                 self._delete(key)
-            record = self.records[key] = Record(generation, metadata.get("uid", ""))
+            record = self.records[key] = VirtualServiceRecord(generation, metadata.get("uid", ""))
         record.generation = generation
         if self.status is not None:
             self.status.observed(key, obj.get("status"))
@@ -156,7 +157,7 @@ class KubernetesSource:
         if self.status is not None:
             self.status.forget(key)
 
-    def _warn(self, key: Key, record: Record, reason: str, message: str) -> None:
+    def _warn(self, key: Key, record: VirtualServiceRecord, reason: str, message: str) -> None:
         """Log and emit a Kubernetes Event, once per distinct message."""
         if self._warned.get((key, reason)) == message:
             return
@@ -174,11 +175,12 @@ class KubernetesSource:
 
     # -- Pods --------------------------------------------------------------------------------
 
-    def on_pods(self, event: Event, namespace: str | None = None, name: str = "") -> None:
+    def on_pods(self, event: Event, namespace: str | None = None, watch: str = "") -> None:
+        """An event of the Pod watch `watch` (of `namespace`, or of all namespaces if None)."""
         changes: Sequence[PodChange | None]
         if isinstance(event, Synced):
             changes = self.pods.replace(event.objects, namespace)
-            self._mark_synced(name)
+            self._mark_synced(watch)
         elif event.type == "DELETED":
             changes = [self.pods.delete(event.object)]
         else:
@@ -215,23 +217,20 @@ class KubernetesSource:
             self._status_due = asyncio.get_running_loop().call_later(STATUS_INTERVAL_SECONDS, self.update_status)
 
     def update_status(self) -> None:
+        """Recompute every VirtualService's status; hand the writer those whose inputs changed."""
         self._status_due = None
         if self.status is None or not self.is_synced:
             return
         services = self.cache.virtual_services()
-        progress = summarize(self.service.progress() if self.service else (), services)
-        if self.peers is not None:  # publish this replica's proxies' progress; count the other replicas'
-            generations = {key: record.serving_generation for key, record in self.records.items()}
-            self.peers.publish(encode(progress, generations))
-            if not self.peers.synced.is_set():
-                return  # a status without the other replicas' proxies could turn Programmed True too early
-            progress = merge(progress, generations, self.peers.peers())
+        progress = self._progress(services)
+        if progress is None:
+            return
         conflicts = self.cache.conflicts
         now = now_rfc3339()
-        addresses: dict[tuple[int, ...], tuple[str, ...]] = {}  # alike proxy sets give alike addresses
+        addresses: dict[tuple[int, ...], tuple[str, ...]] = {}  # by serving node-id sets (shared between alike)
         for key, record in self.records.items():
-            vs, resolved = services.get(key), self.cache.resolved(key)
-            serving = progress[key].serving if key in progress else []
+            key_progress = progress.get(key)
+            serving = key_progress.serving if key_progress is not None else []
             shared = tuple(map(id, serving))
             if shared not in addresses:
                 addresses[shared] = self._proxy_addresses(serving)
@@ -240,23 +239,33 @@ class KubernetesSource:
                 rejected=record.rejected,
                 serving_generation=record.serving_generation,
                 conflict=conflicts.get(key),
-                progress=progress.get(key),
-                listeners=self._listener_states(key, vs, resolved),
+                progress=key_progress,
+                listeners=self._listener_states(key, services.get(key)),
                 addresses=addresses[shared],
             )
             if self._observed.get(key) == observed:
                 continue  # what was wanted for it last time (written, or queued) still holds
             self._observed[key] = observed
-            rejections = progress[key].rejections if key in progress else []
-            if rejections:
-                node, error = rejections[0]
+            if key_progress is not None and key_progress.rejections:
+                node, error = key_progress.rejections[0]
                 self._warn(key, record, "ProxyRejected", f"proxy {node} rejected its resources: {error}")
             self.status.want(key, status_of(observed, self.status.written(key), now))
         self.dns.retain_asked()  # every DNS name in use was asked above (their states are never kept)
 
-    def _listener_states(
-        self, key: Key, vs: VirtualService | None, resolved: Resolved | None
-    ) -> tuple[ListenerState, ...]:
+    def _progress(self, services: Mapping[Key, VirtualService]) -> dict[Key, Progress] | None:
+        """This replica's proxies' progress plus, with several replicas, the others' (None: not known yet)."""
+        progress = summarize(self.service.progress() if self.service else (), services)
+        if self.peers is None:
+            return progress
+        generations = {key: record.serving_generation for key, record in self.records.items()}
+        self.peers.publish(encode(progress, generations))  # every replica publishes; the leader merges
+        if not self.peers.synced.is_set():
+            return None  # a status without the other replicas' proxies could turn Programmed True too early
+        return merge(progress, generations, self.peers.peers())
+
+    def _listener_states(self, key: Key, vs: VirtualService | None) -> tuple[ListenerState, ...]:
+        """Of the generation served (none if no generation is valid)."""
+        resolved = self.cache.resolved(key)
         if vs is None or resolved is None:
             return ()
         kept = self._states.get(key)
@@ -273,15 +282,7 @@ class KubernetesSource:
         """The pod IPs of these proxies, in address order."""
         ips = {self.pods.ip_for(node) for nodes in serving for node in nodes}
         ips.discard("")
-        return tuple(sorted(ips, key=_address_order))
-
-
-def _address_order(ip: str) -> tuple:
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
-        return (9, 0, ip)
-    return (address.version, int(address), ip)
+        return tuple(sorted(ips, key=address_order))
 
 
 def _key_of(obj: Mapping[str, Any]) -> Key:
@@ -306,13 +307,13 @@ def start_watches(
             )
             list_pods = functools.partial(core.list_namespaced_pod, namespace)
         where = f" in {namespace}" if namespace else ""
-        for name, list_call, handler in (
+        for watch, list_call, handler in (
             (f"virtualservices{where}", list_vs, source.on_virtual_services),
             (f"pods{where}", list_pods, source.on_pods),
         ):
-            source.expect_sync(name)
-            sink = _on_loop(loop, functools.partial(handler, namespace=namespace, name=name))
-            reflectors.append(Reflector(name, list_call, sink))
+            source.expect_sync(watch)
+            sink = _on_loop(loop, functools.partial(handler, namespace=namespace, watch=watch))
+            reflectors.append(Reflector(watch, list_call, sink))
     for reflector in reflectors:
         reflector.start()
     return reflectors

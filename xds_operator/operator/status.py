@@ -87,7 +87,7 @@ def _programmed(observed: Observed) -> tuple[str, str, str, str]:
         more = f" (and {len(progress.rejections) - 1} more proxies)" if len(progress.rejections) > 1 else ""
         return ("Programmed", "False", "Rejected", f"proxy {node} rejected its resources{more}: {error}")
     if progress.selected == 0:
-        return ("Programmed", "False", "NoProxies", "no connected proxy matches spec.selector")
+        return ("Programmed", "False", "NoProxies", "no connected proxy in its namespace matches spec.selector")
     counts = f"{progress.applied} of {progress.selected} selected proxies run it"
     if progress.replicas > 1:
         counts += f" (proxies of all {progress.replicas} control plane replicas)"
@@ -191,8 +191,9 @@ class StatusWriter:
         self._leading = leading
         self._objects = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
-        self._wanted: dict[Key, dict] = {}
-        self._written: dict[Key, dict] = {}
+        self._latest: dict[Key, dict] = {}  # the status last computed, written or not (for `resume`)
+        self._wanted: dict[Key, dict] = {}  # of those, the ones to write
+        self._written: dict[Key, dict] = {}  # what the object carries, as far as this replica knows
         self._warnings: list[WarningEvent] = []
         self._wake = asyncio.Event()
         self._retry_delay = retry_delay
@@ -208,6 +209,7 @@ class StatusWriter:
             self._written[key] = dict(status)  # a follower follows what the leader wrote
 
     def want(self, key: Key, status: dict) -> None:
+        self._latest[key] = status
         if self._written.get(key) == status:
             self._wanted.pop(key, None)
             return
@@ -219,10 +221,18 @@ class StatusWriter:
         self._wake.set()
 
     def resume(self) -> None:
-        """Leadership began: write whatever differs from what the objects carry."""
+        """Leadership began: write whatever differs from what the objects carry.
+
+        The source skips a VirtualService whose inputs did not change, so a status that matched the
+        object when computed is not wanted again even if another leader has changed the object since.
+        """
+        for key, status in self._latest.items():
+            if self._written.get(key) != status:
+                self._wanted[key] = status
         self._wake.set()
 
     def forget(self, key: Key) -> None:
+        self._latest.pop(key, None)
         self._wanted.pop(key, None)
         self._written.pop(key, None)
 
