@@ -21,7 +21,7 @@ from kubernetes import client
 
 from xds_operator.operator.pods import PodIndex
 from xds_operator.operator.reflector import Reflector
-from xds_operator.operator.source import KubernetesSource, start_watches
+from xds_operator.operator.source import STATUS_INTERVAL_SECONDS, KubernetesSource, start_watches
 from xds_operator.operator.status import StatusWriter
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import AggregatedDiscoveryService, start_server
@@ -392,6 +392,26 @@ async def test_status_accepted_and_programmed_once_the_proxy_acks(operator: Oper
     assert programmed["message"] == "1 of 1 selected proxies run it"
     assert operator.status("calls")["observedGeneration"] == 1
     assert operator.condition("calls", "Conflicted")["status"] == "False"
+
+
+async def test_a_closed_source_computes_no_more_status(operator: Operator):
+    """Shutting down: proxies leaving during the drain must not start a status pass (and its DNS threads)."""
+    operator.create(vs_body("calls"))
+    operator.create_pod("envoy-0", INGRESS)
+    await operator.settle()
+    ads = operator.connect(f"{NS}/envoy-0")
+    await subscribe(ads)
+    await operator.wait_condition("calls", "Programmed", "True", "Programmed")
+
+    def status_patches() -> int:
+        return sum(1 for r in operator.apiserver.requests if r.method == "PATCH" and r.path.endswith("/status"))
+
+    operator.source.close()
+    before = status_patches()
+    await ads.close()  # the proxy leaves: an open source would write Programmed=False (NoProxies)
+    await asyncio.sleep(4 * STATUS_INTERVAL_SECONDS)
+    assert status_patches() == before
+    assert operator.condition("calls", "Programmed")["status"] == "True"
 
 
 async def test_an_invalid_virtualservice_is_not_accepted_and_gets_an_event(operator: Operator):

@@ -132,7 +132,7 @@ async def serve_kubernetes(
     finally:
         for reflector in reflectors:
             reflector.stop(timeout=0.2)
-        source.dns.close()
+        source.close()
         if elector is not None and source.peers is not None:
             await elector.stopped()  # the Lease is free before the process ends: a peer takes over at once
             await source.peers.stopped()

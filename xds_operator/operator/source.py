@@ -66,6 +66,7 @@ class KubernetesSource:
         self._dirty_nodes: set[str] = set()
         self._flush_due: asyncio.TimerHandle | None = None
         self._status_due: asyncio.TimerHandle | None = None
+        self._closed = False
         self._warned: dict[tuple[Key, str], str] = {}  # (key, reason) → the message last reported
         # Listener states of VirtualServices without DNS names, kept while their upstreams are the same objects.
         self._states: dict[Key, tuple[VirtualService, Resolved, tuple[ListenerState, ...]]] = {}
@@ -195,7 +196,7 @@ class KubernetesSource:
     # -- coalesced work ----------------------------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        if self._flush_due is None:
+        if self._flush_due is None and not self._closed:
             self._flush_due = asyncio.get_running_loop().call_later(COALESCE_SECONDS, self.flush)
 
     def flush(self) -> None:
@@ -211,9 +212,19 @@ class KubernetesSource:
             self.service.reidentify(nodes)
         self.on_progress()
 
+    def close(self) -> None:
+        """Shutting down: no more flushes or status passes (streams closing during the drain would
+        schedule one, and its DNS lookups would start a thread pool the exit then waits for)."""
+        self._closed = True
+        for due in (self._flush_due, self._status_due):
+            if due is not None:
+                due.cancel()
+        self._flush_due = self._status_due = None
+        self.dns.close()
+
     def on_progress(self) -> None:
         """Something a status depends on changed (a proxy ACKed, NACKed, came or went)."""
-        if self.status is not None and self._status_due is None:
+        if self.status is not None and self._status_due is None and not self._closed:
             self._status_due = asyncio.get_running_loop().call_later(STATUS_INTERVAL_SECONDS, self.update_status)
 
     def update_status(self) -> None:
