@@ -322,6 +322,10 @@ def test_serve_rejects_kubernetes_options_with_a_directory(tmp_path: Path, capsy
     status, _, err = run(["serve", "--dir", str(tmp_path), "--namespace", "media"], capsys)
     assert status == 2
     assert "--namespace" in err
+    # Leader election is Kubernetes mode's too: ignoring it silently would hide a mistake.
+    status, _, err = run(["serve", "--dir", str(tmp_path), "--no-leader-elect", "--lease-duration", "30"], capsys)
+    assert status == 2
+    assert "--no-leader-elect, --lease-duration: Kubernetes mode only" in err
 
 
 def test_serve_help_explains_both_modes(capsys: pytest.CaptureFixture[str]) -> None:

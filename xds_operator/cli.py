@@ -346,8 +346,8 @@ def _serve(args: argparse.Namespace) -> int:
         return transport
     tls, policy = transport
     if args.dir is not None:
-        if args.kubeconfig is not None or args.namespace:
-            print("xds-operator: --kubeconfig and --namespace apply without --dir only", file=sys.stderr)
+        if given := _kubernetes_only_options_given(args):
+            print(f"xds-operator: {', '.join(given)}: Kubernetes mode only (without --dir)", file=sys.stderr)
             return 2
         if not args.dir.is_dir():
             print(f"xds-operator: --dir {args.dir}: not a directory", file=sys.stderr)
@@ -389,6 +389,25 @@ def _lease_config(args: argparse.Namespace) -> LeaseConfig | None:
         renew_deadline=args.renew_deadline,
         retry_period=args.retry_period,
     )
+
+
+# serve's options that only Kubernetes mode reads (dest → flag): refused with --dir rather than ignored.
+KUBERNETES_ONLY = {
+    "kubeconfig": "--kubeconfig",
+    "namespace": "--namespace",
+    "leader_elect": "--no-leader-elect",
+    "lease_name": "--lease-name",
+    "lease_namespace": "--lease-namespace",
+    "identity": "--identity",
+    "lease_duration": "--lease-duration",
+    "renew_deadline": "--renew-deadline",
+    "retry_period": "--retry-period",
+}
+
+
+def _kubernetes_only_options_given(args: argparse.Namespace) -> list[str]:
+    defaults = vars(build_parser().parse_args(["serve"]))
+    return [flag for dest, flag in KUBERNETES_ONLY.items() if getattr(args, dest) != defaults[dest]]
 
 
 def _serve_transport(args: argparse.Namespace) -> tuple[ServerTls | None, ConnectionPolicy] | int:
