@@ -1,7 +1,7 @@
 """Logging setup: human-readable text, or one JSON object per line for log pipelines.
 
 JSON lines carry time (UTC, RFC 3339 with milliseconds), level, logger and message, plus the
-structured fields a log call passes with `extra=` (node_id, type, version, group, file, error...).
+structured fields a log call passes with `extra=` (node_id, type, version or versions, group, file, error...).
 """
 
 from __future__ import annotations

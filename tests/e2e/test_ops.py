@@ -322,8 +322,12 @@ def test_json_logs_parse_and_carry_node_ids_types_and_versions(
     connected = [r for r in every if r["message"].startswith("proxy edge-json connected")]
     assert len(connected) == 1 and connected[0]["level"] == "info"
     assert connected[0]["node_id"] == "edge-json" and connected[0]["variant"] == "sotw"
-    pushes = [r for r in every if r["message"].startswith("push ")]
-    assert {r["type"] for r in pushes} == {"CDS", "LDS"} and {r["node_id"] for r in pushes} == {"edge-json"}
-    assert all(r["level"] == "info" and re.fullmatch(r"[0-9a-f]{16}", r["version"]) for r in pushes)
+    pushes = [r for r in every if r["message"].startswith("push to proxy edge-json: ")]
+    assert pushes and {r["node_id"] for r in pushes} == {"edge-json"}
+    assert {kind for r in pushes for kind in r["versions"]} == {"CDS", "LDS"}  # one line per push, its types in it
+    for push in pushes:
+        assert push["level"] == "info"
+        assert all(re.fullmatch(r"[0-9a-f]{16}", version) for version in push["versions"].values())
+        assert all(f"{kind} {version} (" in push["message"] for kind, version in push["versions"].items())
     assert not [r for r in every if " ACKed " in r["message"]], "ACKs are debug lines"
     assert any(r.get("file", "").endswith("blocked.yaml") for r in every)

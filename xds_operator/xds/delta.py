@@ -65,7 +65,7 @@ class DeltaStream(ProxyStream):
             reported.discard(name)
         state.names = frozenset(names)
 
-    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> bytes | None:
+    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> tuple[bytes, str] | None:
         changed = [r for r in wanted.resources if state.known.get(r.name) != r.digest]
         present = {r.name for r in wanted.resources}
         removed = sorted(name for name in state.known if name not in present)
@@ -84,20 +84,12 @@ class DeltaStream(ProxyStream):
         for name in removed:
             state.known.pop(name, None)
         state.sent_version = wanted.version
-        log.info(
-            "push %s version %s to proxy %s: %d changed, %d removed",
-            SHORT_NAMES[type_url],
-            wanted.version,
-            self.node_id,
-            len(changed),
-            len(removed),
-            extra={"node_id": self.node_id, "type": SHORT_NAMES[type_url], "version": wanted.version},
-        )
         # Serialized here, once (gRPC passes bytes through): the push's size costs nothing more.
-        return discovery_pb2.DeltaDiscoveryResponse(
+        response = discovery_pb2.DeltaDiscoveryResponse(
             system_version_info=wanted.version,
             type_url=type_url,
             nonce=self._next_nonce(state),
             resources=[discovery_pb2.Resource(name=r.name, version=r.digest, resource=r.packed) for r in changed],
             removed_resources=removed,
         ).SerializeToString()
+        return response, f"{len(changed)} changed, {len(removed)} removed"

@@ -79,14 +79,24 @@ class ProxyStream:
         if snapshot is None:
             return []  # identity unknown (or gone): the proxy keeps what it has
         responses = []
+        # One log line per push, however many types it carries: each type's version and what changed.
+        versions: dict[str, str] = {}
+        details: list[str] = []
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
             if state is not None and state.subscribed:
-                response = self._respond(type_url, state, self.wanted(type_url, snapshot))
-                if response is not None:
+                push = self._respond(type_url, state, self.wanted(type_url, snapshot))
+                if push is not None:
+                    response, detail = push
                     responses.append(response)
                     state.pushed_since = since
                     self.observer.pushed(self, type_url, len(response))
+                    kind = SHORT_NAMES[type_url]
+                    versions[kind] = state.sent_version or ""
+                    details.append(f"{kind} {state.sent_version} ({detail})")
+        if versions:
+            extra = {"node_id": self.node_id, "versions": versions}
+            log.info("push to proxy %s: %s", self.node_id, ", ".join(details), extra=extra)
         return responses
 
     def wanted(self, type_url: str, snapshot: Snapshot) -> Selection:
@@ -94,8 +104,9 @@ class ProxyStream:
         state = self.types[type_url]
         return snapshot.select(type_url, state.names)
 
-    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> bytes | None:
-        """The response that brings the proxy to `wanted`, or None if it needs nothing."""
+    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> tuple[bytes, str] | None:
+        """The response that brings the proxy to `wanted` and what it carries (for the log), or None
+        if the proxy needs nothing."""
         raise NotImplementedError
 
     def _next_nonce(self, state: TypeState) -> str:
@@ -195,20 +206,12 @@ class SotwStream(ProxyStream):
         # cluster it names. Send everything that differs, in push order.
         return self.on_snapshot(snapshot, since)
 
-    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> bytes | None:
+    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> tuple[bytes, str] | None:
         if wanted.version == state.sent_version:
             return None  # unchanged, or the version the proxy rejected: never sent twice
         state.sent_version = wanted.version
-        log.info(
-            "push %s version %s (%d resources) to proxy %s",
-            SHORT_NAMES[type_url],
-            wanted.version,
-            len(wanted.resources),
-            self.node_id,
-            extra={"node_id": self.node_id, "type": SHORT_NAMES[type_url], "version": wanted.version},
-        )
         state.nonce = wanted.nonce
-        return wanted.sotw_response
+        return wanted.sotw_response, f"{len(wanted.resources)} resources"
 
 
 def nack_text(request: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest) -> str | None:
