@@ -16,7 +16,6 @@ from typing import Any
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
-from google.protobuf.message import Message
 
 from .cache import SnapshotCache, Watch
 from .delta import DeltaStream
@@ -278,9 +277,9 @@ async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object]) -> N
         inbox.put_nowait(_CLOSED)
 
 
-def _serialize(response: bytes | Message) -> bytes:
-    """Both variants hand over serialized responses (their size is counted); a message is serialized here."""
-    return response if isinstance(response, bytes) else response.SerializeToString()
+def _pass_through(response: bytes) -> bytes:
+    """Both stream variants hand over serialized responses (serialized once, their size counted as they are made)."""
+    return response
 
 
 def _ads_handler(service: AggregatedDiscoveryService) -> grpc.GenericRpcHandler:
@@ -291,12 +290,12 @@ def _ads_handler(service: AggregatedDiscoveryService) -> grpc.GenericRpcHandler:
             "StreamAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 service.StreamAggregatedResources,
                 request_deserializer=discovery_pb2.DiscoveryRequest.FromString,
-                response_serializer=_serialize,
+                response_serializer=_pass_through,
             ),
             "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
                 service.DeltaAggregatedResources,
                 request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
-                response_serializer=_serialize,
+                response_serializer=_pass_through,
             ),
         },
     )
