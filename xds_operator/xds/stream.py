@@ -79,9 +79,7 @@ class ProxyStream:
         if snapshot is None:
             return []  # identity unknown (or gone): the proxy keeps what it has
         responses = []
-        # One log line per push, however many types it carries: each type's version and what changed.
-        versions: dict[str, str] = {}
-        details: list[str] = []
+        pushed: list[tuple[str, str, str]] = []  # (type, version, what changed): one log line per push
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
             if state is not None and state.subscribed:
@@ -91,12 +89,11 @@ class ProxyStream:
                     responses.append(response)
                     state.pushed_since = since
                     self.observer.pushed(self, type_url, len(response))
-                    kind = SHORT_NAMES[type_url]
-                    versions[kind] = state.sent_version or ""
-                    details.append(f"{kind} {state.sent_version} ({detail})")
-        if versions:
-            extra = {"node_id": self.node_id, "versions": versions}
-            log.info("push to proxy %s: %s", self.node_id, ", ".join(details), extra=extra)
+                    pushed.append((SHORT_NAMES[type_url], state.sent_version or "", detail))
+        if pushed and log.isEnabledFor(logging.INFO):
+            text = ", ".join(f"{kind} {version} ({detail})" for kind, version, detail in pushed)
+            versions = {kind: version for kind, version, _ in pushed}
+            log.info("push to proxy %s: %s", self.node_id, text, extra={"node_id": self.node_id, "versions": versions})
         return responses
 
     def wanted(self, type_url: str, snapshot: Snapshot) -> Selection:
