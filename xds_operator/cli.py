@@ -432,8 +432,7 @@ def _serve_transport(args: argparse.Namespace) -> tuple[ServerTls | None, Connec
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .files import read_file
-    from .render import expand
+    from .files import expand, read_file
 
     failed = False
     for path in expand(args.files):

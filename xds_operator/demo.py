@@ -41,7 +41,7 @@ from .api import VirtualService, protocol_of
 from .bootstrap import envoy_bootstrap, render, split_host_port
 from .echo import EchoWorker
 from .echo import send as send_datagram
-from .files import SUFFIXES, read_file
+from .files import read_file, virtual_service_files
 
 NODE_ID = "demo-envoy"
 LOCAL_HOST = "127.0.0.1"
@@ -100,7 +100,7 @@ def make_plan(directory: Path) -> Plan:
     plan = Plan()
     services: list[VirtualService] = []
     seen: set[tuple[str, str]] = set()
-    for path in sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file()):
+    for path in virtual_service_files(directory):
         contents = read_file(path)
         plan.warnings.extend(f"{problem} (the control plane skips it too)" for problem in contents.errors)
         for vs in contents.services:

@@ -37,6 +37,19 @@ DEBOUNCE_MS = 20  # watchfiles (off Linux): editors write in bursts; one reload 
 BURST_SECONDS = 0.0  # inotify: a yield to the loop, so events already queued join one reload
 
 
+def virtual_service_files(directory: Path) -> list[Path]:
+    """The VirtualService files (*.yaml, *.yml) of a directory, in name order."""
+    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file())
+
+
+def expand(paths: Iterable[Path]) -> list[Path]:
+    """Files as given; a directory stands for its VirtualService files (for `validate` and `render`)."""
+    expanded: list[Path] = []
+    for path in paths:
+        expanded.extend(virtual_service_files(path) if path.is_dir() else [path])
+    return expanded
+
+
 @dataclass
 class FileContents:
     """What one file holds: its valid VirtualServices and the problems of the rest."""

@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .files import SUFFIXES, read_file
+from .files import expand, read_file
 from .xds.cache import SnapshotCache
 from .xds.dump import resources_json
 
@@ -19,17 +19,6 @@ from .xds.dump import resources_json
 class Rendered:
     resources: dict = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # invalid files and documents, as `validate` prints them
-
-
-def expand(paths: Iterable[Path]) -> list[Path]:
-    """Files as given; a directory stands for its *.yaml and *.yml files."""
-    expanded: list[Path] = []
-    for path in paths:
-        if path.is_dir():
-            expanded.extend(sorted(p for p in path.iterdir() if p.suffix in SUFFIXES and p.is_file()))
-        else:
-            expanded.append(path)
-    return expanded
 
 
 def render(paths: Iterable[Path], labels: Mapping[str, str]) -> Rendered:
