@@ -47,6 +47,11 @@ class LeaseConfig:
     renew_deadline: float = 10.0  # the leader stops leading when it could not renew for this long
     retry_period: float = 2.0  # how often the leader renews and candidates try
 
+    @property
+    def request_timeout(self) -> float:
+        """For each Lease request: a stuck one must not outlast half the renew deadline."""
+        return max(0.5, self.renew_deadline / 2)
+
     def problems(self) -> list[str]:
         """What is inconsistent about these durations (client-go refuses the same combinations)."""
         problems = []
@@ -213,7 +218,7 @@ class LeaderElector:
             return False
 
     def _acquire_or_renew(self) -> bool:
-        config, timeout = self.config, self._timeout()
+        config, timeout = self.config, self.config.request_timeout
         try:
             lease = self._leases.read_namespaced_lease(config.name, config.namespace, _request_timeout=timeout)
         except ApiException as error:
@@ -254,9 +259,6 @@ class LeaderElector:
 
     def _observe(self, record: Record) -> None:
         self._observed, self._observed_at = record, self._clock()
-
-    def _timeout(self) -> float:
-        return max(0.5, self.config.renew_deadline / 2)
 
     def release(self) -> bool:
         """Give the Lease up if this replica holds it: no holder, a 1 s duration. Blocking; True when released."""

@@ -263,12 +263,14 @@ class ProgressReports:
             name=self.name, namespace=config.namespace, labels={LABEL: config.name}, annotations={ANNOTATION: report}
         )
         try:
-            current = self._leases.read_namespaced_lease(self.name, config.namespace, _request_timeout=self._timeout())
+            current = self._leases.read_namespaced_lease(
+                self.name, config.namespace, _request_timeout=config.request_timeout
+            )
         except ApiException as error:
             if error.status != 404:
                 raise
             self._leases.create_namespaced_lease(
-                config.namespace, client.V1Lease(metadata=metadata, spec=spec), _request_timeout=self._timeout()
+                config.namespace, client.V1Lease(metadata=metadata, spec=spec), _request_timeout=config.request_timeout
             )
         else:
             metadata.resource_version = current.metadata.resource_version  # only this replica writes it
@@ -276,14 +278,14 @@ class ProgressReports:
                 self.name,
                 config.namespace,
                 client.V1Lease(metadata=metadata, spec=spec),
-                _request_timeout=self._timeout(),
+                _request_timeout=config.request_timeout,
             )
         self._published, self._published_at = report, self._clock()
 
     def _read_peers(self) -> list[PeerReport]:
         config = self.config
         listed = self._leases.list_namespaced_lease(
-            config.namespace, label_selector=f"{LABEL}={config.name}", _request_timeout=self._timeout()
+            config.namespace, label_selector=f"{LABEL}={config.name}", _request_timeout=config.request_timeout
         )
         now = self._clock()
         seen: dict[str, _Seen] = {}
@@ -316,7 +318,7 @@ class ProgressReports:
                 name,
                 self.config.namespace,
                 body=client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version=resource_version)),
-                _request_timeout=self._timeout(),
+                _request_timeout=self.config.request_timeout,
             )
             log.info("deleted the stale replica report Lease %s/%s", self.config.namespace, name)
         except ApiException as error:
@@ -331,6 +333,3 @@ class ProgressReports:
                 self._leases.delete_namespaced_lease(self.name, self.config.namespace, _request_timeout=2.0)
             except Exception as error:  # it goes stale on its own
                 log.warning("cannot delete replica report Lease %s/%s: %s", self.config.namespace, self.name, error)
-
-    def _timeout(self) -> float:
-        return max(0.5, self.config.renew_deadline / 2)
