@@ -365,10 +365,15 @@ def _is_unicode(text: str) -> bool:
     return True
 
 
+def shortened(text: str) -> str:
+    """Text as quoted in a message: cut to SHOWN_CHARACTERS, the cut marked with "..."."""
+    return text if len(text) <= SHOWN_CHARACTERS else text[:SHOWN_CHARACTERS] + "..."
+
+
 def _shown(value: Any) -> str:
     """A value as quoted in a message: short, and never the repr of a container (it may be huge or deep)."""
     if isinstance(value, str):
-        return repr(value if len(value) <= SHOWN_CHARACTERS else value[:SHOWN_CHARACTERS] + "...")
+        return repr(shortened(value))
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**SHOWN_CHARACTERS:
         return f"an integer of more than {SHOWN_CHARACTERS} digits"
     if value is None or isinstance(value, bool | int | float):
@@ -379,7 +384,7 @@ def _shown(value: Any) -> str:
 def _key_text(key: Any) -> str:
     """A mapping key as a path segment (keys of YAML mappings may be any scalar)."""
     if isinstance(key, str):
-        return key if len(key) <= SHOWN_CHARACTERS else key[:SHOWN_CHARACTERS] + "..."
+        return shortened(key)
     return _shown(key)
 
 
