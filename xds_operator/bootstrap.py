@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import yaml
 
-from .net import is_ip
+from .net import is_ip, split_host_port
 from .xds.transport import MIN_CLIENT_PING_INTERVAL_SECONDS
 
 XDS_CLUSTER = "xds_cluster"
@@ -35,17 +35,6 @@ class ClientTls:
     def __post_init__(self) -> None:
         if (self.certificate is None) != (self.key is None):
             raise ValueError("--tls-cert and --tls-key go together: give both for a client certificate, or neither")
-
-
-def split_host_port(address: str, *, allow_port_zero: bool = False, flag: str = "") -> tuple[str, int]:
-    """Parse HOST:PORT (IPv6 as [::1]:PORT). Raises ValueError with a readable message, naming `flag` if given."""
-    host, sep, port = address.rpartition(":")
-    host = host.strip("[]")
-    lowest = 0 if allow_port_zero else 1
-    if not sep or not host or not port.isdigit() or not lowest <= int(port) <= 65535:
-        where = f"{flag} " if flag else ""
-        raise ValueError(f"{where}{address!r}: expected HOST:PORT with a port in {lowest}..65535")
-    return host, int(port)
 
 
 def envoy_bootstrap(

@@ -38,10 +38,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .api import VirtualService, protocol_of
-from .bootstrap import envoy_bootstrap, render, split_host_port
+from .bootstrap import envoy_bootstrap, render
 from .echo import EchoWorker
 from .echo import send as send_datagram
 from .files import read_file, virtual_service_files
+from .net import split_host_port
 
 NODE_ID = "demo-envoy"
 LOCAL_HOST = "127.0.0.1"

@@ -1,4 +1,4 @@
-"""Small network helpers shared by validation, bootstraps, readiness, status and the serve command."""
+"""Small network helpers shared by validation, bootstraps, readiness, status and the commands: addresses, HOST:PORT."""
 
 from __future__ import annotations
 
@@ -28,3 +28,14 @@ def address_order(ip: str) -> tuple[int, int, str]:
     except ValueError:
         return (9, 0, ip)
     return (address.version, int(address), ip)
+
+
+def split_host_port(address: str, *, allow_port_zero: bool = False, flag: str = "") -> tuple[str, int]:
+    """Parse HOST:PORT (IPv6 as [::1]:PORT). Raises ValueError with a readable message, naming `flag` if given."""
+    host, sep, port = address.rpartition(":")
+    host = host.strip("[]")
+    lowest = 0 if allow_port_zero else 1
+    if not sep or not host or not port.isdigit() or not lowest <= int(port) <= 65535:
+        where = f"{flag} " if flag else ""
+        raise ValueError(f"{where}{address!r}: expected HOST:PORT with a port in {lowest}..65535")
+    return host, int(port)
