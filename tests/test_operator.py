@@ -138,6 +138,10 @@ class Operator:
     def create_pod(self, name: str, labels: Mapping[str, str], ip: str = "", ready: bool = True) -> dict[str, Any]:
         return self.core.create_namespaced_pod(NS, pod_body(name, labels, ip, ready)).to_dict()
 
+    def status_writes(self) -> int:
+        """What the API server received: every status PATCH of any VirtualService."""
+        return sum(1 for r in self.apiserver.requests if r.method == "PATCH" and r.path.endswith("/status"))
+
     def status(self, name: str) -> dict[str, Any]:
         return (self.apiserver.get(PLURAL, NS, name) or {}).get("status") or {}
 
@@ -403,14 +407,11 @@ async def test_a_closed_source_computes_no_more_status(operator: Operator):
     await subscribe(ads)
     await operator.wait_condition("calls", "Programmed", "True", "Programmed")
 
-    def status_patches() -> int:
-        return sum(1 for r in operator.apiserver.requests if r.method == "PATCH" and r.path.endswith("/status"))
-
     operator.source.close()
-    before = status_patches()
+    before = operator.status_writes()
     await ads.close()  # the proxy leaves: an open source would write Programmed=False (NoProxies)
     await asyncio.sleep(4 * STATUS_INTERVAL_SECONDS)
-    assert status_patches() == before
+    assert operator.status_writes() == before
     assert operator.condition("calls", "Programmed")["status"] == "True"
 
 
@@ -494,13 +495,9 @@ async def test_status_writes_are_coalesced_and_an_unchanged_status_is_not_rewrit
     await ads.ack(await ads.expect(LISTENER))
     await operator.wait_condition("calls", "Programmed", "True")
 
-    def status_writes() -> int:
-        """What the API server received: every status PATCH of any VirtualService."""
-        return sum(1 for r in operator.apiserver.requests if r.method == "PATCH" and r.path.endswith("/status"))
-
     await asyncio.sleep(0.6)
     writes = [r for r in operator.apiserver.requests if r.method == "PATCH" and r.path.endswith("/calls/status")]
     assert 1 <= len(writes) <= 3  # created → (pending) → programmed, not one per event or ACK
-    settled = status_writes()
+    settled = operator.status_writes()
     await ads.expect_nothing(0.6)  # several status ticks, nothing changed
-    assert status_writes() == settled
+    assert operator.status_writes() == settled
