@@ -52,7 +52,7 @@ from harness import Ports, one_endpoint_vs, serve_command, stop, tail
 
 from xds_operator.api import parse_virtual_service
 from xds_operator.xds.cache import SnapshotCache
-from xds_operator.xds.snapshot import CLUSTER, LISTENER
+from xds_operator.xds.snapshot import CLUSTER, LISTENER, Snapshot
 from xds_operator.xds.stream import SotwStream
 
 CONCURRENCY = 250  # streams open at once
@@ -367,6 +367,16 @@ def own_rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def acknowledge(stream: SotwStream, snapshot: Snapshot | None) -> None:
+    """ACK every response the stream awaits an answer for, as Envoy does."""
+    for type_url, state in stream.types.items():
+        if state.awaiting:
+            ack = discovery_pb2.DiscoveryRequest(
+                type_url=type_url, version_info=state.sent_version or "", response_nonce=state.nonce
+            )
+            stream.on_request(ack, snapshot)
+
+
 def edit_retention(count: int, edits: int) -> dict[str, Any]:
     """RSS of this process before and after `edits` edits of one VirtualService among `count`, each pushed."""
     from snapshot_build import LABELS as BUILD_LABELS
@@ -381,6 +391,7 @@ def edit_retention(count: int, edits: int) -> dict[str, Any]:
     node = base_pb2.Node(id="churn-edits")
     stream.on_request(discovery_pb2.DiscoveryRequest(type_url=CLUSTER, node=node), watch.snapshot)
     stream.on_request(discovery_pb2.DiscoveryRequest(type_url=LISTENER), watch.snapshot)
+    acknowledge(stream, watch.snapshot)
     gc.collect()
     before = own_rss()
     pushed = 0
@@ -388,6 +399,7 @@ def edit_retention(count: int, edits: int) -> dict[str, Any]:
         cache.upsert(parse_virtual_service(numbered(count // 2, endpoint_port=6000 + edit)))
         cache.commit()
         pushed += len(stream.on_snapshot(watch.snapshot))  # encodes the new CDS response
+        acknowledge(stream, watch.snapshot)  # pushes are paced by ACKs: the next edit is sent after this
     gc.collect()
     return {"count": count, "edits": edits, "pushed": pushed, "rss_before": before, "rss_after": own_rss()}
 

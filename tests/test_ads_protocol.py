@@ -240,7 +240,7 @@ async def test_nacked_listener_version_is_not_resent_is_reported_and_a_later_cha
     assert lds == {"version": fixed.version_info, "state": "ACKed", "acked_version": fixed.version_info, "error": None}
 
 
-async def test_nack_after_an_ack_that_crossed_the_push_records_the_version_envoy_keeps(
+async def test_changes_wait_for_the_answer_to_the_previous_response_and_fold_into_one(
     cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect
 ) -> None:
     commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
@@ -249,21 +249,46 @@ async def test_nack_after_an_ack_that_crossed_the_push_records_the_version_envoy
     await envoy.send(LISTENER)
     good = await envoy.expect(LISTENER)
 
-    commit(cache, make_vs("calls", [listener_spec("rtp-l", 2100, "rtp-c")]))
-    rejected = await envoy.expect(LISTENER)
-    await envoy.ack(good)  # crossed the push on the wire: stale, ignored
+    # Two changes while the proxy has not answered: nothing more is sent to it meanwhile...
+    commit(cache, make_vs("calls", [listener_spec("rtp-l", 2050, "rtp-c")]))
+    services = [make_vs("calls", [listener_spec("rtp-l", 2100, "rtp-c")])]
+    commit(cache, *services)
+    await envoy.expect_nothing()
+    # ...and its answer brings the latest state, in one response.
+    await envoy.ack(good)
+    rejected = await envoy.expect(LISTENER, version=expected_version(LISTENER, services))
     await envoy.nack(rejected, "bad listener", kept_version=good.version_info)
     await envoy.expect_nothing()
 
     lds = proxy_types(service, "ingress-1")["LDS"]
-    # The NACK's version_info is the version Envoy still runs (discovery.proto: a NACK returns
-    # the previous version), even though the ACK of that version was never accepted.
+    # The NACK's version_info is the version Envoy still runs (discovery.proto: a NACK returns the previous version).
     assert lds == {
         "version": rejected.version_info,
         "state": "NACKed",
         "acked_version": good.version_info,
         "error": "bad listener",
     }
+
+
+async def test_a_listener_never_overtakes_the_unanswered_cluster_it_needs(
+    cache: SnapshotCache, connect: Connect
+) -> None:
+    first = make_vs("a", [listener_spec("a-l", 2000, "a-c")])
+    commit(cache, first)
+    envoy = connect()
+    await envoy.subscribe_and_ack(CLUSTER)
+    await envoy.subscribe_and_ack(LISTENER)
+    second = make_vs("b", [listener_spec("b-l", 2001, "b-c")])
+    commit(cache, first, second)
+    clusters = await envoy.expect(CLUSTER, names=["a-c", "b-c"])
+    listeners = await envoy.expect(LISTENER, names=["a-l", "b-l"])
+    await envoy.ack(listeners)
+    # CDS is unanswered, and the next call's listener needs a cluster that waits for that answer.
+    commit(cache, first, second, make_vs("c", [listener_spec("c-l", 2002, "c-c")]))
+    await envoy.expect_nothing()
+    await envoy.ack(clusters)
+    await envoy.expect(CLUSTER, names=["a-c", "b-c", "c-c"])
+    await envoy.expect(LISTENER, names=["a-l", "b-l", "c-l"])
 
 
 async def test_nack_of_the_first_response_keeps_nothing_and_waits_for_a_change(
@@ -508,7 +533,7 @@ async def test_change_landing_right_after_an_ack_still_sends_clusters_before_lis
     read_into = server_module._read_into
 
     async def tapped_read_into(
-        requests: AsyncIterator[discovery_pb2.DiscoveryRequest], inbox: asyncio.Queue[object]
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest], inbox: asyncio.Queue[object], room: asyncio.Semaphore
     ) -> None:
         class Tap:
             def put_nowait(self, item: object) -> None:
@@ -516,7 +541,7 @@ async def test_change_landing_right_after_an_ack_still_sends_clusters_before_lis
                 if isinstance(item, discovery_pb2.DiscoveryRequest) and change_after:
                     change_after.pop()(item)
 
-        await read_into(requests, Tap())  # type: ignore[arg-type]
+        await read_into(requests, Tap(), room)  # type: ignore[arg-type]
 
     monkeypatch.setattr(server_module, "_read_into", tapped_read_into)
     commit(cache, two_eds_clusters())

@@ -150,6 +150,23 @@ def test_same_name_in_two_files_keeps_the_first(tmp_path: Path, caplog: pytest.L
     assert any("already defined" in r.getMessage() and "b.yaml" in r.getMessage() for r in caplog.records)
 
 
+def test_the_next_file_defining_a_name_takes_over_when_the_first_goes(tmp_path: Path) -> None:
+    write(tmp_path / "a.yaml", vs_yaml("calls", port=2000))
+    write(tmp_path / "b.yaml", vs_yaml("calls", port=3000))
+    write(tmp_path / "c.yaml", vs_yaml("other", port=4000))
+    src, cache = source(tmp_path)
+    (tmp_path / "a.yaml").unlink()
+    src.rescan()
+    assert ports(cache) == {"calls": 3000, "other": 4000}
+    write(tmp_path / "a.yaml", vs_yaml("calls", port=2000))
+    src.rescan()
+    assert ports(cache) == {"calls": 2000, "other": 4000}
+    (tmp_path / "b.yaml").unlink()
+    (tmp_path / "a.yaml").unlink()
+    src.rescan()
+    assert ports(cache) == {"other": 4000}
+
+
 def test_same_name_in_another_namespace_is_a_different_service(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", vs_yaml("calls", port=2000))
     write(tmp_path / "b.yaml", vs_yaml("calls", port=3000, namespace="media"))
@@ -251,6 +268,27 @@ async def test_watch_picks_up_a_new_file_live(tmp_path: Path) -> None:
         (tmp_path / "a.yaml").unlink()
         await eventually(lambda: ("default", "a") not in cache.virtual_services(), "a.yaml to be forgotten")
         assert ports(cache) == {"b": 2001}
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_watch_applies_files_renamed_into_place_and_ignores_the_temporary_ones(tmp_path: Path) -> None:
+    """How applications write a file per call atomically: a temporary name, then a rename."""
+    write(tmp_path / "a.yaml", vs_yaml("a"))
+    src, cache = source(tmp_path)
+    task = asyncio.create_task(src.watch())
+    try:
+        for index in range(5):
+            temporary = write(tmp_path / f".call-{index}.tmp", vs_yaml(f"call-{index}", port=3000 + index))
+            os.replace(temporary, tmp_path / f"call-{index}.yaml")
+        write(tmp_path / ".left-behind.tmp", vs_yaml("left-behind", port=3999))
+        await eventually(lambda: len(cache.virtual_services()) == 6, "the renamed files to be read")
+        (tmp_path / "call-2.yaml").unlink()
+        await eventually(lambda: ("default", "call-2") not in cache.virtual_services(), "call-2 to be removed")
+        assert ports(cache) == {"a": 2000, "call-0": 3000, "call-1": 3001, "call-3": 3003, "call-4": 3004}
+        assert set(cache.snapshot_for(INGRESS).resources[LISTENER]) == {"a-l", *(f"call-{i}-l" for i in (0, 1, 3, 4))}
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -9,6 +9,7 @@ skipped, while everything else keeps being served. The directory is watched with
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import stat
 import sys
@@ -169,6 +170,8 @@ class DirectorySource:
         self.directory = Path(directory)
         self._cache = cache
         self._files: dict[Path, FileContents] = {}
+        self._defined: dict[Path, dict[Key, VirtualService]] = {}  # per file, the VirtualServices it defines
+        self._definitions: dict[Key, list[Path]] = {}  # per VirtualService, the files defining it, in name order
         self._stamps: dict[Path, tuple[int, int]] = {}  # (mtime_ns, size) when last read
         self._first_seen: dict[Key, str] = {}  # conflict age for objects without a creationTimestamp
         self.errors: Counter[str] = Counter()  # every invalid document and unreadable file read, for metrics
@@ -223,10 +226,12 @@ class DirectorySource:
                 if any(event.mask & (f.DELETE_SELF | f.MOVE_SELF | f.IGNORED) for event in events):
                     return
                 names = {event.name for event in events}
-                if all(Path(name).suffix in SUFFIXES for name in names):
-                    self._reload({self.directory / name for name in names})
-                else:  # e.g. a ConfigMap volume swapping its ..data symlink: the files changed behind links
-                    self.rescan()
+                if any(self._behind_links(name) for name in names):
+                    self.rescan()  # e.g. a ConfigMap volume swapping its ..data symlink: files changed behind links
+                else:  # the usual case, also for editors and writers that rename a temporary file into place
+                    paths = {self.directory / name for name in names if Path(name).suffix in SUFFIXES}
+                    if paths:
+                        self._reload(paths)
         finally:
             loop.remove_reader(inotify.fileno())
             inotify.close()
@@ -247,26 +252,36 @@ class DirectorySource:
         async for changes in batches:
             self._apply(changes)
 
+    def _behind_links(self, name: str) -> bool:
+        """Whether an event's name may stand for many files: a directory or symlink that is not a
+        VirtualService file (a temporary file, written then renamed into place, does not)."""
+        if Path(name).suffix in SUFFIXES:
+            return False
+        try:
+            mode = (self.directory / name).lstat().st_mode
+        except OSError:
+            return False  # already gone: a temporary file renamed away, or an old ConfigMap data directory
+        return stat.S_ISDIR(mode) or stat.S_ISLNK(mode)
+
     def _apply(self, changes: set[tuple[object, str]]) -> None:
         relevant = {Path(path) for _, path in changes if Path(path).suffix in SUFFIXES}
         if relevant:
             self._reload(relevant)
 
     def _reload(self, paths: Iterable[Path]) -> None:
+        """Read these files again (or forget them if gone) and apply what they changed: the cost follows
+        these files' VirtualServices, however many other files the directory holds."""
         stamp = _now()
+        affected: set[Key] = set()
         for path in sorted(paths):
+            previous = self._files.get(path)
+            affected |= self._forget(path)
             file_stamp = _stamp(path)
             if file_stamp is not None:
                 self._stamps[path] = file_stamp
-                contents = read_file(path)
-                for problem in contents.errors:
-                    log.error("%s", problem, extra={"file": str(path)})
-                self.errors["invalid_document"] += contents.rejected
-                self.errors["unreadable_file"] += contents.unreadable
-                if path in self._files:
-                    contents = contents.keeping_last_good(self._files[path])
-                contents.services = [self._dated(vs, stamp) for vs in contents.services]
+                contents = self._read(path, stamp, previous)
                 self._files[path] = contents
+                affected |= self._define(path, contents)
                 log.info(
                     "loaded %s: %d VirtualService(s), %d problem(s)",
                     path.name,
@@ -274,17 +289,62 @@ class DirectorySource:
                     len(contents.errors),
                     extra={"file": str(path)},
                 )
-            elif self._files.pop(path, None) is not None:
-                self._stamps.pop(path, None)
+            elif self._stamps.pop(path, None) is not None:
                 log.info("removed %s", path.name, extra={"file": str(path)})
-        wanted = self._current()
-        for key in [key for key in self._cache.virtual_services() if key not in wanted]:
+        for key in sorted(affected):
+            self._apply_key(key)
+        changed = self._cache.commit()
+        log.info("serving %d VirtualService(s); %d proxy group(s) updated", len(self._definitions), changed)
+
+    def _read(self, path: Path, stamp: str, previous: FileContents | None) -> FileContents:
+        """Read a file, keeping the last good version (`previous`) of what it can no longer validate."""
+        contents = read_file(path)
+        for problem in contents.errors:
+            log.error("%s", problem, extra={"file": str(path)})
+        self.errors["invalid_document"] += contents.rejected
+        self.errors["unreadable_file"] += contents.unreadable
+        if previous is not None:
+            contents = contents.keeping_last_good(previous)
+        contents.services = [self._dated(vs, stamp) for vs in contents.services]
+        return contents
+
+    def _forget(self, path: Path) -> set[Key]:
+        """Take a file's VirtualServices out of the definitions; returns their keys."""
+        if self._files.pop(path, None) is None:
+            return set()
+        keys = set(self._defined.pop(path, {}))
+        for key in keys:
+            definers = self._definitions[key]
+            definers.remove(path)
+            if not definers:
+                del self._definitions[key]
+        return keys
+
+    def _define(self, path: Path, contents: FileContents) -> set[Key]:
+        """Record what a file defines; a name defined twice in it keeps its first document."""
+        defined: dict[Key, VirtualService] = {}
+        for vs in contents.services:
+            if vs.key in defined:
+                log.error("%s: VirtualService %s is defined twice in this file; the first is used", path, vs)
+                continue
+            defined[vs.key] = vs
+            bisect.insort(self._definitions.setdefault(vs.key, []), path)
+        self._defined[path] = defined
+        return set(defined)
+
+    def _apply_key(self, key: Key) -> None:
+        """Hand the cache the VirtualService that now defines `key`: the one of the first file by name."""
+        definers = self._definitions.get(key)
+        if not definers:
             self._cache.delete(key)
             self._first_seen.pop(key, None)
-        for vs in wanted.values():
-            self._cache.upsert(vs)
-        changed = self._cache.commit()
-        log.info("serving %d VirtualService(s); %d proxy group(s) updated", len(wanted), changed)
+            return
+        winner = definers[0]
+        for path in definers[1:]:
+            log.error(
+                "%s: VirtualService %s/%s is already defined in %s; skipped", path, *key, winner, extra={"file": str(path)}
+            )
+        self._cache.upsert(self._defined[winner][key])
 
     def _dated(self, vs: VirtualService, stamp: str) -> VirtualService:
         """Without a creationTimestamp, a VirtualService's age (for conflicts) is when it was first loaded."""
@@ -293,21 +353,3 @@ class DirectorySource:
     def invalid_documents(self) -> int:
         """Documents in the directory now that are not valid VirtualServices."""
         return sum(contents.rejected for contents in self._files.values())
-
-    def _current(self) -> dict[Key, VirtualService]:
-        """The VirtualServices across all files; a name defined twice keeps its first file's."""
-        wanted: dict[Key, VirtualService] = {}
-        owner: dict[Key, Path] = {}
-        for path in sorted(self._files):
-            for vs in self._files[path].services:
-                if vs.key in wanted:
-                    log.error(
-                        "%s: VirtualService %s is already defined in %s; skipped",
-                        path,
-                        vs,
-                        owner[vs.key],
-                        extra={"file": str(path)},
-                    )
-                    continue
-                wanted[vs.key], owner[vs.key] = vs, path
-        return wanted

@@ -11,10 +11,11 @@ proxy lists what it holds in `initial_resource_versions` and is sent only the di
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .snapshot import NAMED_TYPES, SHORT_NAMES, Selection, Snapshot
+from .snapshot import NAMED_TYPES, SHORT_NAMES, Resource, Selection, Snapshot
 from .stream import ProxyStream, StreamObserver, TypeState, nack_text
 
 log = logging.getLogger(__name__)
@@ -63,18 +64,20 @@ class DeltaStream(ProxyStream):
         for name in unsubscribe:
             state.known.pop(name, None)
             reported.discard(name)
+        if names != state.names or subscribe:
+            state.basis = None  # `known` no longer matches a snapshot's selection: compare in full once
         state.names = frozenset(names)
 
-    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> tuple[bytes, str] | None:
-        changed = [r for r in wanted.resources if state.known.get(r.name) != r.digest]
-        present = {r.name for r in wanted.resources}
-        removed = sorted(name for name in state.known if name not in present)
-        if state.names is not None:  # named subscriptions: tell once which names do not exist
-            reported = self._absent_reported.setdefault(type_url, set())
-            absent = state.names - present - state.known.keys() - reported
-            reported |= absent
-            removed = sorted({*removed, *absent})
+    def _respond(
+        self, type_url: str, state: TypeState, wanted: Selection, snapshot: Snapshot
+    ) -> tuple[bytes, str] | None:
+        touched = snapshot.changed_since(state.basis, type_url) if state.basis is not None else None
+        if touched is None:
+            changed, removed = self._compare_all(type_url, state, wanted)
+        else:
+            changed, removed = self._compare(state, snapshot.resources.get(type_url, {}), touched)
         first_answer = state.sent_version is None and not state.known
+        state.basis = snapshot  # after this, `known` is exactly what `wanted` holds
         if not changed and not removed and not first_answer:
             if state.sent_version is None:  # a reconnect holding exactly what is wanted: it runs this version
                 state.sent_version = state.acked_version = wanted.version
@@ -93,3 +96,32 @@ class DeltaStream(ProxyStream):
             removed_resources=removed,
         ).SerializeToString()
         return response, f"{len(changed)} changed, {len(removed)} removed"
+
+    @staticmethod
+    def _compare(
+        state: TypeState, of_type: Mapping[str, Resource], touched: set[str]
+    ) -> tuple[list[Resource], list[str]]:
+        """What differs among the names changed since `state.basis` (whose resources `known` equals)."""
+        changed: list[Resource] = []
+        removed: list[str] = []
+        for name in sorted(touched):
+            resource = of_type.get(name)
+            if resource is not None and (state.names is None or name in state.names):
+                if state.known.get(name) != resource.digest:
+                    changed.append(resource)
+            elif name in state.known:
+                removed.append(name)
+        return changed, removed
+
+    def _compare_all(self, type_url: str, state: TypeState, wanted: Selection) -> tuple[list[Resource], list[str]]:
+        """What differs between everything the proxy holds and everything it wants (on the first
+        response, after a subscription change, or when the snapshots are not related by patches)."""
+        changed = [r for r in wanted.resources if state.known.get(r.name) != r.digest]
+        present = {r.name for r in wanted.resources}
+        removed = sorted(name for name in state.known if name not in present)
+        if state.names is not None:  # named subscriptions: tell once which names do not exist
+            reported = self._absent_reported.setdefault(type_url, set())
+            absent = state.names - present - state.known.keys() - reported
+            reported |= absent
+            removed = sorted({*removed, *absent})
+        return changed, removed

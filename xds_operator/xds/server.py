@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 Identify = Callable[[base_pb2.Node], Mapping[str, str] | None]
 
 MAX_RESPONSES_IN_FLIGHT = 64  # across all streams
+# Requests read from one stream and not handled yet. Beyond this the stream is not read, so gRPC's
+# flow control holds back a client that sends faster than its requests are handled (or its
+# responses are read): memory per stream stays bounded, whatever the client sends.
+MAX_QUEUED_REQUESTS = 16
 SLOT_WAIT_SECONDS = 1.0  # proxies that stop reading must not stall the others for longer
 _SNAPSHOT_CHANGED = object()
 _CLOSED = object()
@@ -174,7 +178,8 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                 pending_change = True
                 inbox.put_nowait(_SNAPSHOT_CHANGED)
 
-        reader = asyncio.create_task(_read_into(request_iterator, inbox))
+        room = asyncio.Semaphore(MAX_QUEUED_REQUESTS)
+        reader = asyncio.create_task(_read_into(request_iterator, inbox, room))
         connection: Connection | None = None
         stream_id = self._next_stream_id = self._next_stream_id + 1
         self._inboxes[stream_id] = inbox
@@ -198,6 +203,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                         else []
                     )
                 else:
+                    room.release()
                     if connection is None:  # Envoy may send its node only in the first request
                         connection = self._connect(stream_id, item.node, context.peer(), make_stream, on_change)
                         pending_change = False  # the first answer covers the snapshot the watch starts with
@@ -267,10 +273,13 @@ def _log_connected(stream: ProxyStream, watch: Watch) -> None:
         log.info("proxy %s connected (%s, labels %s)", stream.node_id, variant, watch.labels, extra=fields)
 
 
-async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object]) -> None:
+async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object], room: asyncio.Semaphore) -> None:
+    """Hand the stream's requests to its handler; wait (reading nothing) while `room` is used up."""
     try:
+        await room.acquire()
         async for request in requests:
             inbox.put_nowait(request)
+            await room.acquire()
     except (asyncio.CancelledError, grpc.aio.AioRpcError):
         pass
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -167,6 +168,45 @@ def _encode_sotw(selection: Selection) -> bytes:
     )
 
 
+class History:
+    """Which resource names each patch changed, for the snapshots derived from one build.
+
+    A delta stream holds what an earlier snapshot had; the names changed since then are the
+    union along the patches between the two, so its next response costs the change, not a
+    comparison of every resource. Patches may branch (groups that shared a snapshot diverge),
+    so each entry names its parent. Bounded: the oldest entries go first, and a lineage that
+    can no longer be followed back answers None (the caller compares in full).
+    """
+
+    MAX_ENTRIES = 4096  # patches remembered per lineage: ~minutes of heavy churn, a few names each
+    MAX_STEPS = 512  # beyond this many patches apart, a full comparison is about as cheap
+
+    def __init__(self) -> None:
+        self._sequence = itertools.count(1)
+        self._entries: OrderedDict[int, tuple[int, Mapping[str, frozenset[str]]]] = OrderedDict()
+
+    def record(self, parent: int, changed: Mapping[str, frozenset[str]]) -> int:
+        """A patch of the snapshot numbered `parent`; returns the new snapshot's number."""
+        number = next(self._sequence)
+        self._entries[number] = (parent, changed)
+        if len(self._entries) > self.MAX_ENTRIES:
+            self._entries.popitem(last=False)
+        return number
+
+    def changed_between(self, older: int, newer: int, type_url: str) -> set[str] | None:
+        """Names of `type_url` changed from snapshot `older` to `newer`; None if that path is not known."""
+        names: set[str] = set()
+        for _ in range(self.MAX_STEPS):
+            if newer == older:
+                return names
+            entry = self._entries.get(newer)
+            if entry is None:
+                return None
+            newer, changed = entry
+            names |= changed.get(type_url, frozenset())
+        return None
+
+
 @dataclass(eq=False)
 class Snapshot:
     """Everything one proxy group is served, by type URL then resource name. Immutable once built."""
@@ -176,6 +216,9 @@ class Snapshot:
     contents: Mapping = field(default_factory=dict)
     _totals: dict[str, int] = field(default_factory=dict, repr=False)  # per type: the sum of resource weights
     _selections: dict[tuple[str, frozenset[str] | None], Selection] = field(default_factory=dict, repr=False)
+    # Its place in the lineage of patches it belongs to (see History).
+    history: History = field(default_factory=History, repr=False)
+    number: int = 0
 
     @classmethod
     def build(cls, by_type: Mapping[str, Iterable[Resource]], contents: Mapping | None = None) -> Snapshot:
@@ -185,6 +228,15 @@ class Snapshot:
         snapshot.check_consistency()
         return snapshot
 
+    def changed_since(self, older: Snapshot, type_url: str) -> set[str] | None:
+        """The names of `type_url` that may differ between `older` and this snapshot (a superset), in
+        time proportional to the patches between them; None if this is not known (compare in full)."""
+        if older is self:
+            return set()
+        if older.history is not self.history:
+            return None
+        return self.history.changed_between(older.number, self.number, type_url)
+
     def patched(self, removed: Iterable[Resource], added: Iterable[Resource], contents: Mapping) -> Snapshot:
         """A new snapshot: this one without `removed`, with `added`. Costs the change, plus a dict copy per type.
 
@@ -193,18 +245,20 @@ class Snapshot:
         """
         resources = {type_url: of_type for type_url, of_type in self.resources.items()}
         totals = dict(self._totals)
-        copied: set[str] = set()
+        changed: dict[str, set[str]] = {}
         for resource, sign in [*((r, -1) for r in removed), *((r, 1) for r in added)]:
             type_url = resource.type_url
-            if type_url not in copied:
+            if type_url not in changed:
                 resources[type_url] = dict(resources[type_url])
-                copied.add(type_url)
+                changed[type_url] = set()
             if sign < 0:
                 del resources[type_url][resource.name]
             else:
                 resources[type_url][resource.name] = resource
+            changed[type_url].add(resource.name)
             totals[type_url] = (totals[type_url] + sign * resource.weight) % MODULUS
-        return Snapshot(resources, contents, totals)
+        number = self.history.record(self.number, {t: frozenset(names) for t, names in changed.items()})
+        return Snapshot(resources, contents, totals, history=self.history, number=number)
 
     @cached_property
     def versions(self) -> dict[str, str]:
@@ -222,6 +276,8 @@ class Snapshot:
                     _version(self._totals.get(type_url, 0)),
                     lambda: tuple(of_type[n] for n in sorted(of_type)),
                 )
+            elif names.issuperset(of_type.keys()):  # the usual case: a proxy asks for every one it was sent
+                selection = self.select(type_url, None)
             else:
                 chosen = tuple(of_type[name] for name in sorted(names) if name in of_type)
                 selection = Selection(type_url, version_of(chosen), lambda: chosen)

@@ -36,6 +36,10 @@ class TypeState:
     nacked_version: str | None = None
     error: str | None = None  # Envoy's text for the latest NACK; cleared by an ACK
     known: dict[str, str] = field(default_factory=dict)  # delta only: resource name → version the proxy has
+    # Delta only: the snapshot whose resources of this type `known` equals (with `names` unchanged since),
+    # so the next response needs to look only at what changed since it; None: compare in full.
+    basis: Snapshot | None = None
+    awaiting: bool = False  # a response was sent and the proxy has not answered it (ACK or NACK) yet
     pushed_since: float | None = None  # when the snapshot of the response awaiting an answer reached the proxy
 
     @property
@@ -75,21 +79,35 @@ class ProxyStream:
 
     def on_snapshot(self, snapshot: Snapshot | None, since: float | None = None) -> list[bytes]:
         """The proxy's snapshot changed (at monotonic time `since`): send what differs, clusters and
-        endpoints before listeners. Responses are serialized: their size is known without a second pass."""
+        endpoints before listeners. Responses are serialized: their size is known without a second pass.
+
+        Paced by the proxy: at most one unanswered response per type. A type whose previous response
+        is still unanswered waits, and the changes meanwhile fold into the one response sent when the
+        proxy answers (go-control-plane and Istio pace the same way). While an earlier type in push
+        order waits with newer content, the later ones wait too: a listener must not reach the proxy
+        before the cluster it names.
+        """
         if snapshot is None:
             return []  # identity unknown (or gone): the proxy keeps what it has
         responses = []
         pushed: list[tuple[str, str, str]] = []  # (type, version, what changed): one log line per push
+        held = False
         for type_url in PUSH_ORDER:
             state = self.types.get(type_url)
-            if state is not None and state.subscribed:
-                push = self._respond(type_url, state, self.wanted(type_url, snapshot))
-                if push is not None:
-                    response, detail = push
-                    responses.append(response)
-                    state.pushed_since = since
-                    self.observer.pushed(self, type_url, len(response))
-                    pushed.append((SHORT_NAMES[type_url], state.sent_version or "", detail))
+            if state is None or not state.subscribed:
+                continue
+            wanted = self.wanted(type_url, snapshot)
+            if state.awaiting or held:
+                held = held or wanted.version != state.sent_version
+                continue
+            push = self._respond(type_url, state, wanted, snapshot)
+            if push is not None:
+                response, detail = push
+                responses.append(response)
+                state.awaiting = True
+                state.pushed_since = since
+                self.observer.pushed(self, type_url, len(response))
+                pushed.append((SHORT_NAMES[type_url], state.sent_version or "", detail))
         if pushed and log.isEnabledFor(logging.INFO):
             text = ", ".join(f"{kind} {version} ({detail})" for kind, version, detail in pushed)
             versions = {kind: version for kind, version, _ in pushed}
@@ -101,9 +119,11 @@ class ProxyStream:
         state = self.types[type_url]
         return snapshot.select(type_url, state.names)
 
-    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> tuple[bytes, str] | None:
-        """The response that brings the proxy to `wanted` and what it carries (for the log), or None
-        if the proxy needs nothing."""
+    def _respond(
+        self, type_url: str, state: TypeState, wanted: Selection, snapshot: Snapshot
+    ) -> tuple[bytes, str] | None:
+        """The response that brings the proxy to `wanted` (of `snapshot`) and what it carries (for the
+        log), or None if the proxy needs nothing."""
         raise NotImplementedError
 
     def _next_nonce(self, state: TypeState) -> str:
@@ -115,6 +135,7 @@ class ProxyStream:
         kind = SHORT_NAMES[type_url]
         fields = {"node_id": self.node_id, "type": kind, "version": state.sent_version}
         since, state.pushed_since = state.pushed_since, None
+        state.awaiting = False
         if error is None:
             state.acked_version, state.error = state.sent_version, None
             log.debug("proxy %s ACKed %s version %s", self.node_id, kind, state.sent_version, extra=fields)
@@ -203,7 +224,9 @@ class SotwStream(ProxyStream):
         # cluster it names. Send everything that differs, in push order.
         return self.on_snapshot(snapshot, since)
 
-    def _respond(self, type_url: str, state: TypeState, wanted: Selection) -> tuple[bytes, str] | None:
+    def _respond(
+        self, type_url: str, state: TypeState, wanted: Selection, snapshot: Snapshot
+    ) -> tuple[bytes, str] | None:
         if wanted.version == state.sent_version:
             return None  # unchanged, or the version the proxy rejected: never sent twice
         state.sent_version = wanted.version
