@@ -106,9 +106,11 @@ class SimulatedEnvoy:
         else:  # SotW: the request carries the latest EDS response received, so it also answers that one
             received = self.unanswered.pop(ENDPOINT, None) or self.last[ENDPOINT]
             request = discovery_pb2.DiscoveryRequest(
-                type_url=ENDPOINT, resource_names=sorted(wanted), version_info=received.version_info,
+                type_url=ENDPOINT,
+                resource_names=sorted(wanted),
+                version_info=received.version_info,
                 response_nonce=received.nonce,
-            )  # fmt: skip
+            )
             self.receive(self.stream.on_request(request, self.watch.snapshot))
 
     def answer(self, type_url: str) -> None:
@@ -118,9 +120,11 @@ class SimulatedEnvoy:
         else:
             names = sorted(self.eds_clusters) if type_url == ENDPOINT else []
             request = discovery_pb2.DiscoveryRequest(
-                type_url=type_url, version_info=response.version_info, response_nonce=response.nonce,
+                type_url=type_url,
+                version_info=response.version_info,
+                response_nonce=response.nonce,
                 resource_names=names,
-            )  # fmt: skip
+            )
         self.receive(self.stream.on_request(request, self.watch.snapshot))
 
     def answer_all(self) -> None:
@@ -141,8 +145,12 @@ class SimulatedEnvoy:
 def call(index: int, rng: random.Random) -> Any:
     selector = ZONE_B if rng.random() < 0.3 else INGRESS
     listener = listener_spec(
-        f"call-{index}-l", 20000 + index, f"call-{index}-c", eds=rng.random() < 0.5, addresses=(f"10.0.0.{rng.randint(1, 9)}",)
-    )  # fmt: skip
+        f"call-{index}-l",
+        20000 + index,
+        f"call-{index}-c",
+        eds=rng.random() < 0.5,
+        addresses=(f"10.0.0.{rng.randint(1, 9)}",),
+    )
     return make_vs(f"call-{index}", [listener], selector=selector)
 
 

@@ -341,9 +341,7 @@ class DirectorySource:
             return
         winner = definers[0]
         for path in definers[1:]:
-            log.error(
-                "%s: VirtualService %s/%s is already defined in %s; skipped", path, *key, winner, extra={"file": str(path)}
-            )
+            log.error("%s: VirtualService %s/%s is already defined in %s; skipped", path, *key, winner)
         self._cache.upsert(self._defined[winner][key])
 
     def _dated(self, vs: VirtualService, stamp: str) -> VirtualService:
