@@ -341,7 +341,8 @@ class DirectorySource:
             return
         winner = definers[0]
         for path in definers[1:]:
-            log.error("%s: VirtualService %s/%s is already defined in %s; skipped", path, *key, winner)
+            message = "%s: VirtualService %s/%s is already defined in %s; skipped"
+            log.error(message, path, *key, winner, extra={"file": str(path)})
         self._cache.upsert(self._defined[winner][key])
 
     def _dated(self, vs: VirtualService, stamp: str) -> VirtualService:
