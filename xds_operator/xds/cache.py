@@ -274,7 +274,7 @@ class SnapshotCache:
         if outgoing.keys() == incoming.keys() and all(incoming[k] is t for k, t in outgoing.items()):
             return False
         total, count = group.signature or (0, 0)
-        contents = dict(group.snapshot.contents)
+        contents = group.snapshot.contents.mutate()  # a persistent map: no copy of every member
         removed: list[Resource] = []
         added: list[Resource] = []
         for key, translated in outgoing.items():
@@ -293,7 +293,7 @@ class SnapshotCache:
         signature = (total % MODULUS, count)
         snapshot = self._by_signature.get(signature)
         if snapshot is None:
-            snapshot = self._by_signature[signature] = group.snapshot.patched(removed, added, contents)
+            snapshot = self._by_signature[signature] = group.snapshot.patched(removed, added, contents.finish())
         self._install(group, signature, snapshot)
         return True
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import immutables
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
@@ -213,7 +214,7 @@ class Snapshot:
 
     resources: Mapping[str, Mapping[str, Resource]]
     # What it was built from: source key → content token; tells which inputs a proxy runs.
-    contents: Mapping = field(default_factory=dict)
+    contents: Mapping = field(default_factory=immutables.Map)
     _totals: dict[str, int] = field(default_factory=dict, repr=False)  # per type: the sum of resource weights
     _selections: dict[tuple[str, frozenset[str] | None], Selection] = field(default_factory=dict, repr=False)
     # Its place in the lineage of patches it belongs to (see History).
@@ -222,9 +223,11 @@ class Snapshot:
 
     @classmethod
     def build(cls, by_type: Mapping[str, Iterable[Resource]], contents: Mapping | None = None) -> Snapshot:
-        resources = {type_url: {r.name: r for r in by_type.get(type_url, ())} for type_url in PUSH_ORDER}
+        resources = {
+            type_url: immutables.Map({r.name: r for r in by_type.get(type_url, ())}) for type_url in PUSH_ORDER
+        }
         totals = {t: sum(r.weight for r in of_type.values()) % MODULUS for t, of_type in resources.items()}
-        snapshot = cls(resources, dict(contents or {}), totals)
+        snapshot = cls(resources, immutables.Map(contents or {}), totals)
         snapshot.check_consistency()
         return snapshot
 
@@ -238,25 +241,25 @@ class Snapshot:
         return self.history.changed_between(older.number, self.number, type_url)
 
     def patched(self, removed: Iterable[Resource], added: Iterable[Resource], contents: Mapping) -> Snapshot:
-        """A new snapshot: this one without `removed`, with `added`. Costs the change, plus a dict copy per type.
+        """A new snapshot: this one without `removed`, with `added`, in time proportional to the change.
 
         Consistency is the caller's to keep (the cache adds and removes whole VirtualServices,
         whose resources refer only to each other).
         """
-        resources = {type_url: of_type for type_url, of_type in self.resources.items()}
+        # Persistent maps (HAMTs): a new version shares all but the changed paths with the old one,
+        # so a patch costs O(log n) per resource, where copying a dict of 10,000 cost ~1 ms per type.
+        mutations = {type_url: of_type.mutate() for type_url, of_type in self.resources.items()}
         totals = dict(self._totals)
         changed: dict[str, set[str]] = {}
         for resource, sign in [*((r, -1) for r in removed), *((r, 1) for r in added)]:
             type_url = resource.type_url
-            if type_url not in changed:
-                resources[type_url] = dict(resources[type_url])
-                changed[type_url] = set()
             if sign < 0:
-                del resources[type_url][resource.name]
+                del mutations[type_url][resource.name]
             else:
-                resources[type_url][resource.name] = resource
-            changed[type_url].add(resource.name)
+                mutations[type_url][resource.name] = resource
+            changed.setdefault(type_url, set()).add(resource.name)
             totals[type_url] = (totals[type_url] + sign * resource.weight) % MODULUS
+        resources = {type_url: mutation.finish() for type_url, mutation in mutations.items()}
         number = self.history.record(self.number, {t: frozenset(names) for t, names in changed.items()})
         return Snapshot(resources, contents, totals, history=self.history, number=number)
 
@@ -269,7 +272,7 @@ class Snapshot:
         key = (type_url, names)
         selection = self._selections.get(key)
         if selection is None:
-            of_type = self.resources.get(type_url, {})
+            of_type = self.resources.get(type_url, immutables.Map())
             if names is None:
                 selection = Selection(
                     type_url,
