@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from xds_operator.api import parse_virtual_service
 from xds_operator.api.model import NAMESPACE_LABEL
 from xds_operator.operator.pods import PodIndex
@@ -50,6 +52,34 @@ def test_resolved_selectors_are_recomputed_after_a_pod_change():
     assert list(index.ready_ips("media", {"app": "worker"})) == ["10.0.0.2"]
     index.delete(pod("w2", {}))
     assert list(index.ready_ips("media", {"app": "worker"})) == []
+
+
+def test_selector_answers_through_random_pod_churn_equal_a_scan_of_every_pod():
+    """The label index against the definition: every serving pod whose labels contain the selector."""
+    rng = random.Random(3)
+    index = PodIndex()
+    pods: dict[str, dict] = {}
+    selectors = [{}, {"app": "worker"}, {"app": "worker", "call": "c1"}, {"call": "c2"}, {"app": "other"}]
+    for _ in range(400):
+        name = f"w-{rng.randint(0, 30)}"
+        if name in pods and rng.random() < 0.3:
+            index.delete(pods.pop(name))
+        else:
+            labels = {"app": rng.choice(["worker", "other"]), "call": f"c{rng.randint(0, 3)}"}
+            ip = f"10.0.0.{rng.randint(1, 250)}"
+            pods[name] = pod(name, labels, ip=ip, ready=rng.random() < 0.8, terminating=rng.random() < 0.1)
+            index.upsert(pods[name])
+        for selector in selectors:
+            expected = sorted(
+                {
+                    obj["status"]["podIP"]
+                    for obj in pods.values()
+                    if obj["status"]["conditions"][0]["status"] == "True"
+                    and not obj["metadata"].get("deletionTimestamp")
+                    and all(obj["metadata"]["labels"].get(k) == v for k, v in selector.items())
+                }
+            )
+            assert list(index.ready_ips("media", selector)) == expected, selector
 
 
 def test_an_unchanged_pod_is_no_change():

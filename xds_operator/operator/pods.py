@@ -72,6 +72,10 @@ class PodIndex:
         self._pods: dict[str, PodInfo] = {}  # by namespace/name
         self._by_uid: dict[str, PodInfo] = {}
         self._by_namespace: dict[str, dict[str, PodInfo]] = {}
+        # The serving pods (keys) per (namespace, label key, value), and per (namespace, "", "") all of
+        # them: a selector's answer is an intersection of these sets, not a scan of every pod (one
+        # worker pod per call means as many pods as VirtualServices).
+        self._serving_by_label: dict[tuple[str, str, str], set[str]] = {}
         # Memoized selector answers per namespace, dropped when a pod there changes.
         self._resolved: dict[str, dict[frozenset[tuple[str, str]], tuple[str, ...]]] = {}
 
@@ -125,9 +129,25 @@ class PodIndex:
         endpoints_changed = _as_endpoint(old) != _as_endpoint(new)
         if endpoints_changed:
             self._resolved.pop(pod.namespace, None)
+            self._index_serving(old, present=False)
+            self._index_serving(new, present=True)
         if not relabelled and not endpoints_changed:
             return None
         return PodChange(pod.namespace, frozenset(node_ids) if relabelled else frozenset(), endpoints_changed)
+
+    def _index_serving(self, pod: PodInfo | None, present: bool) -> None:
+        """Add a serving pod to (or take it out of) the selector index."""
+        if pod is None or not pod.serves_traffic:
+            return
+        keys = [(pod.namespace, "", "")] + [(pod.namespace, k, v) for k, v in pod.labels.items()]
+        for index_key in keys:
+            members = self._serving_by_label.setdefault(index_key, set())
+            if present:
+                members.add(pod.key)
+            else:
+                members.discard(pod.key)
+                if not members:
+                    del self._serving_by_label[index_key]
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -152,18 +172,16 @@ class PodIndex:
         key = frozenset(selector.items())
         ips = resolved.get(key)
         if ips is None:
-            pods = self._by_namespace.get(namespace, {}).values()
-            ips = tuple(
-                sorted(
-                    {
-                        pod.ip
-                        for pod in pods
-                        if pod.serves_traffic and all(pod.labels.get(k) == v for k, v in selector.items())
-                    }
-                )
-            )
+            ips = tuple(sorted({self._pods[pod].ip for pod in self._serving_matching(namespace, selector)}))
             resolved[key] = ips
         return ips
+
+    def _serving_matching(self, namespace: str, selector: Mapping[str, str]) -> set[str]:
+        """Keys of the serving pods in namespace whose labels contain the selector: the smallest
+        label set, checked against the others (time follows the matching pods, not all pods)."""
+        index_keys = [(namespace, k, v) for k, v in selector.items()] or [(namespace, "", "")]
+        sets = sorted((self._serving_by_label.get(index_key, set()) for index_key in index_keys), key=len)
+        return sets[0].intersection(*sets[1:])
 
 
 def _as_endpoint(pod: PodInfo | None) -> tuple | None:
