@@ -905,6 +905,35 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 # ---------------------------------------------------------------------------------------------
+# Client configuration (shared with fake_apiserver_process.FakeApiServerProcess)
+# ---------------------------------------------------------------------------------------------
+
+
+def write_kubeconfig(url: str, token: str | None, path: str | os.PathLike[str], namespace: str = "default") -> Path:
+    """A kubeconfig for the server at ``url`` (plain http, token user), for ``load_kube_config``."""
+    user = {"token": token} if token else {}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "users": [{"name": "fake", "user": user}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
+        "current-context": "fake",
+    }
+    path = Path(path)
+    path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+    return path
+
+
+def api_client(url: str, token: str | None) -> kubernetes.client.ApiClient:
+    """A client for the server at ``url``; the global default configuration is left alone."""
+    configuration = kubernetes.client.Configuration(host=url)
+    if token:
+        configuration.api_key = {"authorization": f"Bearer {token}"}
+    return kubernetes.client.ApiClient(configuration)
+
+
+# ---------------------------------------------------------------------------------------------
 # The public server
 # ---------------------------------------------------------------------------------------------
 
@@ -1009,25 +1038,11 @@ class FakeApiServer:
 
     def kubeconfig(self, path: str | os.PathLike[str], namespace: str = "default") -> Path:
         """Write a kubeconfig (plain http, token user) for ``kubernetes.config.load_kube_config``."""
-        user = {"token": self.token} if self.token else {}
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": user}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
-            "current-context": "fake",
-        }
-        path = Path(path)
-        path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
-        return path
+        return write_kubeconfig(self.url, self.token, path, namespace)
 
     def api_client(self) -> kubernetes.client.ApiClient:
         """A client configured for this server; the global default configuration is left alone."""
-        configuration = kubernetes.client.Configuration(host=self.url)
-        if self.token:
-            configuration.api_key = {"authorization": f"Bearer {self.token}"}
-        return kubernetes.client.ApiClient(configuration)
+        return api_client(self.url, self.token)
 
     # -- test controls --------------------------------------------------------------------------
 
@@ -1388,9 +1403,11 @@ __all__ = [
     "RecordedRequest",
     "ResourceType",
     "StatusError",
+    "api_client",
     "field_matcher",
     "json_patch",
     "label_matcher",
     "merge_patch",
     "status_object",
+    "write_kubeconfig",
 ]
