@@ -252,8 +252,9 @@ class Setup:
     variants: list[Variant]
 
 
-def start_envoy(directory: Path, key: str, bootstrap: str, processes: list[Process]) -> Process:
-    """An Envoy with this bootstrap; returns once its admin /ready answers 200 (initial config applied)."""
+def start_envoy(directory: Path, key: str, bootstrap: str, processes: list[Process], *, wait: bool = True) -> Process:
+    """An Envoy with this bootstrap; returns once its admin /ready answers 200 (initial config applied),
+    or at once with `wait=False` (`envoy_admin` then tells when its admin port is up)."""
     bootstrap_path = directory / f"envoy-{key}.yaml"
     bootstrap_path.write_text(bootstrap)
     admin_path = directory / f"envoy-{key}.admin"
@@ -286,11 +287,18 @@ def start_envoy(directory: Path, key: str, bootstrap: str, processes: list[Proce
     processes.append(envoy)
 
     def ready() -> bool:
-        admin = admin_path.read_text().strip() if admin_path.exists() else ""
+        admin = envoy_admin(directory, key)
         return bool(admin) and http_get(f"http://{admin}/ready") == 200
 
-    wait_until(ready, f"Envoy ({key}) to be ready (admin /ready)", [envoy])
+    if wait:
+        wait_until(ready, f"Envoy ({key}) to be ready (admin /ready)", [envoy])
     return envoy
+
+
+def envoy_admin(directory: Path, key: str) -> str:
+    """host:port of the admin port of the Envoy `start_envoy` started; '' until it is up."""
+    admin_path = directory / f"envoy-{key}.admin"
+    return admin_path.read_text().strip() if admin_path.exists() else ""
 
 
 def bootstrap_command(node_id: str, label: str, xds_port: int, *, delta: bool) -> str:

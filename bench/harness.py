@@ -4,6 +4,7 @@ a one-endpoint VirtualService, log tails, and stopping a process."""
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import subprocess
@@ -13,10 +14,20 @@ from pathlib import Path
 from typing import Any
 
 LOG_TAIL = 12_000  # characters of a log shown with a failure
+CLOCK_TICK = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat counts CPU time in these
 
 
 def serve_command(directory: Path, xds_port: int, admin_port: int, log_level: str = "warning") -> list[str]:
     """`xds-operator serve` on a directory, xDS on 127.0.0.1:xds_port, admin on admin_port."""
+    return _serve(["--dir", str(directory)], xds_port, admin_port, log_level)
+
+
+def kube_serve_command(kubeconfig: Path, xds_port: int, admin_port: int, log_level: str = "warning") -> list[str]:
+    """`xds-operator serve` in Kubernetes mode against the API server of a kubeconfig."""
+    return _serve(["--kubeconfig", str(kubeconfig)], xds_port, admin_port, log_level)
+
+
+def _serve(source_args: list[str], xds_port: int, admin_port: int, log_level: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -24,8 +35,7 @@ def serve_command(directory: Path, xds_port: int, admin_port: int, log_level: st
         "--log-level",
         log_level,
         "serve",
-        "--dir",
-        str(directory),
+        *source_args,
         "--xds-address",
         "127.0.0.1",
         "--xds-port",
@@ -36,14 +46,24 @@ def serve_command(directory: Path, xds_port: int, admin_port: int, log_level: st
 
 
 def one_endpoint_vs(
-    name: str, port: int, *, selector: Mapping[str, str], namespace: str, host: str, endpoint_port: int, endpoint: str
+    name: str,
+    port: int,
+    *,
+    selector: Mapping[str, str],
+    namespace: str,
+    host: str | Mapping[str, str],
+    endpoint_port: int,
+    endpoint: str,
+    discovery: str = "strictdns",
+    hash_key: str | None = None,
 ) -> dict[str, Any]:
-    """A VirtualService: one UDP listener `<name>-l` on `port` → strictdns cluster `<name>-c` → one endpoint."""
-    cluster = {
-        "name": f"{name}-c",
-        "service_discovery": "strictdns",
-        "endpoints": [{"name": endpoint, "host": {"address": host}, "port": endpoint_port}],
-    }
+    """A VirtualService: one UDP listener `<name>-l` on `port` → cluster `<name>-c` → one endpoint,
+    `host` an address or (a mapping) a pod selector."""
+    where = {"address": host} if isinstance(host, str) else {"selector": dict(host)}
+    cluster: dict[str, Any] = {"name": f"{name}-c", "service_discovery": discovery}
+    if hash_key is not None:
+        cluster["hash_key"] = hash_key
+    cluster["endpoints"] = [{"name": endpoint, "host": where, "port": endpoint_port}]
     return {
         "apiVersion": "servicemesh.l7mp.io/v1",
         "kind": "VirtualService",
@@ -73,6 +93,20 @@ class Ports:
 
     def udp(self) -> int:
         return self.take(socket.SOCK_DGRAM)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # fields 14 and 15 of stat(5)
+
+
+def memory_mb(pid: int, field: str) -> float:
+    """A memory figure of /proc/<pid>/status in MB: VmHWM (peak RSS so far) or VmRSS (now)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def tail(path: Path, limit: int = LOG_TAIL) -> str:

@@ -39,8 +39,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import bisect
 import contextlib
-import copy
+import itertools
 import json
 import os
 import random
@@ -176,6 +177,11 @@ _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z
 _TRUE = {"1", "t", "T", "true", "TRUE", "True"}  # what Go's strconv.ParseBool accepts
 
 
+def _clone(value: Any) -> Any:
+    """A deep copy of a JSON value: a C-speed JSON round trip, several times faster than copy.deepcopy."""
+    return json.loads(json.dumps(value))
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -252,7 +258,7 @@ def field_matcher(selector: str) -> Matcher:
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch: objects merge recursively, null deletes, anything else replaces."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return _clone(patch)
     result = dict(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -295,13 +301,13 @@ def _json_patch_op(doc: Any, op: Obj) -> Any:
         value = _get_pointer(doc, _pointer(op.get("from", "")))
         if kind == "move":
             doc = _remove(doc, _pointer(op["from"]))
-        return _add(doc, tokens, copy.deepcopy(value))
+        return _add(doc, tokens, _clone(value))
     if kind == "remove":
         return _remove(doc, tokens)
     if kind in ("add", "replace") and "value" in op:
         if kind == "replace":
             doc = _remove(doc, tokens)
-        return _add(doc, tokens, copy.deepcopy(op["value"]))
+        return _add(doc, tokens, _clone(op["value"]))
     raise StatusError(422, f"invalid JSON patch operation: {op!r}")
 
 
@@ -343,7 +349,7 @@ def json_patch(doc: Any, ops: Any) -> Any:
     """RFC 6902 JSON patch (add, remove, replace, move, copy, test)."""
     if not isinstance(ops, list) or not all(isinstance(op, dict) for op in ops):
         raise StatusError(422, "a JSON patch must be a list of operation objects")
-    doc = copy.deepcopy(doc)
+    doc = _clone(doc)
     for op in ops:
         doc = _json_patch_op(doc, op)
     return doc
@@ -464,7 +470,8 @@ class _Store:
     # -- writes ---------------------------------------------------------------------------------
 
     def commit(self, rtype: ResourceType, etype: str, obj: Obj, prev: Obj | None) -> Obj:
-        """Store a new state (never mutated afterwards), record it and feed the watchers."""
+        """Store a new state, record it and feed the watchers. Returns the stored object itself: never
+        mutate it (answers are serialized as they are; the public methods hand out copies)."""
         with self.lock:
             self.rv += 1
             _meta(obj)["resourceVersion"] = str(self.rv)
@@ -476,11 +483,14 @@ class _Store:
             if len(self.history) >= self.history_limit:
                 self.compacted_rv = self.history.popleft().rv
             self.history.append(change)
+            lines: dict[str, bytes] = {}  # encoded once per event type, whatever the number of watchers
             for watcher in self.watchers:
                 if watcher.rtype is rtype and (seen := watcher.classify(change)):
-                    watcher.push(_event_line(seen, obj))
+                    if seen not in lines:
+                        lines[seen] = _event_line(seen, obj)
+                    watcher.push(lines[seen])
             self.changed.notify_all()
-            return copy.deepcopy(obj)
+            return obj
 
     def compact(self) -> None:
         with self.lock:
@@ -576,7 +586,7 @@ class _Api:
     def create(self, rtype: ResourceType, namespace: str, body: Obj, dry_run: bool = False) -> Obj:
         _check_identity(rtype, body)
         _check_namespace(body, namespace)
-        obj = copy.deepcopy(body)
+        obj = _clone(body)
         meta = _meta(obj)
         if not meta.get("name") and meta.get("generateName"):
             meta["name"] = meta["generateName"] + "".join(random.choices("bcdfghjklmnpqrstvwxz2456789", k=5))
@@ -616,7 +626,7 @@ class _Api:
             self._check_resource_version(rtype, name, body, current)
             obj = self._next_state(rtype, current, body, status)
             if obj == current:
-                return copy.deepcopy(current)  # a no-op write is not a write: no new RV, no event
+                return current  # a no-op write is not a write: no new RV, no event
             if dry_run:
                 return obj
             if self._finalized(obj):
@@ -647,16 +657,16 @@ class _Api:
     def _next_state(rtype: ResourceType, current: Obj, body: Obj, status: bool) -> Obj:
         """The object after a write: only .status for /status, everything but .status with a subresource."""
         if status:
-            obj = copy.deepcopy(current)
+            obj = _clone(current)
             obj.pop("status", None)
             if "status" in body:
-                obj["status"] = copy.deepcopy(body["status"])
+                obj["status"] = _clone(body["status"])
             return obj
-        obj = copy.deepcopy(body)
+        obj = _clone(body)
         if rtype.status_subresource:  # the main resource cannot change status
             obj.pop("status", None)
             if "status" in current:
-                obj["status"] = copy.deepcopy(current["status"])
+                obj["status"] = _clone(current["status"])
         obj["apiVersion"], obj["kind"] = rtype.api_version, rtype.kind
         meta, old = _meta(obj), current["metadata"]
         owned_fields = ("name", "namespace", "uid", "creationTimestamp", "resourceVersion")
@@ -704,7 +714,7 @@ class _Api:
             if current is None:
                 raise _not_found(rtype, name)
             self._check_preconditions(rtype, name, (options or {}).get("preconditions") or {}, current)
-            obj = copy.deepcopy(current)
+            obj = _clone(current)
             meta = obj["metadata"]
             if meta.get("finalizers"):
                 if meta.get("deletionTimestamp"):
@@ -727,17 +737,26 @@ class _Api:
                 raise StatusError(409, message, "Conflict")
 
     def list(self, rtype: ResourceType, namespace: str | None, query: dict[str, str]) -> Obj:
+        """A list (one page with ``limit``). Items are the stored objects themselves: serialize, never mutate.
+
+        A page looks at the keys after the continue token only up to the first match past the page,
+        so paging through N objects costs O(N) matches, not O(N²/limit). As on a real apiserver,
+        ``remainingItemCount`` is left out when the request has a label or field selector.
+        """
         matches = self.matcher(namespace, query)
         limit = int(_int_param(query, "limit") or 0)
         with self.store.lock:
             rv, start, state = self._list_state(rtype, query)
-            keys = sorted(k for k, obj in state.items() if k > start and matches(obj))
-            page = keys[:limit] if limit else keys
+            keys = sorted(state)
+            candidates = (k for k in keys[bisect.bisect_right(keys, start) :] if matches(state[k]))
+            page = list(itertools.islice(candidates, limit)) if limit else list(candidates)
             metadata: Obj = {"resourceVersion": str(rv)}
-            if len(page) < len(keys):
+            if limit and next(candidates, None) is not None:
                 metadata["continue"] = _encode_continue(rv, page[-1])
-                metadata["remainingItemCount"] = len(keys) - len(page)
-            items = [copy.deepcopy(state[k]) for k in page]
+                if not query.get("labelSelector") and not query.get("fieldSelector"):
+                    after = keys[bisect.bisect_right(keys, page[-1]) :]
+                    metadata["remainingItemCount"] = sum(1 for k in after if namespace in (None, k[0]))
+            items = [state[k] for k in page]
         return {"kind": f"{rtype.kind}List", "apiVersion": rtype.api_version, "metadata": metadata, "items": items}
 
     def _list_state(self, rtype: ResourceType, query: dict[str, str]) -> tuple[int, tuple[str, str], dict]:
@@ -905,6 +924,35 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 # ---------------------------------------------------------------------------------------------
+# Client configuration (shared with fake_apiserver_process.FakeApiServerProcess)
+# ---------------------------------------------------------------------------------------------
+
+
+def write_kubeconfig(url: str, token: str | None, path: str | os.PathLike[str], namespace: str = "default") -> Path:
+    """A kubeconfig for the server at ``url`` (plain http, token user), for ``load_kube_config``."""
+    user = {"token": token} if token else {}
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "fake", "cluster": {"server": url}}],
+        "users": [{"name": "fake", "user": user}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
+        "current-context": "fake",
+    }
+    path = Path(path)
+    path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
+    return path
+
+
+def api_client(url: str, token: str | None) -> kubernetes.client.ApiClient:
+    """A client for the server at ``url``; the global default configuration is left alone."""
+    configuration = kubernetes.client.Configuration(host=url)
+    if token:
+        configuration.api_key = {"authorization": f"Bearer {token}"}
+    return kubernetes.client.ApiClient(configuration)
+
+
+# ---------------------------------------------------------------------------------------------
 # The public server
 # ---------------------------------------------------------------------------------------------
 
@@ -1009,25 +1057,11 @@ class FakeApiServer:
 
     def kubeconfig(self, path: str | os.PathLike[str], namespace: str = "default") -> Path:
         """Write a kubeconfig (plain http, token user) for ``kubernetes.config.load_kube_config``."""
-        user = {"token": self.token} if self.token else {}
-        config = {
-            "apiVersion": "v1",
-            "kind": "Config",
-            "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
-            "users": [{"name": "fake", "user": user}],
-            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}],
-            "current-context": "fake",
-        }
-        path = Path(path)
-        path.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
-        return path
+        return write_kubeconfig(self.url, self.token, path, namespace)
 
     def api_client(self) -> kubernetes.client.ApiClient:
         """A client configured for this server; the global default configuration is left alone."""
-        configuration = kubernetes.client.Configuration(host=self.url)
-        if self.token:
-            configuration.api_key = {"authorization": f"Bearer {self.token}"}
-        return kubernetes.client.ApiClient(configuration)
+        return api_client(self.url, self.token)
 
     # -- test controls --------------------------------------------------------------------------
 
@@ -1122,7 +1156,7 @@ class FakeApiServer:
     def put(self, obj: Obj) -> Obj:
         """Store ``obj`` as is (create or overwrite); fills uid/creationTimestamp/namespace if missing."""
         rtype = self._resolve_kind(obj.get("apiVersion", ""), obj.get("kind", ""))
-        obj = copy.deepcopy(obj)
+        obj = _clone(obj)
         meta = _meta(obj)
         meta.setdefault("namespace", "default")
         with self._store.lock:
@@ -1132,11 +1166,11 @@ class FakeApiServer:
             meta.setdefault("creationTimestamp", old.get("creationTimestamp") or _now())
             if rtype.generation:
                 meta.setdefault("generation", old.get("generation", 1))
-            return self._store.commit(rtype, MODIFIED if current else ADDED, obj, current)
+            return _clone(self._store.commit(rtype, MODIFIED if current else ADDED, obj, current))
 
     def get(self, plural: str, namespace: str, name: str) -> Obj | None:
         rtype = self._resolve(plural)
-        return copy.deepcopy(self._store.current(rtype, namespace, name))
+        return _clone(self._store.current(rtype, namespace, name))
 
     def delete(self, plural: str, namespace: str, name: str) -> Obj | None:
         """Remove at once (ignoring finalizers); returns the final object or None."""
@@ -1145,13 +1179,13 @@ class FakeApiServer:
             current = self._store.current(rtype, namespace, name)
             if current is None:
                 return None
-            return self._store.commit(rtype, DELETED, copy.deepcopy(current), current)
+            return _clone(self._store.commit(rtype, DELETED, _clone(current), current))
 
     def list(self, plural: str, namespace: str | None = None) -> list[Obj]:
         rtype = self._resolve(plural)
         with self._store.lock:
             items = sorted(self._store.objects[rtype].items())
-            return [copy.deepcopy(obj) for key, obj in items if namespace is None or key[0] == namespace]
+            return [_clone(obj) for key, obj in items if namespace is None or key[0] == namespace]
 
     def _resolve(self, plural: str) -> ResourceType:
         """``pods``, ``virtualservices`` or group-qualified ``events.events.k8s.io``; first registered wins."""
@@ -1388,9 +1422,11 @@ __all__ = [
     "RecordedRequest",
     "ResourceType",
     "StatusError",
+    "api_client",
     "field_matcher",
     "json_patch",
     "label_matcher",
     "merge_patch",
     "status_object",
+    "write_kubeconfig",
 ]
