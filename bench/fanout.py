@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import queue
 import subprocess
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import yaml
-from harness import Ports, serve_command, stop, tail
+from harness import CLOCK_TICK, Ports, cpu_seconds, memory_mb, serve_command, stop, tail
 from snapshot_build import virtual_service
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +45,6 @@ LOADGEN = Path(__file__).with_name("loadgen.py")
 TARGETS = {"p99_seconds": 2.0, "server_peak_rss_mb": 300}
 PER_FILE = 10  # VirtualServices per file: loading many small documents from few files is fast
 EDITED = 0  # the index of the VirtualService the edit changes: a common one, selected by every group
-CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
@@ -115,20 +113,6 @@ def file_name(start: int) -> str:
 
 
 # -- processes ---------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process, from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # fields 14 and 15 of stat(5)
-
-
-def memory_mb(pid: int, field: str) -> float:
-    """A memory figure of /proc/<pid>/status in MB: VmHWM (peak RSS so far) or VmRSS (now)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024  # kB
-    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def settle(pid: int, timeout: float = 5.0) -> float:
