@@ -252,8 +252,12 @@ class Setup:
     variants: list[Variant]
 
 
-def start_envoy(directory: Path, key: str, bootstrap: str, processes: list[Process]) -> Process:
-    """An Envoy with this bootstrap; returns once its admin /ready answers 200 (initial config applied)."""
+def start_envoy(
+    directory: Path, key: str, bootstrap: str, processes: list[Process], *, ready_timeout: float = START_TIMEOUT
+) -> Process:
+    """An Envoy with this bootstrap; returns once its admin /ready answers 200 (initial config applied).
+
+    Its admin address is then in `directory/envoy-<key>.admin`."""
     bootstrap_path = directory / f"envoy-{key}.yaml"
     bootstrap_path.write_text(bootstrap)
     admin_path = directory / f"envoy-{key}.admin"
@@ -289,7 +293,7 @@ def start_envoy(directory: Path, key: str, bootstrap: str, processes: list[Proce
         admin = admin_path.read_text().strip() if admin_path.exists() else ""
         return bool(admin) and http_get(f"http://{admin}/ready") == 200
 
-    wait_until(ready, f"Envoy ({key}) to be ready (admin /ready)", [envoy])
+    wait_until(ready, f"Envoy ({key}) to be ready (admin /ready)", [envoy], ready_timeout)
     return envoy
 
 
