@@ -21,8 +21,10 @@ every 2 ms, then every 5 % of the call's age, at most every 50 ms, so slow calls
 - new call → first datagram answered through Envoy: p50 / p99 / max. A call not answered within
   10 s is counted in `unanswered` and enters the distribution as 10 s (so a p99 of 10,000 ms
   means more than 1 % were lost), never dropped.
-- ended call → port closed: a connected socket per ended call probes until the kernel reports
-  ICMP port unreachable (ConnectionRefusedError); `unclosed` counts those still open after 10 s.
+- ended call → port closed: a connected socket per ended call probes (every 10 ms, then 5 % of
+  the age, at most every 100 ms) until the kernel reports ICMP port unreachable
+  (ConnectionRefusedError); `unclosed` counts those still open after 10 s. Envoy drains a
+  removed listener before closing its socket (`--drain-time-s 1` here), so this is at least 1 s.
 - CPU (cores) of the server and of Envoy from /proc over the churn, from the first change until
   every probe is settled; the server's RSS before and after.
 - Nothing lost, once the churn has settled: Envoy's listeners (admin /listeners) are exactly
@@ -69,6 +71,9 @@ FLOOR_SCRIPT = Path(__file__).with_name("calls_floor.py")
 SELECTOR = {"app": "calls"}
 ANSWER_TIMEOUT = 10.0  # seconds: a call not answered (or not closed) by then is counted, not waited for
 PROBE_FIRST, PROBE_FRACTION, PROBE_LAST = 0.002, 0.05, 0.05  # probe intervals, see the docstring
+# An ended call's port is probed less often: until it closes every probe goes through Envoy (and
+# the drain keeps it open for a second or more), so fast probing would load the proxy measured.
+CLOSE_FIRST, CLOSE_LAST = 0.01, 0.1
 UDP_SESSION_IDLE = 60.0  # udp_proxy's default idle_timeout: until then a session holds an Envoy socket
 FINAL_PROBES_AT_ONCE = 200  # the last check probes this many calls at a time (receive buffers are finite)
 START_BOUND = 30.0  # seconds for a process to come up
@@ -169,8 +174,8 @@ class FloorFeed:
 # ---------------------------------------------------------------- probing
 
 
-def probe_interval(age: float) -> float:
-    return min(PROBE_LAST, max(PROBE_FIRST, age * PROBE_FRACTION))
+def probe_interval(age: float, first: float = PROBE_FIRST, last: float = PROBE_LAST) -> float:
+    return min(last, max(first, age * PROBE_FRACTION))
 
 
 class Prober(asyncio.DatagramProtocol):
@@ -213,7 +218,7 @@ class Prober(asyncio.DatagramProtocol):
         future = loop.create_future()
         transport, _ = await loop.create_datagram_endpoint(lambda: ClosedWatch(future), remote_addr=("127.0.0.1", port))
         future.add_done_callback(lambda _: transport.close())
-        repeat(future, lambda: transport.sendto(b"ping"), timeout)
+        repeat(future, lambda: transport.sendto(b"ping"), timeout, (CLOSE_FIRST, CLOSE_LAST))
         return future
 
 
@@ -226,7 +231,12 @@ class ClosedWatch(asyncio.DatagramProtocol):
             self.future.set_result(time.monotonic())
 
 
-def repeat(future: asyncio.Future[float | None], send: Callable[[], None], timeout: float) -> None:
+def repeat(
+    future: asyncio.Future[float | None],
+    send: Callable[[], None],
+    timeout: float,
+    bounds: tuple[float, float] = (PROBE_FIRST, PROBE_LAST),
+) -> None:
     """Call `send` now and again at probe intervals until `future` is done; give it None after `timeout`."""
     loop = asyncio.get_running_loop()
     started = time.monotonic()
@@ -240,7 +250,7 @@ def repeat(future: asyncio.Future[float | None], send: Callable[[], None], timeo
             return
         with contextlib.suppress(OSError):  # a refused send is reported to the protocol as well
             send()
-        loop.call_later(probe_interval(age), tick)
+        loop.call_later(probe_interval(age, *bounds), tick)
 
     tick()
 

@@ -36,6 +36,7 @@ from google.protobuf import any_pb2
 
 from xds_operator.api import parse_virtual_service
 from xds_operator.translate import translate_virtual_service
+from xds_operator.xds.snapshot import length_delimited  # a protobuf field of wire type 2: a repeated entry
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 LDS = "type.googleapis.com/envoy.config.listener.v3.Listener"
@@ -43,20 +44,6 @@ ADD, REMOVE = True, False
 
 
 # ---------------------------------------------------------------- encoding, once per call
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def length_delimited(number: int, payload: bytes) -> bytes:
-    """One field of wire type 2 (bytes, string, message): what a repeated field's entry is on the wire."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
 
 
 # DeltaDiscoveryResponse's field numbers
