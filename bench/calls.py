@@ -74,9 +74,10 @@ PROBE_FIRST, PROBE_FRACTION, PROBE_LAST = 0.002, 0.05, 0.05  # probe intervals, 
 # An ended call's port is probed less often: until it closes every probe goes through Envoy (and
 # the drain keeps it open for a second or more), so fast probing would load the proxy measured.
 CLOSE_FIRST, CLOSE_LAST = 0.01, 0.1
-FINAL_FIRST, FINAL_LAST = 0.05, 0.25  # the last check measures no time: thousands of calls, gently
+# The last check measures no time: it sends every silent live call a datagram per round, this many
+# a second, so that thousands of calls neither flood Envoy nor overflow receive buffers.
+FINAL_RATE, FINAL_BATCH, FINAL_PAUSE = 5_000, 100, 0.3
 UDP_SESSION_IDLE = 60.0  # udp_proxy's default idle_timeout: until then a session holds an Envoy socket
-FINAL_PROBES_AT_ONCE = 200  # the last check probes this many calls at a time (receive buffers are finite)
 START_BOUND = 30.0  # seconds for a process to come up
 
 
@@ -204,15 +205,13 @@ class Prober(asyncio.DatagramProtocol):
         else:
             future.set_result(now)
 
-    def until_answered(
-        self, port: int, timeout: float = ANSWER_TIMEOUT, bounds: tuple[float, float] = (PROBE_FIRST, PROBE_LAST)
-    ) -> asyncio.Future[float | None]:
+    def until_answered(self, port: int, timeout: float = ANSWER_TIMEOUT) -> asyncio.Future[float | None]:
         """Probe `port` until it answers: the time of the answer, or None after `timeout`."""
         future = asyncio.get_running_loop().create_future()
         self.waiting[port] = future
         future.add_done_callback(lambda _: self.waiting.pop(port, None))
         address = ("127.0.0.1", port)
-        repeat(future, lambda: self.transport.sendto(b"ping", address), timeout, bounds)
+        repeat(future, lambda: self.transport.sendto(b"ping", address), timeout)
         return future
 
     async def until_closed(self, port: int, timeout: float = ANSWER_TIMEOUT) -> asyncio.Future[float | None]:
@@ -386,15 +385,19 @@ async def churn(phase: Phase, prober: Prober) -> None:
 
 
 async def answering(prober: Prober, calls: list[Call], timeout: float) -> list[Call]:
-    """The calls that never answered within `timeout`, probed FINAL_PROBES_AT_ONCE at a time."""
-    slots = asyncio.Semaphore(FINAL_PROBES_AT_ONCE)
-
-    async def probe(call: Call) -> bool:
-        async with slots:
-            return await prober.until_answered(call.port, timeout, (FINAL_FIRST, FINAL_LAST)) is not None
-
-    results = await asyncio.gather(*(probe(call) for call in calls))
-    return [call for call, answered in zip(calls, results, strict=True) if not answered]
+    """The calls that never answered: each round sends every silent call one datagram (paced), until `timeout`."""
+    silent = {call.port: call for call in calls}
+    prober.stray.clear()
+    deadline = time.monotonic() + timeout
+    while silent and time.monotonic() < deadline:
+        for sent, port in enumerate(list(silent), 1):
+            prober.transport.sendto(b"ping", ("127.0.0.1", port))
+            if sent % FINAL_BATCH == 0:
+                await asyncio.sleep(FINAL_BATCH / FINAL_RATE)
+        await asyncio.sleep(FINAL_PAUSE)
+        for port in prober.stray & silent.keys():
+            del silent[port]
+    return list(silent.values())
 
 
 async def still_answering(prober: Prober, calls: list[Call], rounds: int = 3, pause: float = 0.3) -> set[int]:
