@@ -252,7 +252,15 @@ class Setup:
     variants: list[Variant]
 
 
-def start_envoy(directory: Path, key: str, bootstrap: str, processes: list[Process], *, wait: bool = True) -> Process:
+def start_envoy(
+    directory: Path,
+    key: str,
+    bootstrap: str,
+    processes: list[Process],
+    *,
+    wait: bool = True,
+    ready_timeout: float = START_TIMEOUT,
+) -> Process:
     """An Envoy with this bootstrap; returns once its admin /ready answers 200 (initial config applied),
     or at once with `wait=False` (`envoy_admin` then tells when its admin port is up)."""
     bootstrap_path = directory / f"envoy-{key}.yaml"
@@ -291,7 +299,7 @@ def start_envoy(directory: Path, key: str, bootstrap: str, processes: list[Proce
         return bool(admin) and http_get(f"http://{admin}/ready") == 200
 
     if wait:
-        wait_until(ready, f"Envoy ({key}) to be ready (admin /ready)", [envoy])
+        wait_until(ready, f"Envoy ({key}) to be ready (admin /ready)", [envoy], ready_timeout)
     return envoy
 
 

@@ -1,10 +1,11 @@
 """What the benchmarks that run processes share: the control plane's command line, free ports,
-a one-endpoint VirtualService, log tails, and stopping a process."""
+a one-endpoint VirtualService, log tails, a process's CPU time and memory, and stopping a process."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -93,6 +94,60 @@ class Ports:
 
     def udp(self) -> int:
         return self.take(socket.SOCK_DGRAM)
+
+
+class PortRange:
+    """Free UDP ports from [low, high), in order, never the same one twice in a run.
+
+    For many listeners at once: ports below the kernel's ephemeral range, so that no socket
+    connected meanwhile (Envoy's upstream sessions, our probes) can be given a port we picked.
+    """
+
+    def __init__(self, low: int = 20_000, high: int | None = None) -> None:
+        self._next = low
+        self._high = high if high is not None else ephemeral_range()[0]
+
+    def udp(self) -> int:
+        while self._next < self._high:
+            port, self._next = self._next, self._next + 1
+            if udp_port_free(port):
+                return port
+        raise RuntimeError(f"no free UDP port left below {self._high}")
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for automatically assigned ports (Linux; the usual default elsewhere)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32_768, 60_999
+
+
+def udp_port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's open-file limit (inherited by the processes it starts) towards `wanted`.
+
+    The soft limit goes up to the hard one; the hard one only where allowed (root). Returns the soft limit now.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= wanted:
+        return soft
+    if hard != resource.RLIM_INFINITY and hard < wanted:
+        with contextlib.suppress(ValueError, OSError):  # not privileged: keep the hard limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, wanted))
+            return wanted
+        wanted = hard
+    resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+    return wanted
 
 
 def cpu_seconds(pid: int) -> float:

@@ -32,6 +32,7 @@ SCENARIOS = [
     "cold_start",
     "wire_bytes",
     "churn",
+    "calls",
     "calls_kube",
 ]
 
