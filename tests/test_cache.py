@@ -257,11 +257,61 @@ def test_unchanged_resources_are_reused_between_snapshots() -> None:
 # -- conflicts ------------------------------------------------------------------------------
 
 
+def test_calls_that_declare_one_cluster_alike_share_it() -> None:
+    """A VirtualService per call, each naming its worker's cluster: the proxy gets the cluster once, and
+    it stays while any call that declares it is there (Envoy adds no cluster per call)."""
+    cache = SnapshotCache()
+    watch = cache.watch(INGRESS, Counter())
+    for discovery in ("strictdns", "eds"):
+        calls = [make_vs(f"call-{i}", port=3000 + i, cluster="worker-7-c", discovery=discovery) for i in range(3)]
+        for vs in calls:
+            cache.upsert(vs)
+            cache.commit()
+        assert cache.conflicts == {}
+        snapshot = watch.snapshot
+        assert names(snapshot, LISTENER) == {"call-0-l", "call-1-l", "call-2-l"}
+        assert names(snapshot, CLUSTER) == {"worker-7-c"}
+        assert names(snapshot, ENDPOINT) == ({"worker-7-c"} if discovery == "eds" else set())
+        cache.delete(calls[0].key)
+        cache.commit()
+        assert names(watch.snapshot, CLUSTER) == {"worker-7-c"}  # still declared by call-1 and call-2
+        cache.delete(calls[1].key)
+        cache.upsert(make_vs("call-2", port=3002, cluster="worker-7-c", discovery=discovery, address="10.0.0.9"))
+        cache.commit()  # the only one left changes its definition: the cluster follows it
+        [cluster] = watch.snapshot.resources[CLUSTER].values()
+        assert cluster.digest == cache.snapshot_for(INGRESS).resources[CLUSTER]["worker-7-c"].digest
+        assert names(watch.snapshot, LISTENER) == {"call-2-l"}
+        cache.delete(calls[2].key)
+        cache.commit()
+        assert names(watch.snapshot, CLUSTER) == names(watch.snapshot, ENDPOINT) == set()
+        # the same result as building from scratch: patching kept the snapshot consistent
+        watch.snapshot.check_consistency()
+
+
+def test_a_shared_cluster_declared_otherwise_conflicts_and_the_oldest_definition_wins() -> None:
+    cache = SnapshotCache()
+    older = make_vs("a-call", port=3000, cluster="worker-c", created="2024-01-01T00:00:00Z")
+    newer = make_vs("b-call", port=3001, cluster="worker-c", address="10.0.0.2", created="2024-02-01T00:00:00Z")
+    alike = make_vs("c-call", port=3002, cluster="worker-c", created="2024-03-01T00:00:00Z")
+    cache = loaded(older, newer, alike)
+    watch = cache.watch(INGRESS, Counter())
+    assert set(cache.conflicts) == {newer.key}
+    assert names(watch.snapshot, LISTENER) == {"a-call-l", "c-call-l"}
+    cache.delete(older.key)
+    cache.commit()  # now b-call is the oldest claimant: its definition wins, as for any conflict
+    assert set(cache.conflicts) == {alike.key}
+    assert names(watch.snapshot, LISTENER) == {"b-call-l"}
+    cache.delete(newer.key)
+    cache.commit()
+    assert cache.conflicts == {}
+    assert names(watch.snapshot, LISTENER) == {"c-call-l"}
+
+
 @pytest.mark.parametrize(
     ("clash", "kind", "value"),
     [
         ({"listener": "shared-l"}, "listener", "shared-l"),
-        ({"cluster": "shared-c"}, "cluster", "shared-c"),
+        ({"cluster": "shared-c", "address": "10.0.0.2"}, "cluster", "shared-c"),
         ({"port": 2000}, "UDP port", "2000"),
         ({"port": 2000, "protocol": "tcp", "old_protocol": "tcp"}, "TCP port", "2000"),
     ],
@@ -275,15 +325,16 @@ def test_conflict_older_service_wins(clash: dict[str, Any], kind: str, value: st
         port=2000,
         protocol=old_protocol,
         created="2024-01-01T00:00:00Z",
-        **{k: v for k, v in clash.items() if k not in ("port", "protocol")},
+        **{k: v for k, v in clash.items() if k not in ("port", "protocol", "address")},  # the new one differs
     )
     new = make_vs("aa-new", created="2024-06-01T00:00:00Z", **{"port": 2001, **clash})
     cache = loaded(new, old)
     watch = cache.watch(INGRESS, Counter())
     assert set(cache.conflicts) == {("default", "aa-new")}
+    defined = "with another definition " if kind == "cluster" else ""
     assert (
         cache.conflicts[("default", "aa-new")]
-        == f"{kind} {value} is already used by the older VirtualService default/zz-old"
+        == f"{kind} {value} is already used {defined}by the older VirtualService default/zz-old"
     )
     listeners = watch.snapshot.resources[LISTENER]
     assert len(listeners) == 1

@@ -23,6 +23,7 @@ from .snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, MODULUS, Resource, Sna
 log = logging.getLogger(__name__)
 
 LabelSet = frozenset[tuple[str, str]]
+Claim = tuple[str, object]
 
 
 @dataclass(frozen=True, eq=False)
@@ -33,9 +34,16 @@ class Translated:
     resources: tuple[Resource, ...]
     addresses: Resolved  # the resolved upstreams per cluster, to notice endpoint changes
     token: str  # changes whenever any of the resources does
-    # What it takes on a proxy: ("listener", name), ("cluster", name), ("UDP port" or "TCP port", number):
-    # a UDP and a TCP listener may share a port number.
-    claims: frozenset[tuple[str, object]]
+    # What it takes on a proxy, ("listener", name), ("cluster", name), ("UDP port" or "TCP port", number)
+    # (a UDP and a TCP listener may share a port number), each with what another VirtualService must
+    # hold to share it: listeners and ports are its own (its key); a cluster is shared by every
+    # VirtualService that declares it alike (its content hash), so calls to one worker can share
+    # its cluster, and Envoy does not add and remove a cluster per call.
+    claims: Mapping[Claim, str]
+
+    def shared(self, resource: Resource) -> bool:
+        """Whether a resource is a cluster (or its endpoints): present once for all who declare it alike."""
+        return resource.type_url != LISTENER
 
     @cached_property
     def weight(self) -> int:
@@ -54,22 +62,26 @@ def translate(vs: VirtualService, resolve_selector: SelectorResolver) -> Transla
         (listener.name, cluster_of(listener).name, (f"{protocol_of(listener)} port", port_of(listener)))
         for listener in vs.spec.listeners
     ]
-    eds = {assignment.cluster_name: assignment for assignment in envoy.load_assignments}
+    eds = {a.cluster_name: Resource.of(a.cluster_name, a) for a in envoy.load_assignments}
+    own = f"{vs.namespace}/{vs.name}"
     resources: list[Resource] = []
-    claims: set[tuple[str, object]] = set()
+    claims: dict[Claim, str] = {}
     for (listener_name, cluster_name, port_claim), listener, cluster in zip(
         listeners, envoy.listeners, envoy.clusters, strict=True
     ):
         resources.append(Resource.of(listener_name, listener, requires=[(CLUSTER, cluster_name)]))
-        resources.append(
-            Resource.of(cluster_name, cluster, requires=[(ENDPOINT, cluster_name)] if cluster_name in eds else ())
+        cluster_resource = Resource.of(
+            cluster_name, cluster, requires=[(ENDPOINT, cluster_name)] if cluster_name in eds else ()
         )
-        claims.update((("listener", listener_name), ("cluster", cluster_name), port_claim))
-    resources.extend(Resource.of(name, assignment) for name, assignment in eds.items())
+        resources.append(cluster_resource)
+        endpoints = eds.get(cluster_name)
+        claims[("cluster", cluster_name)] = cluster_resource.digest + (endpoints.digest if endpoints else "")
+        claims[("listener", listener_name)] = claims[port_claim] = own
+    resources.extend(eds.values())
     token = hashlib.blake2b(
         "".join(r.type_url + r.name + r.digest for r in resources).encode(), digest_size=8
     ).hexdigest()
-    return Translated(vs, tuple(resources), resolved, token, frozenset(claims))
+    return Translated(vs, tuple(resources), resolved, token, claims)
 
 
 class Watch:
@@ -98,7 +110,8 @@ class Group:
     labels: dict[str, str]
     watches: set[Watch] = field(default_factory=set)
     members: dict[Key, Translated] = field(default_factory=dict)  # in the snapshot
-    owners: dict[tuple[str, object], Key] = field(default_factory=dict)  # listener/cluster name or port → its holder
+    # Listener/cluster name or port → what its holders declared (see Translated.claims), and who they are.
+    owners: dict[Claim, tuple[str, set[Key]]] = field(default_factory=dict)
     conflicts: dict[Key, str] = field(default_factory=dict)  # left out here, and why
     signature: Signature | None = None  # None until first built
     snapshot: Snapshot = EMPTY
@@ -264,11 +277,13 @@ class SnapshotCache:
         """
         incoming = {key: self._services[key] for key in keys if key in self._services}
         incoming = {key: t for key, t in incoming.items() if t.vs.selects(group.labels)}
-        claimed: dict[tuple[str, object], Key] = {}
-        for key, translated in incoming.items():
-            for claim in translated.claims:
-                holder = group.owners.get(claim, key)
-                if (holder != key and holder not in keys) or claimed.setdefault(claim, key) != key:
+        changing = set(keys)
+        claimed: dict[Claim, str] = {}
+        for translated in incoming.values():
+            for claim, token in translated.claims.items():
+                held = group.owners.get(claim)
+                unchanged_holders = held is not None and not held[1] <= changing
+                if (unchanged_holders and held[0] != token) or claimed.setdefault(claim, token) != token:
                     return None
         outgoing = {key: group.members[key] for key in keys if key in group.members}
         if outgoing.keys() == incoming.keys() and all(incoming[k] is t for k, t in outgoing.items()):
@@ -279,15 +294,14 @@ class SnapshotCache:
         added: list[Resource] = []
         for key, translated in outgoing.items():
             del group.members[key]
-            for claim in translated.claims:
-                group.owners.pop(claim, None)
-            removed.extend(translated.resources)
+            _release(group, key, translated)
+            removed.extend(r for r in translated.resources if not _still_held(group, translated, r))
             contents.pop(key, None)
             total, count = total - translated.weight, count - 1
         for key, translated in incoming.items():
             group.members[key] = translated
-            group.owners.update((claim, key) for claim in translated.claims)
-            added.extend(translated.resources)
+            added.extend(r for r in translated.resources if not _still_held(group, translated, r))
+            _hold(group, key, translated)
             contents[key] = translated.token
             total, count = total + translated.weight, count + 1
         signature = (total % MODULUS, count)
@@ -303,7 +317,9 @@ class SnapshotCache:
         included = self._leave_out_conflicts(group, selected)
         signature = (sum(t.weight for t in included) % MODULUS, len(included))
         group.members = {t.vs.key: t for t in included}
-        group.owners = {claim: t.vs.key for t in included for claim in t.claims}
+        group.owners = {}
+        for translated in included:
+            _hold(group, translated.vs.key, translated)
         if signature == group.signature:
             return False
         snapshot = self._by_signature.get(signature)
@@ -325,20 +341,20 @@ class SnapshotCache:
 
     def _leave_out_conflicts(self, group: Group, selected: list[Translated]) -> list[Translated]:
         """Keep, oldest first, the VirtualServices whose listener names, cluster names and ports are free."""
-        claimed: dict[tuple[str, object], Translated] = {}
+        claimed: dict[Claim, tuple[str, Translated]] = {}
         included: list[Translated] = []
         conflicts: dict[Key, str] = {}
         for translated in selected:
-            clashing = claimed.keys() & translated.claims
+            clashing = [c for c, token in translated.claims.items() if claimed.get(c, (token,))[0] != token]
             if not clashing:
                 included.append(translated)
-                claimed.update(dict.fromkeys(translated.claims, translated))
+                for claim, token in translated.claims.items():
+                    claimed.setdefault(claim, (token, translated))
                 continue
-            clashes = sorted(clashing, key=str)
-            kind, value = clashes[0]
-            conflicts[translated.vs.key] = (
-                f"{kind} {value} is already used by the older VirtualService {claimed[clashes[0]].vs}"
-            )
+            kind, value = sorted(clashing, key=str)[0]
+            older = claimed[(kind, value)][1].vs
+            shared = "with another definition " if kind == "cluster" else ""
+            conflicts[translated.vs.key] = f"{kind} {value} is already used {shared}by the older VirtualService {older}"
         group.conflicts = conflicts
         return included
 
@@ -352,3 +368,21 @@ class SnapshotCache:
             if key in self._services:
                 log.info("VirtualService %s/%s no longer conflicts", *key)
         self._reported = current
+
+
+def _hold(group: Group, key: Key, translated: Translated) -> None:
+    for claim, token in translated.claims.items():
+        group.owners.setdefault(claim, (token, set()))[1].add(key)
+
+
+def _release(group: Group, key: Key, translated: Translated) -> None:
+    for claim in translated.claims:
+        holders = group.owners[claim][1]
+        holders.discard(key)
+        if not holders:
+            del group.owners[claim]
+
+
+def _still_held(group: Group, translated: Translated, resource: Resource) -> bool:
+    """Whether a shared resource is (still or already) in the group's snapshot through another holder."""
+    return translated.shared(resource) and ("cluster", resource.name) in group.owners
