@@ -236,18 +236,21 @@ def test_rescan_reads_only_changed_files(tmp_path: Path, caplog: pytest.LogCaptu
     assert [r for r in caplog.records if r.getMessage().startswith("loaded ")] == []
 
 
-def test_first_seen_service_wins_a_conflict_in_directory_mode(tmp_path: Path) -> None:
-    """Without creationTimestamp, the age of a file's service is when it was first loaded."""
+def test_a_conflict_without_timestamps_has_the_same_winner_whatever_the_load_order(tmp_path: Path) -> None:
+    """Without creationTimestamp, namespace/name decide: a restart (everything loaded at once) keeps the winner."""
     b = write(tmp_path / "b.yaml", vs_yaml("b", listener="shared-l", port=2000))
     src, cache = source(tmp_path)
     cache.watch(INGRESS, lambda: None)
-    write(tmp_path / "a.yaml", vs_yaml("a", listener="shared-l", port=2001))
+    write(tmp_path / "a.yaml", vs_yaml("a", listener="shared-l", port=2001))  # added later, still first by name
     src.rescan()
-    assert set(cache.conflicts) == {("default", "a")}
-    write(b, vs_yaml("b", listener="shared-l", port=2002))  # an edit keeps b's age
+    assert set(cache.conflicts) == {("default", "b")}
+    write(b, vs_yaml("b", listener="shared-l", port=2002))
     src.rescan()
-    assert set(cache.conflicts) == {("default", "a")}
-    assert ports(cache)["b"] == 2002
+    assert set(cache.conflicts) == {("default", "b")}
+
+    _, restarted = source(tmp_path)
+    restarted.watch(INGRESS, lambda: None)
+    assert set(restarted.conflicts) == {("default", "b")}
 
 
 def test_load_requires_a_directory(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -159,10 +158,6 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return (status.st_mtime_ns, status.st_size) if stat.S_ISREG(status.st_mode) else None
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class DirectorySource:
     """Keeps a SnapshotCache equal to the valid VirtualServices in a directory."""
 
@@ -173,7 +168,6 @@ class DirectorySource:
         self._defined: dict[Path, dict[Key, VirtualService]] = {}  # per file, the VirtualServices it defines
         self._definitions: dict[Key, list[Path]] = {}  # per VirtualService, the files defining it, in name order
         self._stamps: dict[Path, tuple[int, int]] = {}  # (mtime_ns, size) when last read
-        self._first_seen: dict[Key, str] = {}  # conflict age for objects without a creationTimestamp
         self.errors: Counter[str] = Counter()  # every invalid document and unreadable file read, for metrics
 
     def load(self) -> None:
@@ -271,7 +265,6 @@ class DirectorySource:
     def _reload(self, paths: Iterable[Path]) -> None:
         """Read these files again (or forget them if gone) and apply what they changed: the cost follows
         these files' VirtualServices, however many other files the directory holds."""
-        stamp = _now()
         affected: set[Key] = set()
         for path in sorted(paths):
             previous = self._files.get(path)
@@ -279,7 +272,7 @@ class DirectorySource:
             file_stamp = _stamp(path)
             if file_stamp is not None:
                 self._stamps[path] = file_stamp
-                contents = self._read(path, stamp, previous)
+                contents = self._read(path, previous)
                 self._files[path] = contents
                 affected |= self._define(path, contents)
                 log.info(
@@ -296,17 +289,14 @@ class DirectorySource:
         changed = self._cache.commit()
         log.info("serving %d VirtualService(s); %d proxy group(s) updated", len(self._definitions), changed)
 
-    def _read(self, path: Path, stamp: str, previous: FileContents | None) -> FileContents:
+    def _read(self, path: Path, previous: FileContents | None) -> FileContents:
         """Read a file, keeping the last good version (`previous`) of what it can no longer validate."""
         contents = read_file(path)
         for problem in contents.errors:
             log.error("%s", problem, extra={"file": str(path)})
         self.errors["invalid_document"] += contents.rejected
         self.errors["unreadable_file"] += contents.unreadable
-        if previous is not None:
-            contents = contents.keeping_last_good(previous)
-        contents.services = [self._dated(vs, stamp) for vs in contents.services]
-        return contents
+        return contents if previous is None else contents.keeping_last_good(previous)
 
     def _forget(self, path: Path) -> set[Key]:
         """Take a file's VirtualServices out of the definitions; returns their keys."""
@@ -337,17 +327,12 @@ class DirectorySource:
         definers = self._definitions.get(key)
         if not definers:
             self._cache.delete(key)
-            self._first_seen.pop(key, None)
             return
         winner = definers[0]
         for path in definers[1:]:
             message = "%s: VirtualService %s/%s is already defined in %s; skipped"
             log.error(message, path, *key, winner, extra={"file": str(path)})
         self._cache.upsert(self._defined[winner][key])
-
-    def _dated(self, vs: VirtualService, stamp: str) -> VirtualService:
-        """Without a creationTimestamp, a VirtualService's age (for conflicts) is when it was first loaded."""
-        return vs if vs.created else replace(vs, created=self._first_seen.setdefault(vs.key, stamp))
 
     def invalid_documents(self) -> int:
         """Documents in the directory now that are not valid VirtualServices."""
