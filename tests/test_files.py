@@ -194,6 +194,47 @@ def test_edit_into_invalid_keeps_the_last_valid_version(tmp_path: Path) -> None:
     assert ports(cache) == {"calls": 2100}
 
 
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda text: text.replace("kind: VirtualService", "kind: VirtualServic"), "kind: must be 'VirtualService'"),
+        (lambda text: text.replace("kind: VirtualService", "kind: virtualservices"), "kind: must be"),
+        (lambda text: text.replace("kind: VirtualService", "kind: Gateway"), "kind: must be"),  # our API group
+        (lambda text: text.replace("metadata:", "metdata:"), "metdata: unknown field"),
+        (lambda text: text.replace("  name: calls\n", "  nme: calls\n"), "metadata.nme: unknown field"),
+        (lambda text: textwrap.indent(text, "  ").replace("  apiVersion", "- apiVersion", 1), "expected a mapping"),
+    ],
+    ids=["kind-typo", "kind-plural", "kind-of-the-group", "metadata-typo", "name-typo", "top-level-list"],
+)
+def test_a_document_that_stops_being_a_virtual_service_keeps_the_last_valid_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, edit, problem: str
+) -> None:
+    """An invalid edit is not a deletion, even when it leaves the document without a kind or a name."""
+    path = write(tmp_path / "vs.yaml", vs_yaml("calls", port=2000) + "---\n" + vs_yaml("other", port=2001))
+    src, cache = source(tmp_path)
+    with caplog.at_level(logging.ERROR, logger="xds_operator.files"):
+        write(path, edit(vs_yaml("calls", port=2000)) + "---\n" + vs_yaml("other", port=2002))
+        src.rescan()
+    assert ports(cache) == {"calls": 2000, "other": 2002}
+    assert src.errors["invalid_document"] == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and all(error.startswith(f"{path}: document 1") for error in errors)
+    assert any(problem in error for error in errors), errors
+
+    write(path, vs_yaml("other", port=2002))  # the document removed on purpose: now it goes
+    src.rescan()
+    assert ports(cache) == {"other": 2002}
+
+
+def test_a_virtual_service_replaced_by_a_document_of_another_kind_is_deleted(tmp_path: Path) -> None:
+    path = write(tmp_path / "vs.yaml", vs_yaml("calls"))
+    src, cache = source(tmp_path)
+    write(path, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: calls}\n")
+    src.rescan()
+    assert ports(cache) == {}
+    assert src.errors["invalid_document"] == 0
+
+
 def test_deleting_a_file_removes_its_services(tmp_path: Path) -> None:
     write(tmp_path / "a.yaml", vs_yaml("a"))
     doomed = write(tmp_path / "b.yml", vs_yaml("b", port=2001) + "---\n" + vs_yaml("c", port=2002))

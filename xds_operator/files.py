@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from .api import KIND, Key, ValidationError, VirtualService, key_of, parse_virtual_service
+from .api import API_GROUP, KIND, Key, ValidationError, VirtualService, key_of, parse_virtual_service
 from .api.validate import shortened
 from .xds.cache import SnapshotCache
 
@@ -59,14 +59,24 @@ class FileContents:
     errors: list[str] = field(default_factory=list)
     unreadable: bool = False  # nothing in the file could be read (YAML syntax, encoding, size)
     invalid_keys: set[Key] = field(default_factory=set)  # named documents that failed validation
+    unnamed_invalid: bool = False  # a document failed validation before its name could be read
     rejected: int = 0  # documents that failed validation
 
     def keeping_last_good(self, previous: FileContents) -> FileContents:
-        """Keep serving the previous valid version of what this read could not validate."""
-        kept = [vs for vs in previous.services if self.unreadable or vs.key in self.invalid_keys]
+        """Keep serving the previous valid version of what this read could not validate.
+
+        A VirtualService that vanished from the file is kept when the file could not be read, when a
+        document of its name is invalid, or when an invalid document has no readable name (a typo in
+        `metadata`, a list in place of a mapping): that document may be it, so it is not a deletion."""
+        defined = {vs.key for vs in self.services}
+        kept = [vs for vs in previous.services if vs.key not in defined and self._may_hide(vs.key)]
         for vs in kept:
             log.warning("%s: keeping the last valid version of %s until the file is fixed", vs.origin, vs)
         return replace(self, services=self.services + kept)
+
+    def _may_hide(self, key: Key) -> bool:
+        """Whether what this read failed on may be the VirtualService `key`."""
+        return self.unreadable or self.unnamed_invalid or key in self.invalid_keys
 
 
 def read_file(path: Path) -> FileContents:
@@ -84,8 +94,8 @@ def read_file(path: Path) -> FileContents:
         where = f"{path}: document {index + 1}"
         if document is None:
             continue
-        if isinstance(document, dict) and document.get("kind") != KIND and isinstance(document.get("kind"), str):
-            log.debug("%s: skipping kind %s", where, document["kind"])
+        if _of_another_kind(document):
+            log.debug("%s: skipping kind %s", where, shortened(document["kind"]))
             continue
         key = key_of(document)
         if key is not None:
@@ -97,7 +107,34 @@ def read_file(path: Path) -> FileContents:
             contents.rejected += 1
             if key is not None:
                 contents.invalid_keys.add(key)
+            else:
+                contents.unnamed_invalid = True
     return contents
+
+
+def _of_another_kind(document: Any) -> bool:
+    """Whether a document is of a kind this source skips (a ConfigMap, a Kustomization). A near miss of
+    VirtualService (`VirtualServic`, `virtualservice`, `VirtualServices`) or any kind of the API group
+    servicemesh.l7mp.io is not skipped: it is an invalid VirtualService, reported as one."""
+    kind = document.get("kind") if isinstance(document, dict) else None
+    if not isinstance(kind, str) or kind == KIND:
+        return False
+    api_version = document.get("apiVersion")
+    if isinstance(api_version, str) and api_version.split("/")[0] == API_GROUP:
+        return False
+    return not _near_miss(kind.casefold(), KIND.casefold())
+
+
+def _near_miss(text: str, target: str, limit: int = 2) -> bool:
+    """Whether `text` is at most `limit` single-character edits (Levenshtein) away from `target`."""
+    if abs(len(text) - len(target)) > limit:
+        return False  # also keeps the work small for a long text
+    row = list(range(len(target) + 1))
+    for i, char in enumerate(text, 1):
+        previous, row[0] = row[0], i
+        for j, wanted in enumerate(target, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (char != wanted))
+    return row[-1] <= limit
 
 
 def _read_text(path: Path, contents: FileContents) -> str | None:
