@@ -7,12 +7,13 @@ import contextlib
 import logging
 import os
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
 from ads_client import eventually
 
-from xds_operator.files import DirectorySource, read_file
+from xds_operator.files import DirectorySource, FileContents, read_file
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.snapshot import LISTENER
 
@@ -75,6 +76,46 @@ def test_multi_document_file(tmp_path: Path) -> None:
     contents = read_file(path)
     assert contents.errors == []
     assert [(vs.name, vs.origin) for vs in contents.services] == [("one", str(path)), ("two", str(path))]
+
+
+def read_in_a_thread(path: Path) -> FileContents:
+    """read_file(path), failing (not hanging) if it blocks."""
+    result: list[FileContents] = []
+    reader = threading.Thread(target=lambda: result.append(read_file(path)), daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    if reader.is_alive():
+        with open(path, "wb"):  # a writer unblocks the reader left behind (a FIFO's open waits for one)
+            pass
+        pytest.fail(f"read_file({path}) blocked")
+    return result[0]
+
+
+@pytest.mark.parametrize("through_a_symlink", [False, True])
+def test_a_fifo_is_refused_by_name_without_blocking(tmp_path: Path, through_a_symlink: bool) -> None:
+    fifo = tmp_path / "calls.fifo"
+    os.mkfifo(fifo)
+    path = tmp_path / "calls.yaml"
+    path.symlink_to(fifo.name) if through_a_symlink else os.replace(fifo, path)
+    contents = read_in_a_thread(path)
+    assert contents.unreadable and contents.errors == [f"{path}: not a regular file but a FIFO; skipped"]
+
+
+def test_a_fifo_swapped_in_under_a_served_name_keeps_the_last_valid_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path / "calls.yaml", vs_yaml("calls"))
+    src, cache = source(tmp_path)
+    os.mkfifo(tmp_path / "fifo")
+    os.replace(tmp_path / "fifo", path)
+    rescan = threading.Thread(target=src.rescan, daemon=True)
+    with caplog.at_level(logging.ERROR, logger="xds_operator.files"):
+        rescan.start()
+        rescan.join(timeout=10)
+    assert not rescan.is_alive(), "the rescan blocked on the FIFO"
+    assert ports(cache) == {"calls": 2000}
+    assert f"{path}: not a regular file but a FIFO; skipped" in caplog.text
+    assert src.errors["unreadable_file"] == 1
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
+import os
 import stat
 import sys
 from collections import Counter
@@ -137,17 +138,45 @@ def _near_miss(text: str, target: str, limit: int = 2) -> bool:
     return row[-1] <= limit
 
 
+class NotARegularFile(OSError):
+    """A name that holds a FIFO, a device, a socket or a directory instead of a file."""
+
+
+FILE_TYPES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+FILE_TYPES |= {stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file (symlinks followed: a ConfigMap volume's files are links).
+
+    Anything else is refused before it is read: opening a FIFO would block (the event loop, with it
+    everything) until a writer comes, and a device may never end. The name is looked at first, so a
+    device is not even opened; then what was opened is checked again (fstat), since the name may have
+    been swapped meanwhile, and it is opened non-blocking so that such a swap cannot block either."""
+    _check_regular(os.stat(path).st_mode)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with open(descriptor, "rb") as stream:
+        _check_regular(os.fstat(descriptor).st_mode)
+        return stream.read(limit)
+
+
+def _check_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(f"not a regular file but {FILE_TYPES.get(stat.S_IFMT(mode), 'something else')}")
+
+
 def _read_text(path: Path, contents: FileContents) -> str | None:
     """The file as text, or None (with the problem recorded); never reads more than MAX_FILE_BYTES + 1 bytes."""
     try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_FILE_BYTES + 1)
+        data = _read_regular_file(path, MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             contents.errors.append(f"{path}: file is larger than the limit of {MAX_FILE_BYTES} bytes; skipped")
             return None
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         contents.errors.append(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); skipped")
+    except NotARegularFile as error:
+        contents.errors.append(f"{path}: {error}; skipped")
     except OSError as error:
         contents.errors.append(f"{path}: cannot read: {error.strerror}")
     return None
@@ -185,14 +214,20 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """(mtime_ns, size) of a regular file (through symlinks); None if it is not one, or is gone already
-    (a ConfigMap volume removes its old files right after swapping ..data: that race must not end the watch)."""
+Stamp = tuple[int, int, int]  # (file type, mtime_ns, size)
+
+
+def _stamp(path: Path) -> Stamp | None:
+    """What changes when the file at `path` (through symlinks) does; None if it is gone already (a
+    ConfigMap volume removes its old files right after swapping ..data: that race must not end the
+    watch) or is a directory. A FIFO or device has a stamp too: reading it reports it by name."""
     try:
         status = path.stat()
     except OSError:
         return None
-    return (status.st_mtime_ns, status.st_size) if stat.S_ISREG(status.st_mode) else None
+    if stat.S_ISDIR(status.st_mode):
+        return None
+    return (stat.S_IFMT(status.st_mode), status.st_mtime_ns, status.st_size)
 
 
 class DirectorySource:
@@ -204,7 +239,7 @@ class DirectorySource:
         self._files: dict[Path, FileContents] = {}
         self._defined: dict[Path, dict[Key, VirtualService]] = {}  # per file, the VirtualServices it defines
         self._definitions: dict[Key, list[Path]] = {}  # per VirtualService, the files defining it, in name order
-        self._stamps: dict[Path, tuple[int, int]] = {}  # (mtime_ns, size) when last read
+        self._stamps: dict[Path, Stamp] = {}  # when last read
         self.errors: Counter[str] = Counter()  # every invalid document and unreadable file read, for metrics
 
     def load(self) -> None:
