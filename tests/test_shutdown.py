@@ -7,6 +7,7 @@ stopped reading: its stream gets the grace, and a second SIGTERM cuts the drain 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -30,12 +31,16 @@ import churn  # noqa: E402
 from harness import Ports, serve_command  # noqa: E402
 
 CHILD = """
-import asyncio, sys
+import asyncio, os, sys
 from xds_operator import shutdown
 shutdown.EXIT_DEADLINE_SECONDS = float(sys.argv[1])
+blocking_fifo = sys.argv[2] if len(sys.argv) > 2 else None
 
 async def main():
     stop = shutdown.Shutdown(asyncio.get_running_loop())
+    if blocking_fifo:
+        print("blocking", flush=True)
+        os.open(blocking_fifo, os.O_RDONLY)  # blocks the event loop until a writer comes: never
     print("running", flush=True)
     await stop.requested.wait()
     print("draining", flush=True)
@@ -46,12 +51,12 @@ asyncio.run(main())
 WAIT = 20.0  # generous: the machine is shared
 
 
-def start(deadline: float) -> subprocess.Popen:
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(deadline)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def start(deadline: float, blocking_fifo: Path | None = None) -> subprocess.Popen:
+    """The child, once its signal handling is in place (and, with blocking_fifo, its event loop is blocked)."""
+    argv = [sys.executable, "-c", CHILD, str(deadline), *([str(blocking_fifo)] if blocking_fifo else [])]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout is not None
-    assert child.stdout.readline() == "running\n"
+    assert child.stdout.readline() == ("blocking\n" if blocking_fifo else "running\n")
     return child
 
 
@@ -77,6 +82,39 @@ def test_a_drain_that_does_not_finish_is_cut_at_the_exit_deadline() -> None:
         assert child.wait(timeout=WAIT) == 1
         assert time.monotonic() - signalled >= 0.5  # not before the deadline
         assert "did not finish within" in child.stderr.read()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_the_exit_deadline_holds_while_the_event_loop_is_blocked(tmp_path: Path) -> None:
+    """The loop is stuck in a system call (opening a FIFO nobody writes): only the signal thread can act."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    child = start(deadline=0.5, blocking_fifo=fifo)
+    try:
+        time.sleep(0.2)  # let it reach the blocking open
+        signalled = time.monotonic()
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=WAIT) == 1
+        assert time.monotonic() - signalled >= 0.5
+        assert "did not finish within" in child.stderr.read()
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_a_second_signal_exits_at_once_while_the_event_loop_is_blocked(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    child = start(deadline=3600, blocking_fifo=fifo)
+    try:
+        time.sleep(0.2)
+        child.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=WAIT) == 128 + signal.SIGINT
+        assert "SIGINT during the drain: exiting now" in child.stderr.read()
     finally:
         child.kill()
         child.wait()
