@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import textwrap
 import threading
 from pathlib import Path
@@ -296,26 +297,44 @@ def test_other_suffixes_are_ignored(tmp_path: Path) -> None:
 
 
 def test_rescan_reads_only_changed_files(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    a = write(tmp_path / "a.yaml", vs_yaml("a", port=2000))
+    write(tmp_path / "a.yaml", vs_yaml("a", port=2000))
     b = write(tmp_path / "b.yaml", vs_yaml("b", port=3000))
     src, cache = source(tmp_path)
 
-    # Change a.yaml's content behind the source's back, keeping its size and modification time.
-    stamp = a.stat()
-    a.write_text(vs_yaml("a", port=2001))
-    os.utime(a, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
     write(b, vs_yaml("b", port=3001))
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="xds_operator.files"):
         src.rescan()
-    assert ports(cache) == {"a": 2000, "b": 3001}  # a.yaml was not read again
+    assert ports(cache) == {"a": 2000, "b": 3001}
     loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
-    assert loaded == ["loaded b.yaml: 1 VirtualService(s), 0 problem(s)"]
+    assert loaded == ["loaded b.yaml: 1 VirtualService(s), 0 problem(s)"]  # a.yaml was not read again
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="xds_operator.files"):
         src.rescan()  # nothing changed: nothing read
     assert [r for r in caplog.records if r.getMessage().startswith("loaded ")] == []
+
+
+def test_rescan_reads_a_new_version_with_the_old_size_and_modification_time(tmp_path: Path) -> None:
+    """`rsync -a` and `cp -p` rename in a new file with the old one's mtime: the inode and ctime tell."""
+    a = write(tmp_path / "a.yaml", vs_yaml("a", port=2000))
+    b = write(tmp_path / "b.yaml", vs_yaml("b", port=3000))
+    src, cache = source(tmp_path)
+
+    for path, text in ((a, vs_yaml("a", port=2001)), (b, vs_yaml("b", port=3001))):
+        stamp = path.stat()
+        new = path.with_suffix(".new")
+        new.write_text(text)
+        os.utime(new, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+        assert new.stat().st_size == stamp.st_size
+        if path == a:
+            os.replace(new, path)  # renamed in: another inode
+        else:
+            path.write_text(text)  # rewritten in place, then the mtime put back: the ctime changed
+            os.utime(path, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+            new.unlink()
+    src.rescan()
+    assert ports(cache) == {"a": 2001, "b": 3001}
 
 
 def test_a_conflict_without_timestamps_has_the_same_winner_whatever_the_load_order(tmp_path: Path) -> None:
@@ -419,3 +438,108 @@ async def test_watch_applies_a_burst_of_new_files_at_once(tmp_path: Path) -> Non
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+# -- the watch: changes made by links, permissions, a switched or recreated directory ---------------
+
+
+@contextlib.asynccontextmanager
+async def watching(src: DirectorySource):
+    task = asyncio.create_task(src.watch())
+    await asyncio.sleep(0.05)  # the watch is in place
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_watch_sees_files_linked_in_with_ln_and_ln_s(tmp_path: Path) -> None:
+    directory, elsewhere = tmp_path / "vs", tmp_path / "elsewhere"
+    directory.mkdir()
+    elsewhere.mkdir()
+    src, cache = source(directory)
+    async with watching(src):
+        (directory / "soft.yaml").symlink_to(write(elsewhere / "soft.yaml", vs_yaml("soft", port=2001)))
+        os.link(write(elsewhere / "hard.yaml", vs_yaml("hard", port=2002)), directory / "hard.yaml")
+        await eventually(lambda: ports(cache) == {"soft": 2001, "hard": 2002}, "the linked files to be read")
+
+
+async def test_watch_follows_what_a_symlink_points_to(tmp_path: Path) -> None:
+    """An edit of the target, wherever it is, and a link pointed elsewhere (removed and made again)."""
+    directory, elsewhere = tmp_path / "vs", tmp_path / "elsewhere"
+    directory.mkdir()
+    elsewhere.mkdir()
+    link = directory / "calls.yaml"
+    link.symlink_to(write(elsewhere / "v1.yaml", vs_yaml("calls", port=2000)))
+    (directory / "local.yaml").symlink_to("local.txt")  # a target in the directory itself, not a YAML name
+    write(directory / "local.txt", vs_yaml("local", port=3000))
+    src, cache = source(directory)
+    async with watching(src):
+        write(elsewhere / "v1.yaml", vs_yaml("calls", port=2001))
+        write(directory / "local.txt", vs_yaml("local", port=3001))
+        await eventually(lambda: ports(cache) == {"calls": 2001, "local": 3001}, "the targets' edits to be read")
+        write(elsewhere / "v2.yaml", vs_yaml("calls", port=2002))
+        link.unlink()
+        link.symlink_to(elsewhere / "v2.yaml")
+        await eventually(lambda: ports(cache)["calls"] == 2002, "the link's new target to be read")
+        write(elsewhere / "v1.yaml", vs_yaml("calls", port=2003))  # the old target: nothing to do with it now
+        write(elsewhere / "v2.yaml", vs_yaml("calls", port=2004))
+        await eventually(lambda: ports(cache)["calls"] == 2004, "the new target's edit to be read")
+
+
+async def test_watch_reads_a_file_again_when_its_permissions_change(tmp_path: Path) -> None:
+    """A file made readable by chmod is read. (Its content is changed through a hard link elsewhere, which
+    gives no event here, so that the test means something when run as root, who reads any file.)"""
+    directory = tmp_path / "vs"
+    directory.mkdir()
+    path = write(directory / "calls.yaml", vs_yaml("calls", port=2000))
+    os.link(path, tmp_path / "other-name")
+    src, cache = source(directory)
+    async with watching(src):
+        path.chmod(0)
+        await asyncio.sleep(0.1)
+        with open(tmp_path / "other-name", "w") as stream:
+            stream.write(vs_yaml("calls", port=2001))
+        path.chmod(0o644)
+        await eventually(lambda: ports(cache) == {"calls": 2001}, "the file to be read after chmod")
+
+
+async def test_watch_follows_a_directory_symlink_switched_like_git_sync(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for version, port in (("v1", 2000), ("v2", 2010)):
+        (tmp_path / version).mkdir()
+        write(tmp_path / version / "calls.yaml", vs_yaml("calls", port=port))
+    write(tmp_path / "v2" / "more.yaml", vs_yaml("more", port=2011))
+    current = tmp_path / "current"
+    current.symlink_to("v1")
+    src, cache = source(current)
+    async with watching(src) as task:
+        (tmp_path / "current.tmp").symlink_to("v2")
+        os.replace(tmp_path / "current.tmp", current)  # what git-sync does
+        await eventually(lambda: ports(cache) == {"calls": 2010, "more": 2011}, "the switched link to be read")
+        shutil.rmtree(tmp_path / "v1")  # the old checkout goes
+        write(current / "more.yaml", vs_yaml("more", port=2012))
+        await eventually(lambda: ports(cache) == {"calls": 2010, "more": 2012}, "an edit in the new target")
+        assert not task.done()
+
+
+async def test_watch_waits_for_a_deleted_directory_to_come_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory = tmp_path / "vs"
+    directory.mkdir()
+    write(directory / "calls.yaml", vs_yaml("calls", port=2000))
+    src, cache = source(directory)
+    with caplog.at_level(logging.WARNING, logger="xds_operator.files"):
+        async with watching(src) as task:
+            shutil.rmtree(directory)
+            await eventually(lambda: f"{directory} is gone" in caplog.text, "the removal to be noticed")
+            directory.mkdir()
+            write(directory / "calls.yaml", vs_yaml("calls", port=2001))
+            await eventually(lambda: ports(cache) == {"calls": 2001}, "the directory made again to be read")
+            write(directory / "calls.yaml", vs_yaml("calls", port=2002))
+            await eventually(lambda: ports(cache) == {"calls": 2002}, "an edit in it to be seen")
+            assert not task.done()

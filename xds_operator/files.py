@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
 import os
 import stat
@@ -18,13 +19,16 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .api import API_GROUP, KIND, Key, ValidationError, VirtualService, key_of, parse_virtual_service
 from .api.validate import shortened
 from .xds.cache import SnapshotCache
+
+if TYPE_CHECKING:
+    from .inotify_watch import Event, Watches
 
 # libyaml's parser (PyYAML's C extension) when present: 8.5× faster (0.33 s vs 2.81 s for 1,000 documents).
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -37,6 +41,7 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_DOCUMENTS = 1000  # per file: a file with more is refused (split it)
 DEBOUNCE_MS = 20  # watchfiles (off Linux): editors write in bursts; one reload per burst
 BURST_SECONDS = 0.0  # inotify: a yield to the loop, so events already queued join one reload
+MISSING_RETRY_SECONDS = 1.0  # while the directory is missing, how often it is looked for besides the watches
 
 
 def virtual_service_files(directory: Path) -> list[Path]:
@@ -214,20 +219,31 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-Stamp = tuple[int, int, int]  # (file type, mtime_ns, size)
+Stamp = tuple[int, ...]  # (file type, device, inode, size, mtime_ns, ctime_ns)
 
 
 def _stamp(path: Path) -> Stamp | None:
     """What changes when the file at `path` (through symlinks) does; None if it is gone already (a
     ConfigMap volume removes its old files right after swapping ..data: that race must not end the
-    watch) or is a directory. A FIFO or device has a stamp too: reading it reports it by name."""
+    watch) or is a directory. A FIFO or device has a stamp too: reading it reports it by name.
+
+    Size and mtime are not enough: `rsync -a` and `cp -p` rename in a new file with the old one's
+    mtime, and a chmod changes neither. The inode and ctime (which no one can set) change then."""
     try:
-        status = path.stat()
+        info = path.stat()
     except OSError:
         return None
-    if stat.S_ISDIR(status.st_mode):
+    if stat.S_ISDIR(info.st_mode):
         return None
-    return (stat.S_IFMT(status.st_mode), status.st_mtime_ns, status.st_size)
+    return (stat.S_IFMT(info.st_mode), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
+
+
+def _link_target(path: Path) -> Path | None:
+    """The file a symlink finally points to; None if `path` is not a symlink, or leads nowhere."""
+    try:
+        return path.resolve(strict=True) if path.is_symlink() else None
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return None
 
 
 class DirectorySource:
@@ -240,6 +256,12 @@ class DirectorySource:
         self._defined: dict[Path, dict[Key, VirtualService]] = {}  # per file, the VirtualServices it defines
         self._definitions: dict[Key, list[Path]] = {}  # per VirtualService, the files defining it, in name order
         self._stamps: dict[Path, Stamp] = {}  # when last read
+        # Symlinks among the files and the files they point to: an edit there (a directory of its own, or
+        # a non-YAML name here) changes what the link reads, and is watched for.
+        self._links: dict[Path, Path] = {}  # link → the file it resolves to
+        self._linked: dict[Path, set[Path]] = {}  # that file → the links resolving to it
+        self._link_directories: Counter[Path] = Counter()  # directories holding link targets → their count
+        self._link_directories_changed: set[Path] = set()  # since the watches were last told
         self.errors: Counter[str] = Counter()  # every invalid document and unreadable file read, for metrics
 
     def load(self) -> None:
@@ -249,8 +271,13 @@ class DirectorySource:
         self.rescan()
 
     def rescan(self) -> None:
-        """Read again the files whose size or modification time changed, and drop vanished ones."""
-        stamps = {path: _stamp(path) for path in self.directory.iterdir() if path.suffix in SUFFIXES}
+        """Read again the files that changed (see _stamp), and drop vanished ones."""
+        try:
+            names = list(self.directory.iterdir())
+        except OSError as error:  # gone meanwhile: the watch says so and waits for it to come back
+            log.warning("cannot list %s: %s; keeping what was read from it", self.directory, error.strerror)
+            return
+        stamps = {path: _stamp(path) for path in names if path.suffix in SUFFIXES}
         present = {path: stamp for path, stamp in stamps.items() if stamp is not None}
         changed = {path for path, stamp in present.items() if self._stamps.get(path) != stamp}
         changed |= set(self._files) - set(present)
@@ -270,37 +297,69 @@ class DirectorySource:
         raise OSError(f"stopped watching {self.directory}: it was removed or can no longer be read")
 
     async def _watch_inotify(self) -> None:
-        from inotify_simple import INotify
-        from inotify_simple import flags as f
+        from .inotify_watch import Watches
 
         loop = asyncio.get_running_loop()
-        inotify = INotify(nonblocking=True)
-        # Files complete (written and closed, or renamed in), removed or renamed away; the directory itself gone.
-        inotify.add_watch(
-            self.directory, f.CLOSE_WRITE | f.MOVED_TO | f.MOVED_FROM | f.DELETE | f.DELETE_SELF | f.MOVE_SELF
-        )
+        watches = Watches(self.directory)
         readable = asyncio.Event()
-        loop.add_reader(inotify.fileno(), readable.set)
+        loop.add_reader(watches.fileno(), readable.set)
         try:
-            self.rescan()  # the watch is in place: catch what changed since load()
+            watches.place()
+            self._update_target_watches(watches)
+            self.rescan()  # the watches are in place: catch what changed since load()
             while True:
-                await readable.wait()
+                # While the directory is missing, look for it every MISSING_RETRY_SECONDS as well: the
+                # directory above it may be missing too, and then no watch can say when it is back.
+                timeout = MISSING_RETRY_SECONDS if watches.resolved is None else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(readable.wait(), timeout)
                 readable.clear()
-                events = inotify.read(timeout=0)
+                events = watches.read()
                 await asyncio.sleep(BURST_SECONDS)  # let events already on their way join this reload
-                events += inotify.read(timeout=0)
-                if any(event.mask & (f.DELETE_SELF | f.MOVE_SELF | f.IGNORED) for event in events):
-                    return
-                names = {event.name for event in events}
-                if any(self._behind_links(name) for name in names):
-                    self.rescan()  # e.g. a ConfigMap volume swapping its ..data symlink: files changed behind links
-                else:  # the usual case, also for editors and writers that rename a temporary file into place
-                    paths = {self.directory / name for name in names if Path(name).suffix in SUFFIXES}
-                    if paths:
-                        self._reload(paths)
+                events += watches.read()
+                watches.forget(events)
+                self._on_events(watches, events)
+                self._update_target_watches(watches)
         finally:
-            loop.remove_reader(inotify.fileno())
-            inotify.close()
+            loop.remove_reader(watches.fileno())
+            watches.close()
+
+    def _on_events(self, watches: Watches, events: list[Event]) -> None:
+        if watches.moved(events) and watches.place():
+            self._directory_moved(watches.resolved)
+        elif watches.overflowed(events):
+            log.warning("%s: too many changes at once to follow one by one: reading every file again", self.directory)
+            self.rescan()
+        else:
+            self._on_file_events(watches.file_events(events), watches.changed_targets(events))
+
+    def _directory_moved(self, resolved: Path | None) -> None:
+        """The directory was removed, came back, or is another one now (a switched symlink)."""
+        if resolved is None:
+            log.warning(
+                "%s is gone: still serving its last VirtualServices, waiting for it to come back", self.directory
+            )
+        else:
+            log.warning("%s is back or was switched (now %s): reading it again", self.directory, resolved)
+            self.rescan()
+
+    def _on_file_events(self, names: dict[str, int], targets: set[Path]) -> None:
+        from inotify_simple import flags as f
+
+        # Names that may stand for many files (a ConfigMap volume swapping its ..data symlink) call for a
+        # full rescan; names merely created (a file still being written) for nothing yet.
+        swapped = f.CLOSE_WRITE | f.MOVED_TO | f.MOVED_FROM | f.DELETE
+        if any(mask & swapped and self._behind_links(name) for name, mask in names.items()):
+            self.rescan()
+            return
+        paths = {
+            self.directory / name
+            for name, mask in names.items()
+            if Path(name).suffix in SUFFIXES and (mask != f.CREATE or self._complete(name))
+        }
+        paths |= {link for target in targets for link in self._linked.get(target, ())}
+        if paths:
+            self._reload(paths)
 
     async def _watch_watchfiles(self) -> None:
         from watchfiles import awatch
@@ -317,6 +376,15 @@ class DirectorySource:
             return
         async for changes in batches:
             self._apply(changes)
+
+    def _complete(self, name: str) -> bool:
+        """Whether a name just created holds its content already: a symlink (`ln -s`), a hard link to a
+        file (`ln`), a FIFO. A new regular file with one link is being written: CLOSE_WRITE will follow."""
+        try:
+            info = (self.directory / name).lstat()
+        except OSError:
+            return True  # gone again: the reload forgets it
+        return not (stat.S_ISREG(info.st_mode) and info.st_nlink == 1)
 
     def _behind_links(self, name: str) -> bool:
         """Whether an event's name may stand for many files: a directory or symlink that is not a
@@ -347,6 +415,7 @@ class DirectorySource:
                 contents = self._read(path, previous)
                 self._files[path] = contents
                 affected |= self._define(path, contents)
+                self._track_link(path)
                 log.info(
                     "loaded %s: %d VirtualService(s), %d problem(s)",
                     path.name,
@@ -356,6 +425,7 @@ class DirectorySource:
                 )
             elif self._stamps.pop(path, None) is not None:
                 log.info("removed %s", path.name, extra={"file": str(path)})
+                self._track_link(path)
         for key in sorted(affected):
             self._apply_key(key)
         changed = self._cache.commit()
@@ -369,6 +439,37 @@ class DirectorySource:
         self.errors["invalid_document"] += contents.rejected
         self.errors["unreadable_file"] += contents.unreadable
         return contents if previous is None else contents.keeping_last_good(previous)
+
+    def _track_link(self, path: Path) -> None:
+        """Remember where `path` points now if it is a symlink (and forget where it pointed before)."""
+        for target in [self._links.pop(path)] if path in self._links else []:
+            self._linked[target].discard(path)
+            if not self._linked[target]:
+                del self._linked[target]
+            self._count_link_directory(target.parent, -1)
+        target = _link_target(path)
+        if target is not None:
+            self._links[path] = target
+            self._linked.setdefault(target, set()).add(path)
+            self._count_link_directory(target.parent, +1)
+
+    def _count_link_directory(self, directory: Path, change: int) -> None:
+        count = self._link_directories[directory] + change
+        if count:
+            self._link_directories[directory] = count
+        else:
+            del self._link_directories[directory]
+        if count == 0 or (count == 1 and change > 0):  # the last link there gone, or the first one
+            self._link_directories_changed.add(directory)
+
+    def _update_target_watches(self, watches: Watches) -> None:
+        """Watch the directories that hold link targets now, and no longer those that do not."""
+        for directory in self._link_directories_changed:
+            if directory in self._link_directories:
+                watches.watch_targets([directory])
+            else:
+                watches.unwatch_target(directory)
+        self._link_directories_changed.clear()
 
     def _forget(self, path: Path) -> set[Key]:
         """Take a file's VirtualServices out of the definitions; returns their keys."""
