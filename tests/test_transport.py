@@ -23,6 +23,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from xds_operator.api import parse_virtual_service
 from xds_operator.bootstrap import XDS_CLUSTER
 from xds_operator.cli import main
+from xds_operator.xds import transport
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import AggregatedDiscoveryService, start_server
 from xds_operator.xds.snapshot import CLUSTER
@@ -248,6 +249,24 @@ def test_serve_with_an_expired_certificate_exits_naming_the_flag(pki: Pki, tmp_p
     )
     assert result.returncode == 1
     assert result.stderr.startswith(f"xds-operator: --tls-cert {expired.cert}: the certificate expired on ")
+
+
+def test_a_renewed_certificate_not_valid_yet_is_taken_once_it_is(
+    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copyfile(pki.server.cert, cert)
+    shutil.copyfile(pki.server.key, key)
+    monkeypatch.setattr(transport, "RELOAD_CHECK_SECONDS", 0.0)
+    reloader = transport.CertificateReloader(load_server_tls(cert, key))
+    future = issue(pki.ca, tmp_path / "future", "server", ips=("127.0.0.1",), validity=NOT_YET_VALID)
+    shutil.copyfile(future.cert, cert)
+    shutil.copyfile(future.key, key)
+    with caplog.at_level(logging.WARNING, logger="xds_operator.xds.transport"):
+        assert reloader() is None and reloader() is None
+    assert caplog.text.count("is not valid before") == 1  # logged once, looked at again
+    monkeypatch.setattr(transport, "CLOCK_SKEW_SECONDS", 3 * 86400.0)  # as if its time had come
+    assert reloader() is not None
 
 
 def test_a_certificate_chain_with_its_intermediate_loads(pki: Pki, tmp_path: Path) -> None:
