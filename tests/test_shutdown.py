@@ -60,12 +60,29 @@ def start(deadline: float, blocking_fifo: Path | None = None) -> subprocess.Pope
     return child
 
 
+@pytest.fixture(params=[False, True], ids=["loop-running", "loop-blocked"])
+def blocking_fifo(request: pytest.FixtureRequest, tmp_path: Path) -> Path | None:
+    """None, or a FIFO nobody writes for the child to block its event loop on (a system call that never
+    returns): then only the signal thread can act."""
+    if not request.param:
+        return None
+    os.mkfifo(tmp_path / "fifo")
+    return tmp_path / "fifo"
+
+
+def wait_until_draining(child: subprocess.Popen, blocking_fifo: Path | None) -> None:
+    if blocking_fifo is None:
+        assert child.stdout is not None and child.stdout.readline() == "draining\n"
+    else:
+        time.sleep(0.2)  # a blocked loop says nothing: give the signal thread a moment
+
+
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
-def test_a_second_signal_during_the_drain_exits_at_once(second: signal.Signals) -> None:
-    child = start(deadline=3600)  # the watchdog is not what ends it
+def test_a_second_signal_during_the_drain_exits_at_once(second: signal.Signals, blocking_fifo: Path | None) -> None:
+    child = start(deadline=3600, blocking_fifo=blocking_fifo)  # the watchdog is not what ends it
     try:
         child.send_signal(signal.SIGTERM)
-        assert child.stdout is not None and child.stdout.readline() == "draining\n"
+        wait_until_draining(child, blocking_fifo)
         child.send_signal(second)
         assert child.wait(timeout=WAIT) == 128 + second
         assert f"{second.name} during the drain: exiting now" in child.stderr.read()
@@ -74,47 +91,15 @@ def test_a_second_signal_during_the_drain_exits_at_once(second: signal.Signals) 
         child.wait()
 
 
-def test_a_drain_that_does_not_finish_is_cut_at_the_exit_deadline() -> None:
-    child = start(deadline=0.5)
+def test_a_drain_that_does_not_finish_is_cut_at_the_exit_deadline(blocking_fifo: Path | None) -> None:
+    child = start(deadline=0.5, blocking_fifo=blocking_fifo)
     try:
+        time.sleep(0.2)  # a blocked child: let it reach the blocking open
         signalled = time.monotonic()
         child.send_signal(signal.SIGINT)
         assert child.wait(timeout=WAIT) == 1
         assert time.monotonic() - signalled >= 0.5  # not before the deadline
         assert "did not finish within" in child.stderr.read()
-    finally:
-        child.kill()
-        child.wait()
-
-
-def test_the_exit_deadline_holds_while_the_event_loop_is_blocked(tmp_path: Path) -> None:
-    """The loop is stuck in a system call (opening a FIFO nobody writes): only the signal thread can act."""
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    child = start(deadline=0.5, blocking_fifo=fifo)
-    try:
-        time.sleep(0.2)  # let it reach the blocking open
-        signalled = time.monotonic()
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(timeout=WAIT) == 1
-        assert time.monotonic() - signalled >= 0.5
-        assert "did not finish within" in child.stderr.read()
-    finally:
-        child.kill()
-        child.wait()
-
-
-def test_a_second_signal_exits_at_once_while_the_event_loop_is_blocked(tmp_path: Path) -> None:
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    child = start(deadline=3600, blocking_fifo=fifo)
-    try:
-        time.sleep(0.2)
-        child.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-        child.send_signal(signal.SIGINT)
-        assert child.wait(timeout=WAIT) == 128 + signal.SIGINT
-        assert "SIGINT during the drain: exiting now" in child.stderr.read()
     finally:
         child.kill()
         child.wait()
