@@ -285,10 +285,11 @@ class DirectorySource:
             self._reload(changed)
 
     async def watch(self) -> None:
-        """Apply additions, edits and deletions as they happen, until cancelled (OSError if the watch ends).
+        """Apply additions, edits and deletions as they happen, until cancelled.
 
-        On Linux, inotify events wake the event loop directly: no polling, no batching delay. Elsewhere
-        watchfiles does the watching (it checks for changes every few milliseconds).
+        On Linux, inotify events wake the event loop directly: no polling, no batching delay; a directory
+        that is removed is waited for. Elsewhere watchfiles does the watching (it checks for changes every
+        few milliseconds), and OSError says that the directory went away.
         """
         if sys.platform.startswith("linux"):
             await self._watch_inotify()
