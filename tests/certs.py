@@ -37,11 +37,15 @@ def _write(directory: Path, stem: str, certificate: x509.Certificate, key: ec.El
     return Issued(cert_path, key_path, certificate, key)
 
 
-def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+Validity = tuple[datetime.timedelta, datetime.timedelta]  # (not before, not after), relative to now
+VALID_NOW: Validity = (datetime.timedelta(minutes=-5), datetime.timedelta(days=1))
+EXPIRED: Validity = (datetime.timedelta(days=-2), datetime.timedelta(days=-1))
+NOT_YET_VALID: Validity = (datetime.timedelta(days=1), datetime.timedelta(days=2))
+
+
+def _validity(builder: x509.CertificateBuilder, validity: Validity = VALID_NOW) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
-    return builder.not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(
-        now + datetime.timedelta(days=1)
-    )
+    return builder.not_valid_before(now + validity[0]).not_valid_after(now + validity[1])
 
 
 def make_ca(directory: Path, name: str) -> Issued:
@@ -80,6 +84,7 @@ def issue(
     dns: tuple[str, ...] = (),
     ips: tuple[str, ...] = (),
     client: bool = False,
+    validity: Validity = VALID_NOW,
 ) -> Issued:
     """A leaf certificate signed by `ca`: a server certificate with these SANs, or a client certificate."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -100,7 +105,7 @@ def issue(
     )
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    return _write(directory, name, _validity(builder).sign(ca.private_key, hashes.SHA256()), key)
+    return _write(directory, name, _validity(builder, validity).sign(ca.private_key, hashes.SHA256()), key)
 
 
 @dataclass(frozen=True)

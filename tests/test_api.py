@@ -143,7 +143,7 @@ def test_inline_document_parses_with_metadata() -> None:
         "media",
         "calls",
         3,
-        "2024-05-01T10:00:00Z",
+        1714557600 * 10**9,  # 2024-05-01T10:00:00Z, in nanoseconds since the epoch
         "u-1",
     )
     host_b = vs.spec.listeners[0].udp.cluster.endpoints[1].host

@@ -169,8 +169,36 @@ def test_mistyped_metadata_is_a_field_error(field: str, value: object, error: st
     assert str(problem).startswith(error) and len(str(problem)) < 200
 
 
-def test_an_unquoted_date_is_a_creation_timestamp() -> None:
+def created(timestamp: str) -> int | None:
+    """The parsed creationTimestamp of a document carrying `timestamp` as written in YAML."""
     document = yaml.safe_load(
-        vs_yaml("meta").replace("namespace: default}", "namespace: default, creationTimestamp: 2024-01-02}")
+        vs_yaml("meta").replace("namespace: default}", f"namespace: default, creationTimestamp: {timestamp}}}")
     )
-    assert parse_virtual_service(document).created == "2024-01-02"
+    return parse_virtual_service(document).created
+
+
+def test_creation_timestamps_are_instants_not_text() -> None:
+    assert created("'2026-01-01T01:00:00+02:00'") < created("'2026-01-01T00:30:00Z'")  # 23:00 UTC the day before
+    assert created("'2026-01-01T00:30:00Z'") < created("'2026-01-01T00:30:00.5Z'")
+    assert created("'2026-01-01T00:30:00.000000001Z'") - created("'2026-01-01T00:30:00Z'") == 1  # nanoseconds
+    assert created("2026-01-01T00:30:00Z") == created("'2026-01-01T00:30:00Z'")  # unquoted: YAML's datetime
+    assert created("'2020-01-01T00:00:00z'") == 1577836800 * 10**9
+
+
+@pytest.mark.parametrize(
+    ("timestamp", "problem"),
+    [
+        ("'0-not-a-date'", "'0-not-a-date' is not an RFC 3339 date-time"),
+        ("'2026-13-01T00:00:00Z'", "is not an RFC 3339 date-time"),
+        ("'2026-01-01T00:00:00'", "is not an RFC 3339 date-time"),  # no offset
+        ("'2026-01-01 00:00:00Z'", "is not an RFC 3339 date-time"),
+        ("'2026-01-01T00:00:00+24:00'", "is not an RFC 3339 date-time"),
+        ("2024-01-02", "2024-01-02 is a date without a time"),  # unquoted: YAML's date
+        ("2024-01-02 10:00:00", "has no time zone offset"),  # unquoted: a datetime without a zone
+    ],
+)
+def test_a_creation_timestamp_that_is_not_rfc_3339_is_a_field_error(timestamp: str, problem: str) -> None:
+    with pytest.raises(ValidationError) as caught:
+        created(timestamp)
+    [error] = caught.value.errors
+    assert error.path == "metadata.creationTimestamp" and problem in error.message

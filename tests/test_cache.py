@@ -369,6 +369,17 @@ def test_conflict_same_age_namespace_then_name_order() -> None:
     assert all(message.endswith("VirtualService alpha/a") for message in cache.conflicts.values())
 
 
+def test_conflict_age_compares_instants_and_a_missing_timestamp_is_youngest() -> None:
+    cache = loaded(
+        make_vs("a", listener="shared-l", port=2001),  # no timestamp: after every one that has one
+        make_vs("b", listener="shared-l", port=2002, created="2026-01-01T00:30:00Z"),
+        make_vs("c", listener="shared-l", port=2003, created="2026-01-01T01:00:00+02:00"),  # the oldest instant
+    )
+    cache.watch(INGRESS, Counter())
+    assert set(cache.conflicts) == {("default", "a"), ("default", "b")}
+    assert all(message.endswith("VirtualService default/c") for message in cache.conflicts.values())
+
+
 def test_conflict_only_among_services_of_one_proxy() -> None:
     """Two services with the same names but disjoint selectors never meet on a proxy."""
     cache = loaded(

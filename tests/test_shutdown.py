@@ -7,6 +7,7 @@ stopped reading: its stream gets the grace, and a second SIGTERM cuts the drain 
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -30,12 +31,16 @@ import churn  # noqa: E402
 from harness import Ports, serve_command  # noqa: E402
 
 CHILD = """
-import asyncio, sys
+import asyncio, os, sys
 from xds_operator import shutdown
 shutdown.EXIT_DEADLINE_SECONDS = float(sys.argv[1])
+blocking_fifo = sys.argv[2] if len(sys.argv) > 2 else None
 
 async def main():
     stop = shutdown.Shutdown(asyncio.get_running_loop())
+    if blocking_fifo:
+        print("blocking", flush=True)
+        os.open(blocking_fifo, os.O_RDONLY)  # blocks the event loop until a writer comes: never
     print("running", flush=True)
     await stop.requested.wait()
     print("draining", flush=True)
@@ -46,21 +51,38 @@ asyncio.run(main())
 WAIT = 20.0  # generous: the machine is shared
 
 
-def start(deadline: float) -> subprocess.Popen:
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(deadline)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+def start(deadline: float, blocking_fifo: Path | None = None) -> subprocess.Popen:
+    """The child, once its signal handling is in place (and, with blocking_fifo, its event loop is blocked)."""
+    argv = [sys.executable, "-c", CHILD, str(deadline), *([str(blocking_fifo)] if blocking_fifo else [])]
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout is not None
-    assert child.stdout.readline() == "running\n"
+    assert child.stdout.readline() == ("blocking\n" if blocking_fifo else "running\n")
     return child
 
 
+@pytest.fixture(params=[False, True], ids=["loop-running", "loop-blocked"])
+def blocking_fifo(request: pytest.FixtureRequest, tmp_path: Path) -> Path | None:
+    """None, or a FIFO nobody writes for the child to block its event loop on (a system call that never
+    returns): then only the signal thread can act."""
+    if not request.param:
+        return None
+    os.mkfifo(tmp_path / "fifo")
+    return tmp_path / "fifo"
+
+
+def wait_until_draining(child: subprocess.Popen, blocking_fifo: Path | None) -> None:
+    if blocking_fifo is None:
+        assert child.stdout is not None and child.stdout.readline() == "draining\n"
+    else:
+        time.sleep(0.2)  # a blocked loop says nothing: give the signal thread a moment
+
+
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
-def test_a_second_signal_during_the_drain_exits_at_once(second: signal.Signals) -> None:
-    child = start(deadline=3600)  # the watchdog is not what ends it
+def test_a_second_signal_during_the_drain_exits_at_once(second: signal.Signals, blocking_fifo: Path | None) -> None:
+    child = start(deadline=3600, blocking_fifo=blocking_fifo)  # the watchdog is not what ends it
     try:
         child.send_signal(signal.SIGTERM)
-        assert child.stdout is not None and child.stdout.readline() == "draining\n"
+        wait_until_draining(child, blocking_fifo)
         child.send_signal(second)
         assert child.wait(timeout=WAIT) == 128 + second
         assert f"{second.name} during the drain: exiting now" in child.stderr.read()
@@ -69,9 +91,10 @@ def test_a_second_signal_during_the_drain_exits_at_once(second: signal.Signals) 
         child.wait()
 
 
-def test_a_drain_that_does_not_finish_is_cut_at_the_exit_deadline() -> None:
-    child = start(deadline=0.5)
+def test_a_drain_that_does_not_finish_is_cut_at_the_exit_deadline(blocking_fifo: Path | None) -> None:
+    child = start(deadline=0.5, blocking_fifo=blocking_fifo)
     try:
+        time.sleep(0.2)  # a blocked child: let it reach the blocking open
         signalled = time.monotonic()
         child.send_signal(signal.SIGINT)
         assert child.wait(timeout=WAIT) == 1

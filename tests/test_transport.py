@@ -16,13 +16,14 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from certs import Pki, issue, make_pki
+from certs import EXPIRED, NOT_YET_VALID, Pki, issue, make_pki
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from xds_operator.api import parse_virtual_service
 from xds_operator.bootstrap import XDS_CLUSTER
 from xds_operator.cli import main
+from xds_operator.xds import transport
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import AggregatedDiscoveryService, start_server
 from xds_operator.xds.snapshot import CLUSTER
@@ -159,6 +160,23 @@ async def test_a_renewed_certificate_is_served_without_a_restart_and_a_broken_on
     assert "keeping the previous certificate" in caplog.text and str(key) in caplog.text
 
 
+async def test_an_expired_certificate_is_not_swapped_in_by_a_reload(
+    serve, pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copyfile(pki.server.cert, cert)
+    shutil.copyfile(pki.server.key, key)
+    port = await serve(load_server_tls(cert, key))
+    expired = issue(pki.ca, tmp_path / "expired", "server", ips=("127.0.0.1",), validity=EXPIRED)
+    for source, target in ((expired.cert, cert), (expired.key, key)):
+        shutil.copyfile(source, target.with_suffix(".tmp"))
+        os.replace(target.with_suffix(".tmp"), target)
+    with caplog.at_level(logging.WARNING, logger="xds_operator.xds.transport"):
+        await eventually_answers(lambda: tls_channel(port, pki), "config", until_log=caplog)
+    assert f"--tls-cert {cert}: the certificate expired on" in caplog.text
+    assert "keeping the previous certificate" in caplog.text
+
+
 async def eventually_answers(
     channel: Callable[[], grpc.aio.Channel], expected: str, until_log: pytest.LogCaptureFixture | None = None
 ) -> None:
@@ -209,6 +227,46 @@ def test_missing_and_malformed_files_are_named_with_their_flag(pki: Pki, tmp_pat
         with pytest.raises(TlsFileError) as error:
             load_server_tls(cert, key, ca)
         assert str(error.value).startswith(expected), (cert, key, ca)
+
+
+def test_an_expired_or_not_yet_valid_certificate_is_refused(pki: Pki, tmp_path: Path) -> None:
+    expired = issue(pki.ca, tmp_path / "expired", "server", ips=("127.0.0.1",), validity=EXPIRED)
+    with pytest.raises(TlsFileError, match=rf"^--tls-cert {expired.cert}: the certificate expired on \d{{4}}-"):
+        load_server_tls(expired.cert, expired.key)
+    future = issue(pki.ca, tmp_path / "future", "server", ips=("127.0.0.1",), validity=NOT_YET_VALID)
+    with pytest.raises(TlsFileError, match=rf"^--tls-cert {future.cert}: the certificate is not valid before "):
+        load_server_tls(future.cert, future.key)
+
+
+def test_serve_with_an_expired_certificate_exits_naming_the_flag(pki: Pki, tmp_path: Path) -> None:
+    expired = issue(pki.ca, tmp_path / "expired", "server", ips=("127.0.0.1",), validity=EXPIRED)
+    result = subprocess.run(
+        [sys.executable, "-m", "xds_operator.cli", "serve", "--dir", str(tmp_path), "--xds-port", "0"]
+        + ["--tls-cert", str(expired.cert), "--tls-key", str(expired.key)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"xds-operator: --tls-cert {expired.cert}: the certificate expired on ")
+
+
+def test_a_renewed_certificate_not_valid_yet_is_taken_once_it_is(
+    pki: Pki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    shutil.copyfile(pki.server.cert, cert)
+    shutil.copyfile(pki.server.key, key)
+    monkeypatch.setattr(transport, "RELOAD_CHECK_SECONDS", 0.0)
+    reloader = transport.CertificateReloader(load_server_tls(cert, key))
+    future = issue(pki.ca, tmp_path / "future", "server", ips=("127.0.0.1",), validity=NOT_YET_VALID)
+    shutil.copyfile(future.cert, cert)
+    shutil.copyfile(future.key, key)
+    with caplog.at_level(logging.WARNING, logger="xds_operator.xds.transport"):
+        assert reloader() is None and reloader() is None
+    assert caplog.text.count("is not valid before") == 1  # logged once, looked at again
+    monkeypatch.setattr(transport, "CLOCK_SKEW_SECONDS", 3 * 86400.0)  # as if its time had come
+    assert reloader() is not None
 
 
 def test_a_certificate_chain_with_its_intermediate_loads(pki: Pki, tmp_path: Path) -> None:

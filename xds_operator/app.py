@@ -232,6 +232,7 @@ async def _run(
         await asyncio.gather(*started, return_exceptions=True)
         await admin.stop()
         log.info("stopped")
+        shutdown.close()
 
 
 async def _drain(server: grpc.aio.Server, service: AggregatedDiscoveryService) -> None:

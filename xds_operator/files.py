@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import logging
+import os
 import stat
 import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .api import KIND, Key, ValidationError, VirtualService, key_of, parse_virtual_service
+from .api import API_GROUP, KIND, Key, ValidationError, VirtualService, key_of, parse_virtual_service
 from .api.validate import shortened
 from .xds.cache import SnapshotCache
+
+if TYPE_CHECKING:
+    from .inotify_watch import Event, Watches
 
 # libyaml's parser (PyYAML's C extension) when present: 8.5× faster (0.33 s vs 2.81 s for 1,000 documents).
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -37,6 +41,7 @@ MAX_FILE_BYTES = 1024 * 1024
 MAX_DOCUMENTS = 1000  # per file: a file with more is refused (split it)
 DEBOUNCE_MS = 20  # watchfiles (off Linux): editors write in bursts; one reload per burst
 BURST_SECONDS = 0.0  # inotify: a yield to the loop, so events already queued join one reload
+MISSING_RETRY_SECONDS = 1.0  # while the directory is missing, how often it is looked for besides the watches
 
 
 def virtual_service_files(directory: Path) -> list[Path]:
@@ -60,14 +65,24 @@ class FileContents:
     errors: list[str] = field(default_factory=list)
     unreadable: bool = False  # nothing in the file could be read (YAML syntax, encoding, size)
     invalid_keys: set[Key] = field(default_factory=set)  # named documents that failed validation
+    unnamed_invalid: bool = False  # a document failed validation before its name could be read
     rejected: int = 0  # documents that failed validation
 
     def keeping_last_good(self, previous: FileContents) -> FileContents:
-        """Keep serving the previous valid version of what this read could not validate."""
-        kept = [vs for vs in previous.services if self.unreadable or vs.key in self.invalid_keys]
+        """Keep serving the previous valid version of what this read could not validate.
+
+        A VirtualService that vanished from the file is kept when the file could not be read, when a
+        document of its name is invalid, or when an invalid document has no readable name (a typo in
+        `metadata`, a list in place of a mapping): that document may be it, so it is not a deletion."""
+        defined = {vs.key for vs in self.services}
+        kept = [vs for vs in previous.services if vs.key not in defined and self._may_hide(vs.key)]
         for vs in kept:
             log.warning("%s: keeping the last valid version of %s until the file is fixed", vs.origin, vs)
         return replace(self, services=self.services + kept)
+
+    def _may_hide(self, key: Key) -> bool:
+        """Whether what this read failed on may be the VirtualService `key`."""
+        return self.unreadable or self.unnamed_invalid or key in self.invalid_keys
 
 
 def read_file(path: Path) -> FileContents:
@@ -85,8 +100,8 @@ def read_file(path: Path) -> FileContents:
         where = f"{path}: document {index + 1}"
         if document is None:
             continue
-        if isinstance(document, dict) and document.get("kind") != KIND and isinstance(document.get("kind"), str):
-            log.debug("%s: skipping kind %s", where, document["kind"])
+        if _of_another_kind(document):
+            log.debug("%s: skipping kind %s", where, shortened(document["kind"]))
             continue
         key = key_of(document)
         if key is not None:
@@ -98,20 +113,75 @@ def read_file(path: Path) -> FileContents:
             contents.rejected += 1
             if key is not None:
                 contents.invalid_keys.add(key)
+            else:
+                contents.unnamed_invalid = True
     return contents
+
+
+def _of_another_kind(document: Any) -> bool:
+    """Whether a document is of a kind this source skips (a ConfigMap, a Kustomization). A near miss of
+    VirtualService (`VirtualServic`, `virtualservice`, `VirtualServices`) or any kind of the API group
+    servicemesh.l7mp.io is not skipped: it is an invalid VirtualService, reported as one."""
+    kind = document.get("kind") if isinstance(document, dict) else None
+    if not isinstance(kind, str) or kind == KIND:
+        return False
+    api_version = document.get("apiVersion")
+    if isinstance(api_version, str) and api_version.split("/")[0] == API_GROUP:
+        return False
+    return not _near_miss(kind.casefold(), KIND.casefold())
+
+
+def _near_miss(text: str, target: str, limit: int = 2) -> bool:
+    """Whether `text` is at most `limit` single-character edits (Levenshtein) away from `target`."""
+    if abs(len(text) - len(target)) > limit:
+        return False  # also keeps the work small for a long text
+    row = list(range(len(target) + 1))
+    for i, char in enumerate(text, 1):
+        previous, row[0] = row[0], i
+        for j, wanted in enumerate(target, 1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (char != wanted))
+    return row[-1] <= limit
+
+
+class NotARegularFile(OSError):
+    """A name that holds a FIFO, a device, a socket or a directory instead of a file."""
+
+
+FILE_TYPES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
+FILE_TYPES |= {stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
+
+
+def _read_regular_file(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a regular file (symlinks followed: a ConfigMap volume's files are links).
+
+    Anything else is refused before it is read: opening a FIFO would block (the event loop, with it
+    everything) until a writer comes, and a device may never end. The name is looked at first, so a
+    device is not even opened; then what was opened is checked again (fstat), since the name may have
+    been swapped meanwhile, and it is opened non-blocking so that such a swap cannot block either."""
+    _check_regular(os.stat(path).st_mode)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    with open(descriptor, "rb") as stream:
+        _check_regular(os.fstat(descriptor).st_mode)
+        return stream.read(limit)
+
+
+def _check_regular(mode: int) -> None:
+    if not stat.S_ISREG(mode):
+        raise NotARegularFile(f"not a regular file but {FILE_TYPES.get(stat.S_IFMT(mode), 'something else')}")
 
 
 def _read_text(path: Path, contents: FileContents) -> str | None:
     """The file as text, or None (with the problem recorded); never reads more than MAX_FILE_BYTES + 1 bytes."""
     try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_FILE_BYTES + 1)
+        data = _read_regular_file(path, MAX_FILE_BYTES + 1)
         if len(data) > MAX_FILE_BYTES:
             contents.errors.append(f"{path}: file is larger than the limit of {MAX_FILE_BYTES} bytes; skipped")
             return None
         return data.decode("utf-8")
     except UnicodeDecodeError as error:
         contents.errors.append(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); skipped")
+    except NotARegularFile as error:
+        contents.errors.append(f"{path}: {error}; skipped")
     except OSError as error:
         contents.errors.append(f"{path}: cannot read: {error.strerror}")
     return None
@@ -149,18 +219,31 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
-    """(mtime_ns, size) of a regular file (through symlinks); None if it is not one, or is gone already
-    (a ConfigMap volume removes its old files right after swapping ..data: that race must not end the watch)."""
+Stamp = tuple[int, ...]  # (file type, device, inode, size, mtime_ns, ctime_ns)
+
+
+def _stamp(path: Path) -> Stamp | None:
+    """What changes when the file at `path` (through symlinks) does; None if it is gone already (a
+    ConfigMap volume removes its old files right after swapping ..data: that race must not end the
+    watch) or is a directory. A FIFO or device has a stamp too: reading it reports it by name.
+
+    Size and mtime are not enough: `rsync -a` and `cp -p` rename in a new file with the old one's
+    mtime, and a chmod changes neither. The inode and ctime (which no one can set) change then."""
     try:
-        status = path.stat()
+        info = path.stat()
     except OSError:
         return None
-    return (status.st_mtime_ns, status.st_size) if stat.S_ISREG(status.st_mode) else None
+    if stat.S_ISDIR(info.st_mode):
+        return None
+    return (stat.S_IFMT(info.st_mode), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
 
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _link_target(path: Path) -> Path | None:
+    """The file a symlink finally points to; None if `path` is not a symlink, or leads nowhere."""
+    try:
+        return path.resolve(strict=True) if path.is_symlink() else None
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop
+        return None
 
 
 class DirectorySource:
@@ -172,8 +255,13 @@ class DirectorySource:
         self._files: dict[Path, FileContents] = {}
         self._defined: dict[Path, dict[Key, VirtualService]] = {}  # per file, the VirtualServices it defines
         self._definitions: dict[Key, list[Path]] = {}  # per VirtualService, the files defining it, in name order
-        self._stamps: dict[Path, tuple[int, int]] = {}  # (mtime_ns, size) when last read
-        self._first_seen: dict[Key, str] = {}  # conflict age for objects without a creationTimestamp
+        self._stamps: dict[Path, Stamp] = {}  # when last read
+        # Symlinks among the files and the files they point to: an edit there (a directory of its own, or
+        # a non-YAML name here) changes what the link reads, and is watched for.
+        self._links: dict[Path, Path] = {}  # link → the file it resolves to
+        self._linked: dict[Path, set[Path]] = {}  # that file → the links resolving to it
+        self._link_directories: Counter[Path] = Counter()  # directories holding link targets → their count
+        self._link_directories_changed: set[Path] = set()  # since the watches were last told
         self.errors: Counter[str] = Counter()  # every invalid document and unreadable file read, for metrics
 
     def load(self) -> None:
@@ -183,8 +271,13 @@ class DirectorySource:
         self.rescan()
 
     def rescan(self) -> None:
-        """Read again the files whose size or modification time changed, and drop vanished ones."""
-        stamps = {path: _stamp(path) for path in self.directory.iterdir() if path.suffix in SUFFIXES}
+        """Read again the files that changed (see _stamp), and drop vanished ones."""
+        try:
+            names = list(self.directory.iterdir())
+        except OSError as error:  # gone meanwhile: the watch says so and waits for it to come back
+            log.warning("cannot list %s: %s; keeping what was read from it", self.directory, error.strerror)
+            return
+        stamps = {path: _stamp(path) for path in names if path.suffix in SUFFIXES}
         present = {path: stamp for path, stamp in stamps.items() if stamp is not None}
         changed = {path for path, stamp in present.items() if self._stamps.get(path) != stamp}
         changed |= set(self._files) - set(present)
@@ -192,10 +285,11 @@ class DirectorySource:
             self._reload(changed)
 
     async def watch(self) -> None:
-        """Apply additions, edits and deletions as they happen, until cancelled (OSError if the watch ends).
+        """Apply additions, edits and deletions as they happen, until cancelled.
 
-        On Linux, inotify events wake the event loop directly: no polling, no batching delay. Elsewhere
-        watchfiles does the watching (it checks for changes every few milliseconds).
+        On Linux, inotify events wake the event loop directly: no polling, no batching delay; a directory
+        that is removed is waited for. Elsewhere watchfiles does the watching (it checks for changes every
+        few milliseconds), and OSError says that the directory went away.
         """
         if sys.platform.startswith("linux"):
             await self._watch_inotify()
@@ -204,37 +298,69 @@ class DirectorySource:
         raise OSError(f"stopped watching {self.directory}: it was removed or can no longer be read")
 
     async def _watch_inotify(self) -> None:
-        from inotify_simple import INotify
-        from inotify_simple import flags as f
+        from .inotify_watch import Watches
 
         loop = asyncio.get_running_loop()
-        inotify = INotify(nonblocking=True)
-        # Files complete (written and closed, or renamed in), removed or renamed away; the directory itself gone.
-        inotify.add_watch(
-            self.directory, f.CLOSE_WRITE | f.MOVED_TO | f.MOVED_FROM | f.DELETE | f.DELETE_SELF | f.MOVE_SELF
-        )
+        watches = Watches(self.directory)
         readable = asyncio.Event()
-        loop.add_reader(inotify.fileno(), readable.set)
+        loop.add_reader(watches.fileno(), readable.set)
         try:
-            self.rescan()  # the watch is in place: catch what changed since load()
+            watches.place()
+            self._update_target_watches(watches)
+            self.rescan()  # the watches are in place: catch what changed since load()
             while True:
-                await readable.wait()
+                # While the directory is missing, look for it every MISSING_RETRY_SECONDS as well: the
+                # directory above it may be missing too, and then no watch can say when it is back.
+                timeout = MISSING_RETRY_SECONDS if watches.resolved is None else None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(readable.wait(), timeout)
                 readable.clear()
-                events = inotify.read(timeout=0)
+                events = watches.read()
                 await asyncio.sleep(BURST_SECONDS)  # let events already on their way join this reload
-                events += inotify.read(timeout=0)
-                if any(event.mask & (f.DELETE_SELF | f.MOVE_SELF | f.IGNORED) for event in events):
-                    return
-                names = {event.name for event in events}
-                if any(self._behind_links(name) for name in names):
-                    self.rescan()  # e.g. a ConfigMap volume swapping its ..data symlink: files changed behind links
-                else:  # the usual case, also for editors and writers that rename a temporary file into place
-                    paths = {self.directory / name for name in names if Path(name).suffix in SUFFIXES}
-                    if paths:
-                        self._reload(paths)
+                events += watches.read()
+                watches.forget(events)
+                self._on_events(watches, events)
+                self._update_target_watches(watches)
         finally:
-            loop.remove_reader(inotify.fileno())
-            inotify.close()
+            loop.remove_reader(watches.fileno())
+            watches.close()
+
+    def _on_events(self, watches: Watches, events: list[Event]) -> None:
+        if watches.moved(events) and watches.place():
+            self._directory_moved(watches.resolved)
+        elif watches.overflowed(events):
+            log.warning("%s: too many changes at once to follow one by one: reading every file again", self.directory)
+            self.rescan()
+        else:
+            self._on_file_events(watches.file_events(events), watches.changed_targets(events))
+
+    def _directory_moved(self, resolved: Path | None) -> None:
+        """The directory was removed, came back, or is another one now (a switched symlink)."""
+        if resolved is None:
+            log.warning(
+                "%s is gone: still serving its last VirtualServices, waiting for it to come back", self.directory
+            )
+        else:
+            log.warning("%s is back or was switched (now %s): reading it again", self.directory, resolved)
+            self.rescan()
+
+    def _on_file_events(self, names: dict[str, int], targets: set[Path]) -> None:
+        from inotify_simple import flags as f
+
+        # Names that may stand for many files (a ConfigMap volume swapping its ..data symlink) call for a
+        # full rescan; names merely created (a file still being written) for nothing yet.
+        swapped = f.CLOSE_WRITE | f.MOVED_TO | f.MOVED_FROM | f.DELETE
+        if any(mask & swapped and self._behind_links(name) for name, mask in names.items()):
+            self.rescan()
+            return
+        paths = {
+            self.directory / name
+            for name, mask in names.items()
+            if Path(name).suffix in SUFFIXES and (mask != f.CREATE or self._complete(name))
+        }
+        paths |= {link for target in targets for link in self._linked.get(target, ())}
+        if paths:
+            self._reload(paths)
 
     async def _watch_watchfiles(self) -> None:
         from watchfiles import awatch
@@ -251,6 +377,15 @@ class DirectorySource:
             return
         async for changes in batches:
             self._apply(changes)
+
+    def _complete(self, name: str) -> bool:
+        """Whether a name just created holds its content already: a symlink (`ln -s`), a hard link to a
+        file (`ln`), a FIFO. A new regular file with one link is being written: CLOSE_WRITE will follow."""
+        try:
+            info = (self.directory / name).lstat()
+        except OSError:
+            return True  # gone again: the reload forgets it
+        return not (stat.S_ISREG(info.st_mode) and info.st_nlink == 1)
 
     def _behind_links(self, name: str) -> bool:
         """Whether an event's name may stand for many files: a directory or symlink that is not a
@@ -271,7 +406,6 @@ class DirectorySource:
     def _reload(self, paths: Iterable[Path]) -> None:
         """Read these files again (or forget them if gone) and apply what they changed: the cost follows
         these files' VirtualServices, however many other files the directory holds."""
-        stamp = _now()
         affected: set[Key] = set()
         for path in sorted(paths):
             previous = self._files.get(path)
@@ -279,9 +413,10 @@ class DirectorySource:
             file_stamp = _stamp(path)
             if file_stamp is not None:
                 self._stamps[path] = file_stamp
-                contents = self._read(path, stamp, previous)
+                contents = self._read(path, previous)
                 self._files[path] = contents
                 affected |= self._define(path, contents)
+                self._track_link(path)
                 log.info(
                     "loaded %s: %d VirtualService(s), %d problem(s)",
                     path.name,
@@ -291,22 +426,51 @@ class DirectorySource:
                 )
             elif self._stamps.pop(path, None) is not None:
                 log.info("removed %s", path.name, extra={"file": str(path)})
+                self._track_link(path)
         for key in sorted(affected):
             self._apply_key(key)
         changed = self._cache.commit()
         log.info("serving %d VirtualService(s); %d proxy group(s) updated", len(self._definitions), changed)
 
-    def _read(self, path: Path, stamp: str, previous: FileContents | None) -> FileContents:
+    def _read(self, path: Path, previous: FileContents | None) -> FileContents:
         """Read a file, keeping the last good version (`previous`) of what it can no longer validate."""
         contents = read_file(path)
         for problem in contents.errors:
             log.error("%s", problem, extra={"file": str(path)})
         self.errors["invalid_document"] += contents.rejected
         self.errors["unreadable_file"] += contents.unreadable
-        if previous is not None:
-            contents = contents.keeping_last_good(previous)
-        contents.services = [self._dated(vs, stamp) for vs in contents.services]
-        return contents
+        return contents if previous is None else contents.keeping_last_good(previous)
+
+    def _track_link(self, path: Path) -> None:
+        """Remember where `path` points now if it is a symlink (and forget where it pointed before)."""
+        for target in [self._links.pop(path)] if path in self._links else []:
+            self._linked[target].discard(path)
+            if not self._linked[target]:
+                del self._linked[target]
+            self._count_link_directory(target.parent, -1)
+        target = _link_target(path)
+        if target is not None:
+            self._links[path] = target
+            self._linked.setdefault(target, set()).add(path)
+            self._count_link_directory(target.parent, +1)
+
+    def _count_link_directory(self, directory: Path, change: int) -> None:
+        count = self._link_directories[directory] + change
+        if count:
+            self._link_directories[directory] = count
+        else:
+            del self._link_directories[directory]
+        if count == 0 or (count == 1 and change > 0):  # the last link there gone, or the first one
+            self._link_directories_changed.add(directory)
+
+    def _update_target_watches(self, watches: Watches) -> None:
+        """Watch the directories that hold link targets now, and no longer those that do not."""
+        for directory in self._link_directories_changed:
+            if directory in self._link_directories:
+                watches.watch_targets([directory])
+            else:
+                watches.unwatch_target(directory)
+        self._link_directories_changed.clear()
 
     def _forget(self, path: Path) -> set[Key]:
         """Take a file's VirtualServices out of the definitions; returns their keys."""
@@ -337,17 +501,12 @@ class DirectorySource:
         definers = self._definitions.get(key)
         if not definers:
             self._cache.delete(key)
-            self._first_seen.pop(key, None)
             return
         winner = definers[0]
         for path in definers[1:]:
             message = "%s: VirtualService %s/%s is already defined in %s; skipped"
             log.error(message, path, *key, winner, extra={"file": str(path)})
         self._cache.upsert(self._defined[winner][key])
-
-    def _dated(self, vs: VirtualService, stamp: str) -> VirtualService:
-        """Without a creationTimestamp, a VirtualService's age (for conflicts) is when it was first loaded."""
-        return vs if vs.created else replace(vs, created=self._first_seen.setdefault(vs.key, stamp))
 
     def invalid_documents(self) -> int:
         """Documents in the directory now that are not valid VirtualServices."""

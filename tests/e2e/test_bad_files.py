@@ -23,10 +23,13 @@ def test_bad_files_are_reported_and_the_good_one_keeps_serving(control_plane, en
         temporary = vs_files.directory / f".{bad.name}.tmp"
         temporary.write_bytes(bad.content)
         os.replace(temporary, vs_files.directory / bad.name)
+    os.mkfifo(vs_files.directory / ".fifo.tmp")  # a FIFO under a VirtualService name: refused, never opened blocking
+    os.replace(vs_files.directory / ".fifo.tmp", vs_files.directory / "fifo.yaml")
 
     def all_reported() -> bool:
         log = control_plane.log()
-        return all(f"{bad.name}: " in log and bad.error in log for bad in BAD_FILES)
+        fifo = "fifo.yaml: not a regular file but a FIFO; skipped" in log
+        return fifo and all(f"{bad.name}: " in log and bad.error in log for bad in BAD_FILES)
 
     wait_until(all_reported, "an error for every bad file in the control plane's log")
     assert control_plane.process.poll() is None, "the control plane must survive bad input"

@@ -56,7 +56,8 @@ class VirtualService:
     name: str
     spec: pb.VirtualServiceSpec
     generation: int = 0
-    created: str = ""  # metadata.creationTimestamp (RFC 3339); the older one wins a conflict
+    # metadata.creationTimestamp as nanoseconds since the epoch (None: not given); the older one wins a conflict
+    created: int | None = None
     uid: str = ""
     origin: str = ""  # where it came from, for messages: a file path, or "kubernetes"
 

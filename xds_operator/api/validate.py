@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -101,6 +101,7 @@ def parse_virtual_service(document: Any, *, origin: str = "") -> VirtualService:
         if key not in ("apiVersion", "kind", "metadata", "spec", "status"):
             errors.append(FieldError(_key_text(key), "unknown field"))
     metadata = _check_metadata(document.get("metadata"), errors)
+    created = _creation_time(metadata.get("creationTimestamp"), errors)
     spec = parse_spec(document.get("spec"), errors=errors)
     if errors:
         raise ValidationError(errors)
@@ -109,7 +110,7 @@ def parse_virtual_service(document: Any, *, origin: str = "") -> VirtualService:
         name=metadata["name"],
         spec=spec,
         generation=int(metadata.get("generation") or 0),
-        created=_timestamp(metadata.get("creationTimestamp")),
+        created=created,
         uid=metadata.get("uid") or "",
         origin=origin,
     )
@@ -152,10 +153,7 @@ def _check_metadata(metadata: Any, errors: list[FieldError]) -> Mapping[str, Any
         not isinstance(namespace, str) or len(namespace) > 63 or not NAMESPACE_PATTERN.fullmatch(namespace)
     ):
         errors.append(FieldError("metadata.namespace", f"{_shown(namespace)} is not a valid namespace"))
-    # Read into the model below (conflict order, identity): only their types matter here.
-    created = metadata.get("creationTimestamp")
-    if created is not None and not isinstance(created, str | date):  # YAML reads unquoted dates as date
-        errors.append(FieldError("metadata.creationTimestamp", f"expected a timestamp, got {_type_name(created)}"))
+    # Read into the model below (identity): only its type matters here.
     uid = metadata.get("uid")
     if uid is not None and not isinstance(uid, str):
         errors.append(FieldError("metadata.uid", f"expected a string, got {_type_name(uid)}"))
@@ -345,12 +343,53 @@ def _check_cross_field_rules(spec: pb.VirtualServiceSpec, path: str, errors: lis
                     )
 
 
-def _timestamp(value: Any) -> str:
-    """RFC 3339 text in UTC, whether YAML gave a string or (unquoted) a datetime, so ages compare."""
+# RFC 3339 date-time (section 5.6): what Kubernetes writes, e.g. 2024-01-02T15:04:05Z or ...05.5+02:00.
+RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:[Zz]|([+-])(\d\d):(\d\d))")
+TIMESTAMP_PATH = "metadata.creationTimestamp"
+RFC3339_EXAMPLE = "expected for example 2024-01-02T15:04:05Z"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _creation_time(value: Any, errors: list[FieldError]) -> int | None:
+    """metadata.creationTimestamp as nanoseconds since the epoch, so ages compare as instants, not as text.
+
+    A string must be an RFC 3339 date-time; YAML turns an unquoted one into a datetime, accepted
+    when it says its time zone."""
+    if value is None:
+        return None
     if isinstance(value, datetime):
-        value = value if value.tzinfo else value.replace(tzinfo=UTC)
-        return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
-    return str(value or "")
+        if value.tzinfo is None:
+            errors.append(FieldError(TIMESTAMP_PATH, "the date-time has no time zone offset (add Z for UTC)"))
+            return None
+        return (value - EPOCH) // timedelta(microseconds=1) * 1000
+    if isinstance(value, date):
+        errors.append(FieldError(TIMESTAMP_PATH, f"{value} is a date without a time; {RFC3339_EXAMPLE}"))
+        return None
+    if not isinstance(value, str):
+        errors.append(FieldError(TIMESTAMP_PATH, f"expected a timestamp, got {_type_name(value)}"))
+        return None
+    try:
+        return _rfc3339_nanoseconds(value)
+    except ValueError:
+        errors.append(FieldError(TIMESTAMP_PATH, f"{_shown(value)} is not an RFC 3339 date-time; {RFC3339_EXAMPLE}"))
+        return None
+
+
+def _rfc3339_nanoseconds(text: str) -> int:
+    """Nanoseconds since the epoch of an RFC 3339 date-time; ValueError if it is not one (or names no real
+    instant: month 13, 25 o'clock)."""
+    match = RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(text)
+    year, month, day, hour, minute, second, fraction, sign, offset_hours, offset_minutes = match.groups()
+    local = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC)
+    offset = 0
+    if sign is not None:
+        if int(offset_hours) > 23 or int(offset_minutes) > 59:
+            raise ValueError(text)
+        offset = (-1 if sign == "-" else 1) * (int(offset_hours) * 3600 + int(offset_minutes) * 60)
+    seconds = (local - EPOCH) // timedelta(seconds=1) - offset
+    return seconds * 10**9 + int((fraction or "").ljust(9, "0")[:9])
 
 
 NOT_UNICODE = "not valid Unicode text (it holds a lone surrogate)"

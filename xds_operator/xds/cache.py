@@ -50,9 +50,11 @@ class Translated:
         """A 128-bit hash of (key, token): a group's signature is the sum over its members."""
         return weight_of(f"{self.vs.namespace}/{self.vs.name}\0{self.token}".encode())
 
-    def age(self) -> tuple[str, str, str]:
-        """Conflict order: the oldest wins, then namespace/name order."""
-        return (self.vs.created, self.vs.namespace, self.vs.name)
+    def age(self) -> tuple[bool, int, str, str]:
+        """Conflict order: the oldest creationTimestamp wins, one without a timestamp loses to any with one,
+        then namespace/name order. It depends on nothing but the objects: the same winner after a restart."""
+        created = self.vs.created
+        return (created is None, created or 0, self.vs.namespace, self.vs.name)
 
 
 def translate(vs: VirtualService, resolve_selector: SelectorResolver) -> Translated:

@@ -25,10 +25,16 @@ SERVER_PING_TIMEOUT_SECONDS = 20.0  # no answer to a ping within this: the conne
 # more frequent pings with GOAWAY (too_many_pings); Envoy's HTTP/2 keepalive pings more often.
 MIN_CLIENT_PING_INTERVAL_SECONDS = 1.0
 RELOAD_CHECK_SECONDS = 1.0  # how often, at most, the TLS files are looked at for a renewed certificate
+# A certificate issued a moment ago on a machine whose clock is slightly ahead is not refused as "not yet valid".
+CLOCK_SKEW_SECONDS = 300.0
 
 
 class TlsFileError(ValueError):
     """A certificate, key or CA file that cannot be used; the message names the flag and the file."""
+
+
+class NotYetValid(TlsFileError):
+    """The certificate's validity starts in the future: the same files become usable by themselves."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class CertificateReloader:
         self._files = current.files
         self._mtls = current.client_ca is not None
         self._signature = _signature(self._files)
+        self._refused: tuple | None = None  # the signature of the last set refused, so it is logged once
         self._next_check = 0.0
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
@@ -89,12 +96,16 @@ class CertificateReloader:
         signature = _signature(self._files)
         if signature == self._signature:
             return None
-        self._signature = signature
         try:
             tls = load_server_tls(self._files.certificate, self._files.key, self._files.client_ca)
         except TlsFileError as error:
-            log.warning("TLS files changed but cannot be used, keeping the previous certificate: %s", error)
+            if signature != self._refused:
+                log.warning("TLS files changed but cannot be used, keeping the previous certificate: %s", error)
+                self._refused = signature
+            if not isinstance(error, NotYetValid):  # a not-yet-valid one is looked at again until it is valid
+                self._signature = signature
             return None
+        self._signature = signature
         log.info("TLS files changed: serving the new certificate %s", self._files.certificate)
         return tls.configuration()
 
@@ -157,6 +168,7 @@ def load_server_tls(certificate: Path, key: Path, client_ca: Path | None = None)
     private_key = _read("--tls-key", key)
     ca = _read("--client-ca", client_ca) if client_ca is not None else None
     _check_certificates("--tls-cert", certificate, chain)
+    _check_validity(certificate)
     if ca is not None:
         _check_certificates("--client-ca", client_ca, ca)
     _check_key_matches(certificate, key)
@@ -186,6 +198,26 @@ def _check_certificates(flag: str, path: Path, data: bytes) -> None:
         context.load_verify_locations(cadata=data.decode("ascii", errors="replace"))
     except (ssl.SSLError, ValueError) as error:
         raise TlsFileError(f"{flag} {path}: not a valid PEM certificate ({_reason(error)})") from None
+
+
+def _check_validity(certificate: Path) -> None:
+    """The server certificate (the first of the chain) is valid now: an expired one fails every handshake."""
+    try:
+        # The standard library's own certificate decoder (it reads the file's first certificate).
+        decoded = ssl._ssl._test_decode_cert(str(certificate))  # type: ignore[attr-defined]
+        not_before = ssl.cert_time_to_seconds(decoded["notBefore"])
+        not_after = ssl.cert_time_to_seconds(decoded["notAfter"])
+    except (AttributeError, KeyError, ValueError, OSError, ssl.SSLError):
+        return  # unreadable here: the other checks name the problem
+    now = time.time()
+    if now > not_after:
+        raise TlsFileError(f"--tls-cert {certificate}: the certificate expired on {_utc(not_after)}")
+    if now + CLOCK_SKEW_SECONDS < not_before:
+        raise NotYetValid(f"--tls-cert {certificate}: the certificate is not valid before {_utc(not_before)}")
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
 def _check_key_matches(certificate: Path, key: Path) -> None:
