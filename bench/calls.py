@@ -86,17 +86,27 @@ class Size:
     live: int
     rate: int  # calls started (and as many ended) per second
     seconds: float
+    # Whether the calls share their worker's cluster (one cluster named after the worker, declared alike
+    # by every call) or each declares a cluster of its own (Envoy then adds and removes one per call).
+    shared: bool = False
 
     @property
     def steps(self) -> int:
         return round(self.rate * self.seconds)
 
     def title(self) -> str:
-        return f"{self.live:,} live, {self.rate} new + {self.rate} ended/s"
+        clusters = "shared worker cluster" if self.shared else "a cluster per call"
+        return f"{self.live:,} live, {self.rate} new + {self.rate} ended/s, {clusters}"
 
 
-FULL_SIZES = [Size(2_000, 50, 15.0), Size(10_000, 100, 15.0)]
+FULL_SIZES = [
+    Size(2_000, 50, 15.0),
+    Size(2_000, 50, 15.0, shared=True),
+    Size(10_000, 100, 15.0, shared=True),
+    Size(10_000, 100, 15.0),
+]
 SMOKE_SIZE = Size(20, 5, 2.0)
+SHARED_CLUSTER = "worker-c"
 
 
 # ---------------------------------------------------------------- calls
@@ -106,8 +116,9 @@ def call_name(index: int) -> str:
     return f"call-{index}"
 
 
-def call_document(index: int, port: int, host: str, worker_port: int) -> dict[str, Any]:
-    """Call N's VirtualService: listener `call-N-l` on `port` → cluster `call-N-c` → the echo worker."""
+def call_document(index: int, port: int, host: str, worker_port: int, shared: bool = False) -> dict[str, Any]:
+    """Call N's VirtualService: listener `call-N-l` on `port`, hash key the call's name → cluster
+    `call-N-c` (or the shared `worker-c`) → the echo worker."""
     return one_endpoint_vs(
         call_name(index),
         port,
@@ -116,6 +127,8 @@ def call_document(index: int, port: int, host: str, worker_port: int) -> dict[st
         host=host,
         endpoint_port=worker_port,
         endpoint="worker",
+        hash_key=call_name(index),
+        cluster=SHARED_CLUSTER if shared else None,
     )
 
 
@@ -302,14 +315,21 @@ def start_server(
     variant: str, calls: list[Call], size: Size, worker: EchoWorker, work: Path
 ) -> tuple[Process, Feed, int]:
     """The control plane on a directory holding the live calls, or the floor; ready for Envoy on the port returned."""
-    texts = [json.dumps(call_document(call.index, call.port, worker.host, worker.port)) for call in calls]
+    texts = [json.dumps(call_document(call.index, call.port, worker.host, worker.port, size.shared)) for call in calls]
     ports = Ports()
     xds_port = ports.take()
     log_path = work / f"{variant}-server.log"
     if variant == FLOOR:
         spec = work / "floor-spec.json"
         spec.write_text(
-            json.dumps({"worker": [worker.host, worker.port], "ports": [c.port for c in calls], "live": size.live})
+            json.dumps(
+                {
+                    "worker": [worker.host, worker.port],
+                    "ports": [c.port for c in calls],
+                    "live": size.live,
+                    "shared": size.shared,
+                }
+            )
         )
         command = [sys.executable, str(FLOOR_SCRIPT), "--spec", str(spec), "--port", str(xds_port)]
         command += ["--events", str(work / "floor-events.jsonl")]
@@ -523,6 +543,7 @@ def result(phase: Phase) -> dict[str, Any]:
             "live": phase.size.live,
             "rate": phase.size.rate,
             "seconds": phase.size.seconds,
+            "shared_cluster": phase.size.shared,
             "new_calls": len(new),
             "ended_calls": len(ended),
             "envoy_fd_limit": phase.fd_limit,
@@ -539,7 +560,7 @@ LOST = {"listeners_missing": 0, "listeners_extra": 0, "live_silent": 0, "ended_a
 def targets(variant: str, size: Size) -> dict[str, float]:
     """The issue's targets where it sets them for this size; nothing lost everywhere."""
     found: dict[str, float] = dict(LOST)
-    key = (variant, size.live, size.rate)
+    key = (variant, size.live, size.rate)  # the issue's targets, whichever way the calls declare clusters
     if key == (DELTA, 2_000, 50):
         found.update(answered_p99_ms=100, unanswered=0)
     elif key == (DELTA, 10_000, 100):
@@ -623,10 +644,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=int, default=50, help="calls started and ended per second")
     parser.add_argument("--seconds", type=float, default=15.0, help="how long the churn lasts")
     parser.add_argument("--variants", nargs="+", choices=[SOTW, DELTA, FLOOR], default=[SOTW, DELTA, FLOOR])
+    parser.add_argument("--shared", action="store_true", help="the calls share their worker's cluster (with --live)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     if args.live is not None:
-        sizes = [Size(args.live, args.rate, args.seconds)]
+        sizes = [Size(args.live, args.rate, args.seconds, args.shared)]
     else:
         sizes = [SMOKE_SIZE] if args.smoke else FULL_SIZES
     rows = measure_all(sizes, args.variants)

@@ -83,19 +83,27 @@ class TypeState:
     pending: dict[int, bool] = field(default_factory=dict)  # call → ADD or REMOVE, folded
 
 
+SHARED = -1  # in the pending maps: the one cluster every call shares (any call's encoding of it)
+
+
 class FloorStream:
-    def __init__(self, calls: list[Encoded], live: set[int], events: IO[str]):
+    def __init__(self, calls: list[Encoded], live: set[int], events: IO[str], shared: bool = False):
         self.calls = calls
         self.live = live
         self.events = events
+        self.shared = shared  # the calls share one cluster: it is sent once and never removed
         self.outbox: asyncio.Queue[bytes] = asyncio.Queue()
         self.types = {CDS: TypeState(CDS), LDS: TypeState(LDS)}
         self.nonces = itertools.count(1)
 
     def change(self, call: int, action: bool) -> None:
         for state in self.types.values():
-            state.pending[call] = action
+            if not (self.shared and state.type_url == CDS):
+                state.pending[call] = action
         self.flush()
+
+    def cluster_of(self, call: int) -> int:
+        return SHARED if self.shared else call
 
     def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> None:
         state = self.types.get(request.type_url)
@@ -103,7 +111,8 @@ class FloorStream:
             return  # nothing but clusters and listeners here
         if not request.response_nonce:  # the type's first request (wildcard): everything live
             state.subscribed = True
-            state.pending = dict.fromkeys(self.live, ADD)
+            shared_cluster = self.shared and state.type_url == CDS
+            state.pending = {SHARED: ADD} if shared_cluster else dict.fromkeys(self.live, ADD)
         elif request.response_nonce == state.nonce:
             self.answered(state, request.error_detail.message if request.HasField("error_detail") else None)
         else:
@@ -129,7 +138,7 @@ class FloorStream:
 
     def blocked(self, state: TypeState, call: int, action: bool) -> bool:
         if state.type_url == LDS and action is ADD:
-            return self.types[CDS].pending.get(call) is ADD  # its cluster is not sent yet
+            return self.types[CDS].pending.get(self.cluster_of(call)) is ADD  # its cluster is not sent yet
         if state.type_url == CDS and action is REMOVE:
             return self.types[LDS].pending.get(call) is REMOVE  # its listener is not removed yet
         return False
@@ -155,9 +164,10 @@ class FloorStream:
 
 
 class Floor:
-    def __init__(self, calls: list[Encoded], live: set[int], events: IO[str]):
+    def __init__(self, calls: list[Encoded], live: set[int], events: IO[str], shared: bool = False):
         self.calls = calls
         self.live = live
+        self.shared = shared
         self.events = events
         self.streams: set[FloorStream] = set()
 
@@ -171,7 +181,7 @@ class Floor:
     async def delta(
         self, requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context
     ) -> AsyncIterator[bytes]:
-        stream = FloorStream(self.calls, self.live, self.events)
+        stream = FloorStream(self.calls, self.live, self.events, self.shared)
         self.streams.add(stream)
 
         async def read() -> None:
@@ -228,9 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     spec = json.loads(args.spec.read_text())
     host, worker_port = spec["worker"]
-    calls = [encode_call(call_document(index, port, host, worker_port)) for index, port in enumerate(spec["ports"])]
+    shared = spec.get("shared", False)
+    calls = [
+        encode_call(call_document(index, port, host, worker_port, shared)) for index, port in enumerate(spec["ports"])
+    ]
     with open(args.events, "w", buffering=1) as events:
-        asyncio.run(serve(Floor(calls, set(range(spec["live"])), events), args.port))
+        asyncio.run(serve(Floor(calls, set(range(spec["live"])), events, shared), args.port))
     return 0
 
 

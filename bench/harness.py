@@ -57,21 +57,22 @@ def one_endpoint_vs(
     endpoint: str,
     discovery: str = "strictdns",
     hash_key: str | None = None,
+    cluster: str | None = None,
 ) -> dict[str, Any]:
-    """A VirtualService: one UDP listener `<name>-l` on `port` → cluster `<name>-c` → one endpoint,
-    `host` an address or (a mapping) a pod selector."""
+    """A VirtualService: one UDP listener `<name>-l` on `port` → cluster `<name>-c` (or `cluster`) → one
+    endpoint, `host` an address or (a mapping) a pod selector."""
     where = {"address": host} if isinstance(host, str) else {"selector": dict(host)}
-    cluster: dict[str, Any] = {"name": f"{name}-c", "service_discovery": discovery}
+    spec: dict[str, Any] = {"name": cluster or f"{name}-c", "service_discovery": discovery}
     if hash_key is not None:
-        cluster["hash_key"] = hash_key
-    cluster["endpoints"] = [{"name": endpoint, "host": where, "port": endpoint_port}]
+        spec["hash_key"] = hash_key
+    spec["endpoints"] = [{"name": endpoint, "host": where, "port": endpoint_port}]
     return {
         "apiVersion": "servicemesh.l7mp.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {
             "selector": dict(selector),
-            "listeners": [{"name": f"{name}-l", "udp": {"port": port, "cluster": cluster}}],
+            "listeners": [{"name": f"{name}-l", "udp": {"port": port, "cluster": spec}}],
         },
     }
 

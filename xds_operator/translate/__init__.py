@@ -156,6 +156,8 @@ def _bound_listener(name: str, protocol: address_pb2.SocketAddress.Protocol, por
     return result
 
 
+MAX_CONNECTIONS_PER_CLUSTER = 1_000_000
+
 # Parts every cluster shares, built once and copied in (cheaper than building them each time).
 _EDS_OVER_ADS = config_source_pb2.ConfigSource(
     ads=config_source_pb2.AggregatedConfigSource(), resource_api_version=config_source_pb2.V3
@@ -172,6 +174,10 @@ def translate_cluster(cluster: pb.Cluster, addresses: Sequence[UpstreamAddress])
     # Apply host health changes at once instead of merging them over Envoy's default 1 s
     # window: a dead worker stops getting datagrams one health-check interval sooner.
     result.common_lb_config.update_merge_window.SetInParent()
+    # Every UDP session (and TCP connection) counts against the cluster's max_connections circuit
+    # breaker, 1,024 by default: a worker cluster shared by many calls would silently drop the
+    # sessions past it. The bound that matters is the proxy's file descriptors.
+    result.circuit_breakers.thresholds.add(max_connections={"value": MAX_CONNECTIONS_PER_CLUSTER})
     if cluster.service_discovery == "eds":
         result.type = cluster_pb2.Cluster.EDS
         result.eds_cluster_config.eds_config.CopyFrom(_EDS_OVER_ADS)
