@@ -24,7 +24,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 # In the order the issue lists them; wire_bytes compares the two ADS variants.
-SCENARIOS = ["snapshot_build", "incremental", "fanout", "envoy_convergence", "cold_start", "wire_bytes", "churn"]
+SCENARIOS = [
+    "snapshot_build",
+    "incremental",
+    "status_pass",
+    "fanout",
+    "envoy_convergence",
+    "cold_start",
+    "wire_bytes",
+    "churn",
+]
 
 
 def machine() -> dict[str, Any]:
