@@ -27,6 +27,7 @@ sys.path.insert(0, str(HERE))
 SCENARIOS = [
     "snapshot_build",
     "incremental",
+    "status_pass",
     "fanout",
     "envoy_convergence",
     "cold_start",

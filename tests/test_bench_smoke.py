@@ -24,6 +24,12 @@ import cold_start  # noqa: E402
 import incremental  # noqa: E402
 import run as bench_run  # noqa: E402
 import snapshot_build  # noqa: E402
+import status_pass  # noqa: E402
+
+
+def test_status_pass_writes_each_call_once() -> None:
+    (result,) = status_pass.run(smoke=True)
+    assert result["figures"]["status_writes_per_call"] == 1  # Ready, without a Pending before it
 
 
 def test_snapshot_build_reports_both_floors() -> None:

@@ -15,6 +15,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 
 from xds_operator.api import VirtualService, cluster_of, parse_virtual_service
+from xds_operator.xds import lineage
 from xds_operator.xds.cache import SnapshotCache, Watch
 from xds_operator.xds.snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, Resource, Snapshot
 
@@ -567,3 +568,31 @@ def test_deepcopy_of_document_does_not_matter() -> None:
     cache.upsert(parse_virtual_service(copy.deepcopy(document)))
     assert cache.commit() == 0
     assert cache.translations == translations
+
+
+# -- lineage: which VirtualServices differ between two snapshots -----------------------------
+
+
+def test_changed_between_names_what_commits_changed_in_either_direction_and_matches_a_full_compare() -> None:
+    cache = SnapshotCache()
+    for index in range(20):
+        cache.upsert(parse_virtual_service(vs_doc(f"vs-{index}", port=3000 + index)))
+    cache.commit()
+    watch = cache.watch(INGRESS, lambda: None)
+    first = watch.snapshot
+    cache.upsert(parse_virtual_service(vs_doc("vs-3", port=4003)))
+    cache.commit()
+    second = watch.snapshot
+    cache.delete(("default", "vs-5"))
+    cache.upsert(parse_virtual_service(vs_doc("new", port=4100)))
+    cache.commit()
+    third = watch.snapshot
+    assert first is not None and second is not None and third is not None
+
+    def full_compare(a: Snapshot, b: Snapshot) -> set:
+        return {key for key in {*a.contents.keys(), *b.contents.keys()} if a.contents.get(key) != b.contents.get(key)}
+
+    expected = {("default", "vs-3"), ("default", "vs-5"), ("default", "new")}
+    assert lineage.changed_between(first, third) == lineage.changed_between(third, first) == expected
+    assert lineage.changed_between(second, third) == full_compare(second, third)
+    assert lineage.changed_between(EMPTY, first) == full_compare(EMPTY, first)  # no common ancestor: compared

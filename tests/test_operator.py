@@ -159,12 +159,13 @@ class Operator:
         return self.condition(name, kind)
 
 
-async def start_operator(apiserver: FakeApiServer, namespaces: Sequence[str] = ()) -> Operator:
+async def start_operator(apiserver: FakeApiServer, namespaces: Sequence[str] = (), **options: float) -> Operator:
+    """`options`: KubernetesSource's keyword arguments (how long first statuses may be held back)."""
     api = apiserver.api_client()
     pods = PodIndex()
     cache = SnapshotCache(pods.ready_ips)
     writer = StatusWriter(api, retry_delay=0.1)
-    source = KubernetesSource(cache, pods, writer)
+    source = KubernetesSource(cache, pods, writer, **options)
     service = AggregatedDiscoveryService(cache, identify=source.identify, on_progress=source.on_progress)
     source.bind(service)
     reflectors = start_watches(source, api, namespaces, asyncio.get_running_loop())
@@ -195,7 +196,13 @@ def apiserver() -> AsyncIterator[FakeApiServer]:
 
 @pytest.fixture
 async def operator(apiserver: FakeApiServer) -> AsyncIterator[Operator]:
-    running = await start_operator(apiserver)
+    async with running_operator(apiserver) as running:
+        yield running
+
+
+@contextlib.asynccontextmanager
+async def running_operator(apiserver: FakeApiServer, **options: float) -> AsyncIterator[Operator]:
+    running = await start_operator(apiserver, **options)
     writer_task = asyncio.create_task(running.writer.run())
     try:
         yield running

@@ -6,7 +6,7 @@ import random
 
 from xds_operator.api import parse_virtual_service
 from xds_operator.api.model import NAMESPACE_LABEL
-from xds_operator.operator.pods import PodIndex
+from xds_operator.operator.pods import PodIndex, SelectorIndex
 from xds_operator.operator.status import Observed, status_of
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.progress import Progress, summarize
@@ -236,3 +236,30 @@ def test_progress_counts_alike_proxies_together():
     proxies = [ProxyProgress(f"p{i}", {"app": "in"}, snap, snap if i % 2 else None, None) for i in range(1000)]
     result = summarize(proxies, cache.virtual_services())
     assert (result[a.key].selected, result[a.key].applied) == (1000, 500)
+
+
+def test_a_selector_index_finds_exactly_the_selectors_a_pods_labels_match():
+    index: SelectorIndex[str] = SelectorIndex()
+    for name, selector in {
+        "all": {},
+        "workers": {"app": "worker"},
+        "call-1": {"app": "worker", "session": "1"},
+        "call-2": {"app": "worker", "session": "2"},
+        "other": {"app": "other"},
+    }.items():
+        index.add("media", frozenset(selector.items()), name)
+    assert index.matching("media", {"app": "worker", "session": "1", "x": "y"}) == {"all", "workers", "call-1"}
+    assert index.matching("elsewhere", {"app": "worker"}) == set()
+    assert index.discard("media", frozenset({("app", "worker"), ("session", "1")}), "call-1") is True
+    assert index.matching("media", {"app": "worker", "session": "1"}) == {"all", "workers"}
+
+
+def test_a_pod_change_drops_only_the_answers_of_selectors_it_matches():
+    index = PodIndex()
+    index.upsert(pod("worker-1", {"session": "1"}, "10.1.0.1"))
+    index.upsert(pod("worker-2", {"session": "2"}, "10.1.0.2"))
+    first, second = index.ready_ips("media", {"session": "1"}), index.ready_ips("media", {"session": "2"})
+    change = index.upsert(pod("worker-1", {"session": "1"}, "10.1.0.1", ready=False))
+    assert change is not None and change.endpoint_labels == ({"session": "1"},)
+    assert index.ready_ips("media", {"session": "1"}) == () and first == ("10.1.0.1",)
+    assert index.ready_ips("media", {"session": "2"}) is second  # still the memoized answer

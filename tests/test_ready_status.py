@@ -205,7 +205,7 @@ def test_a_proxys_address_is_its_pods_ip():
 async def test_dns_answers_come_from_a_cache_filled_off_the_event_loop():
     changed = asyncio.Event()
     table = {"worker.media.svc": False}
-    dns = DnsCache(changed.set, retry=0.05, resolve=lambda host: table[host])
+    dns = DnsCache(lambda host: changed.set(), retry=0.05, resolve=lambda host: table[host])
     try:
         assert dns.resolves("10.0.0.1") is True and dns.resolves("fd00::1") is True  # IPs need no lookup
         assert dns.resolves("worker.media.svc") is None  # not known yet: looked up in the background
@@ -215,10 +215,7 @@ async def test_dns_answers_come_from_a_cache_filled_off_the_event_loop():
         table["worker.media.svc"] = True  # the name appears: noticed on the next retry, without other events
         await asyncio.wait_for(changed.wait(), 15)
         assert dns.resolves("worker.media.svc") is True
-        dns.retain_asked()  # still in use: kept
-        assert dns.resolves("worker.media.svc") is True
-        dns.retain_asked()
-        dns.retain_asked()  # not asked about since the last call: forgotten, looked up anew when asked again
+        dns.forget("worker.media.svc")  # no VirtualService uses it any more: looked up anew when asked again
         assert dns.resolves("worker.media.svc") is None
     finally:
         dns.close()
@@ -226,7 +223,7 @@ async def test_dns_answers_come_from_a_cache_filled_off_the_event_loop():
 
 async def test_a_hanging_resolver_never_blocks_the_event_loop():
     release = threading.Event()
-    dns = DnsCache(lambda: None, resolve=lambda host: release.wait(10))
+    dns = DnsCache(lambda host: None, resolve=lambda host: release.wait(10))
     try:
         assert dns.resolves("slow.example") is None
         loop = asyncio.get_running_loop()
@@ -239,7 +236,7 @@ async def test_a_hanging_resolver_never_blocks_the_event_loop():
 
 
 async def test_the_system_resolver_finds_localhost():
-    dns = DnsCache(lambda: None)
+    dns = DnsCache(lambda host: None)
     try:
         dns.resolves("localhost")
 

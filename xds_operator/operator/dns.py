@@ -2,10 +2,10 @@
 cache, looked up in a small thread pool of its own, never on the event loop.
 
 The first question about a name starts a lookup and answers None (not known yet). When an
-answer arrives or changes, `on_change` runs (the source recomputes status). A name is looked
-up again every `refresh` seconds (every `retry` seconds while it fails), so a name that starts
-or stops resolving is noticed without any other event. The source asks about every name in
-use on each status pass and then calls `retain_asked`, which forgets the others.
+answer arrives or changes, `on_change(name)` runs (the source recomputes the status of the
+VirtualServices that use it). A name is looked up again every `refresh` seconds (every `retry`
+seconds while it fails), so a name that starts or stops resolving is noticed without any other
+event. When no VirtualService uses a name any more, the source calls `forget`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def lookup(host: str) -> bool:
 class DnsCache:
     def __init__(
         self,
-        on_change: Callable[[], None],
+        on_change: Callable[[str], None],
         *,
         refresh: float = 30.0,
         retry: float = 5.0,
@@ -44,7 +44,6 @@ class DnsCache:
         self._refresh, self._retry = refresh, retry
         self._resolve = resolve
         self._answers: dict[str, bool | None] = {}  # None: the first lookup has not answered yet
-        self._asked: set[str] = set()  # since the last retain_asked
         self._executor: ThreadPoolExecutor | None = None
         self._lookups: set[asyncio.Future] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -53,20 +52,17 @@ class DnsCache:
         """True or False from the cache; None while the first lookup runs. Call on the event loop."""
         if is_ip(host):
             return True
-        self._asked.add(host)
         if host not in self._answers:
             self._answers[host] = None
             self._start(host)
         return self._answers[host]
 
-    def retain_asked(self) -> None:
-        """Forget the names not asked about since the last call: no VirtualService uses them any more."""
-        for host in self._answers.keys() - self._asked:
-            del self._answers[host]
-            timer = self._timers.pop(host, None)
-            if timer is not None:
-                timer.cancel()
-        self._asked = set()
+    def forget(self, host: str) -> None:
+        """No VirtualService uses this name any more: drop its answer and stop looking it up."""
+        self._answers.pop(host, None)
+        timer = self._timers.pop(host, None)
+        if timer is not None:
+            timer.cancel()
 
     def close(self) -> None:
         for pending in [*self._lookups, *self._timers.values()]:
@@ -93,7 +89,7 @@ class DnsCache:
         self._answers[host] = answer
         if changed:
             log.info("address %s %s", host, "resolves" if answer else "does not resolve")
-            self._on_change()
+            self._on_change(host)
         earlier = self._timers.pop(host, None)  # one refresh timer per name, even after overlapping lookups
         if earlier is not None:
             earlier.cancel()

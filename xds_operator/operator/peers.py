@@ -143,31 +143,41 @@ def merge(
     own: Mapping[Key, Progress], generations: Mapping[Key, int | None], peers: list[PeerReport]
 ) -> dict[Key, Progress]:
     """Own progress plus every live peer's, per VirtualService this replica serves (pure)."""
-    merged: dict[Key, Progress] = {}
-    for key, generation in generations.items():
-        mine = own.get(key) or Progress()
-        total = Progress(
-            mine.selected, mine.applied, list(mine.rejections), serving=list(mine.serving), replicas=1 + len(peers)
-        )
-        for peer in peers:
-            entry = peer.entries.get(key)
-            if entry is None:
-                if not peer.partial:  # a full report without it: the peer has not seen it yet
-                    total.waiting.append(peer.identity)
-                continue
-            if entry.generation != generation:
+    return {key: merge_one(own.get(key), generation, key, peers) for key, generation in generations.items()}
+
+
+def merge_one(mine: Progress | None, generation: int | None, key: Key, peers: list[PeerReport]) -> Progress:
+    """One VirtualService's progress: this replica's proxies plus every live peer's (pure)."""
+    mine = mine or Progress()
+    total = Progress(
+        mine.selected, mine.applied, list(mine.rejections), serving=list(mine.serving), replicas=1 + len(peers)
+    )
+    for peer in peers:
+        entry = peer.entries.get(key)
+        if entry is None:
+            if not peer.partial:  # a full report without it: the peer has not seen it yet
                 total.waiting.append(peer.identity)
-                total.selected += entry.selected
-                continue
+            continue
+        if entry.generation != generation:
+            total.waiting.append(peer.identity)
             total.selected += entry.selected
-            total.applied += entry.applied
-            if entry.serving:
-                total.serving.append(entry.serving)
-            if entry.rejection:
-                node, _, error = entry.rejection.partition(": ")
-                total.rejections.append((node, error))
-        merged[key] = total
-    return merged
+            continue
+        total.selected += entry.selected
+        total.applied += entry.applied
+        if entry.serving:
+            total.serving.append(entry.serving)
+        if entry.rejection:
+            node, _, error = entry.rejection.partition(": ")
+            total.rejections.append((node, error))
+    return total
+
+
+def changed_entries(before: PeerReport, after: PeerReport) -> set[Key]:
+    """The VirtualServices whose entries differ between two reports of one peer (none if it is the same read)."""
+    if before is after:
+        return set()
+    old, new = before.entries, after.entries
+    return {key for key in old.keys() | new.keys() if old.get(key) != new.get(key)}
 
 
 def report_name(lease_name: str, identity: str) -> str:
@@ -204,6 +214,7 @@ class ProgressReports:
         self._clock = clock
         self._lock = threading.Lock()
         self._report: str | None = None  # the latest report to publish
+        self._build: Callable[[], str] | None = None  # or what makes it (see publish_from)
         self._published: str | None = None
         self._published_at = -float("inf")
         self._seen: dict[str, _Seen] = {}  # Lease name → what was read
@@ -213,6 +224,12 @@ class ProgressReports:
 
     def publish(self, report: str) -> None:
         self._report = report
+        self._build = None
+
+    def publish_from(self, build: Callable[[], str]) -> None:
+        """Publish what `build` returns, built when the report is next written (at most once per retry
+        period): the report covers every VirtualService, so it is not re-encoded on every change."""
+        self._build = build
 
     def peers(self) -> list[PeerReport]:
         """The live peers' reports (not this replica's), as last read."""
@@ -222,6 +239,8 @@ class ProgressReports:
         """Publish and read every retry period; on cancel, withdraw this replica's report (see `stopped`)."""
         try:
             while True:
+                if self._build is not None:  # on the loop, which owns what the report is made of
+                    self._report, self._build = self._build(), None
                 live = await asyncio.to_thread(self._sync)
                 if live is not None and (live != self._live or not self.synced.is_set()):
                     self._live = live

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Generic, TypeVar
 
 from ..api.model import NAMESPACE_LABEL
 
@@ -65,6 +66,57 @@ class PodChange:
     namespace: str
     node_ids: frozenset[str]  # proxies whose labels may have changed
     endpoints_changed: bool  # whether the set of serving pods (or their labels/IPs) changed
+    # The labels it served traffic with before and after (if it did): selectors matching either see a change.
+    endpoint_labels: tuple[Mapping[str, str], ...] = ()
+
+
+Selector = frozenset[tuple[str, str]]
+T = TypeVar("T")
+
+
+class SelectorIndex(Generic[T]):
+    """Values filed under label selectors (per namespace), found by the labels of a pod the selectors match.
+
+    Each selector is filed under one of its pairs, the one filed under least so far (so per-call
+    selectors such as {app: worker, session: abc} spread out over their `session` pairs); finding
+    what matches a pod's labels looks into the buckets of those labels' pairs only: the cost follows
+    the pod's labels and what matches them, not how many selectors there are.
+    """
+
+    def __init__(self) -> None:
+        self._buckets: dict[tuple[str, ...], dict[Selector, set[T]]] = {}
+        self._bucket_of: dict[tuple[str, Selector], tuple[str, ...]] = {}
+
+    def add(self, namespace: str, selector: Selector, value: T) -> None:
+        bucket = self._bucket_of.get((namespace, selector))
+        if bucket is None:
+            choices = [(namespace, key, label) for key, label in selector] or [(namespace,)]
+            bucket = min(choices, key=lambda choice: len(self._buckets.get(choice, ())))
+            self._bucket_of[(namespace, selector)] = bucket
+        self._buckets.setdefault(bucket, {}).setdefault(selector, set()).add(value)
+
+    def discard(self, namespace: str, selector: Selector, value: T) -> bool:
+        """Remove one value; True if the selector has none left (it is no longer filed)."""
+        bucket = self._bucket_of.get((namespace, selector))
+        if bucket is None:
+            return False
+        values = self._buckets[bucket][selector]
+        values.discard(value)
+        if values:
+            return False
+        del self._buckets[bucket][selector], self._bucket_of[(namespace, selector)]
+        if not self._buckets[bucket]:
+            del self._buckets[bucket]
+        return True
+
+    def matching(self, namespace: str, labels: Mapping[str, str]) -> set[T]:
+        """The values of every selector whose pairs are all among these labels (the empty selector included)."""
+        found: set[T] = set()
+        for bucket in [(namespace,), *((namespace, key, label) for key, label in labels.items())]:
+            for selector, values in self._buckets.get(bucket, {}).items():
+                if all(labels.get(key) == label for key, label in selector):
+                    found |= values
+        return found
 
 
 class PodIndex:
@@ -72,12 +124,10 @@ class PodIndex:
         self._pods: dict[str, PodInfo] = {}  # by namespace/name
         self._by_uid: dict[str, PodInfo] = {}
         self._by_namespace: dict[str, dict[str, PodInfo]] = {}
-        # The serving pods (keys) per (namespace, label key, value), and per (namespace, "", "") all of
-        # them: a selector's answer is an intersection of these sets, not a scan of every pod (one
-        # worker pod per call means as many pods as VirtualServices).
-        self._serving_by_label: dict[tuple[str, str, str], set[str]] = {}
-        # Memoized selector answers per namespace, dropped when a pod there changes.
-        self._resolved: dict[str, dict[frozenset[tuple[str, str]], tuple[str, ...]]] = {}
+        self._by_label: dict[tuple[str, str, str], set[str]] = {}  # (namespace, key, value) → pod names
+        # Memoized selector answers, each dropped when a pod it matches (or matched) changes.
+        self._resolved: dict[tuple[str, Selector], tuple[str, ...]] = {}
+        self._memo: SelectorIndex[Selector] = SelectorIndex()
 
     def __len__(self) -> int:
         return len(self._pods)
@@ -107,6 +157,7 @@ class PodIndex:
         self._by_namespace[old.namespace].pop(old.name, None)
         if not self._by_namespace[old.namespace]:
             del self._by_namespace[old.namespace]
+        self._file(old, add=False)
         return self._changed(old, None)
 
     def _put(self, pod: PodInfo) -> PodChange | None:
@@ -115,6 +166,9 @@ class PodIndex:
             return None
         if old is not None and old.uid != pod.uid:
             self._by_uid.pop(old.uid, None)
+        if old is not None:
+            self._file(old, add=False)
+        self._file(pod, add=True)
         self._pods[pod.key] = pod
         if pod.uid:
             self._by_uid[pod.uid] = pod
@@ -127,27 +181,25 @@ class PodIndex:
         node_ids = set(pod.node_ids()) | (set(old.node_ids()) if old else set())
         relabelled = old is None or new is None or old.labels != new.labels
         endpoints_changed = _as_endpoint(old) != _as_endpoint(new)
-        if endpoints_changed:
-            self._resolved.pop(pod.namespace, None)
-            self._index_serving(old, present=False)
-            self._index_serving(new, present=True)
+        served = tuple(p.labels for p in (old, new) if p is not None and p.serves_traffic) if endpoints_changed else ()
+        for labels in served:
+            for selector in self._memo.matching(pod.namespace, labels):
+                self._memo.discard(pod.namespace, selector, selector)
+                del self._resolved[(pod.namespace, selector)]
         if not relabelled and not endpoints_changed:
             return None
-        return PodChange(pod.namespace, frozenset(node_ids) if relabelled else frozenset(), endpoints_changed)
+        return PodChange(pod.namespace, frozenset(node_ids) if relabelled else frozenset(), endpoints_changed, served)
 
-    def _index_serving(self, pod: PodInfo | None, present: bool) -> None:
-        """Add a serving pod to (or take it out of) the selector index."""
-        if pod is None or not pod.serves_traffic:
-            return
-        keys = [(pod.namespace, "", "")] + [(pod.namespace, k, v) for k, v in pod.labels.items()]
-        for index_key in keys:
-            members = self._serving_by_label.setdefault(index_key, set())
-            if present:
-                members.add(pod.key)
+    def _file(self, pod: PodInfo, add: bool) -> None:
+        """Keep the pod under each of its labels (selectors look only at pods with one of their pairs)."""
+        for key, value in pod.labels.items():
+            names = self._by_label.setdefault((pod.namespace, key, value), set())
+            if add:
+                names.add(pod.name)
             else:
-                members.discard(pod.key)
-                if not members:
-                    del self._serving_by_label[index_key]
+                names.discard(pod.name)
+                if not names:
+                    del self._by_label[(pod.namespace, key, value)]
 
     # -- queries -----------------------------------------------------------------------------
 
@@ -168,20 +220,33 @@ class PodIndex:
 
     def ready_ips(self, namespace: str, selector: Mapping[str, str]) -> Sequence[str]:
         """The IPs of the serving pods in namespace whose labels contain the selector (a SelectorResolver)."""
-        resolved = self._resolved.setdefault(namespace, {})
         key = frozenset(selector.items())
-        ips = resolved.get(key)
+        ips = self._resolved.get((namespace, key))
         if ips is None:
-            ips = tuple(sorted({self._pods[pod].ip for pod in self._serving_matching(namespace, selector)}))
-            resolved[key] = ips
+            ips = self._resolved[(namespace, key)] = tuple(
+                sorted(
+                    {
+                        pod.ip
+                        for pod in self._candidates(namespace, key)
+                        if pod.serves_traffic and all(pod.labels.get(k) == v for k, v in key)
+                    }
+                )
+            )
+            self._memo.add(namespace, key, key)
         return ips
 
-    def _serving_matching(self, namespace: str, selector: Mapping[str, str]) -> set[str]:
-        """Keys of the serving pods in namespace whose labels contain the selector: the smallest
-        label set, checked against the others (time follows the matching pods, not all pods)."""
-        index_keys = [(namespace, k, v) for k, v in selector.items()] or [(namespace, "", "")]
-        sets = sorted((self._serving_by_label.get(index_key, set()) for index_key in index_keys), key=len)
-        return sets[0].intersection(*sets[1:])
+    def forget_selector(self, namespace: str, selector: Selector) -> None:
+        """Nothing resolves this selector any more: drop its memoized answer."""
+        if self._resolved.pop((namespace, selector), None) is not None:
+            self._memo.discard(namespace, selector, selector)
+
+    def _candidates(self, namespace: str, selector: Selector) -> Iterable[PodInfo]:
+        """The pods that carry the selector's rarest pair (every pod of the namespace for the empty selector)."""
+        pods = self._by_namespace.get(namespace, {})
+        if not selector:
+            return pods.values()
+        names = min((self._by_label.get((namespace, k, v), set()) for k, v in selector), key=len)
+        return [pods[name] for name in names]
 
 
 def _as_endpoint(pod: PodInfo | None) -> tuple | None:

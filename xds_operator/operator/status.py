@@ -69,6 +69,15 @@ def status_of(observed: Observed, previous: Mapping[str, Any] | None, now: str) 
     return {"observedGeneration": observed.generation, "conditions": conditions, "listeners": _listeners(observed)}
 
 
+SETTLING = frozenset({"Pending", "NoProxies"})  # Ready's reasons while the proxies have yet to get it
+
+
+def settling(status: Mapping[str, Any]) -> bool:
+    """Whether a status says no more than "not on every selected proxy yet" (Ready False, Pending or NoProxies)."""
+    ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
+    return ready.get("status") == "False" and ready.get("reason") in SETTLING
+
+
 def _accepted(observed: Observed) -> tuple[str, str, str, str]:
     if observed.rejected is None:
         return ("Accepted", "True", "Accepted", "the spec is valid")

@@ -18,6 +18,7 @@ from functools import cached_property
 
 from ..api import Key, VirtualService, cluster_of, port_of, protocol_of
 from ..translate import Resolved, SelectorResolver, no_pods, resolve_virtual_service, translate_virtual_service
+from . import lineage
 from .snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, MODULUS, Resource, Snapshot, weight_of
 
 log = logging.getLogger(__name__)
@@ -310,6 +311,7 @@ class SnapshotCache:
         snapshot = self._by_signature.get(signature)
         if snapshot is None:
             snapshot = self._by_signature[signature] = group.snapshot.patched(removed, added, contents.finish())
+            lineage.record(snapshot, group.snapshot, outgoing.keys() | incoming.keys())
         self._install(group, signature, snapshot)
         return True
 
@@ -332,6 +334,7 @@ class SnapshotCache:
                     by_type[resource.type_url].append(resource)
             contents = {t.vs.key: t.token for t in included}
             snapshot = self._by_signature[signature] = Snapshot.build(by_type, contents)
+            lineage.record(snapshot, group.snapshot, lineage.changed_between(group.snapshot, snapshot))
         self._install(group, signature, snapshot)
         return True
 

@@ -3,16 +3,20 @@
 Pure: it reads what the server knows of each proxy (its current and its last fully ACKed
 snapshot, and any NACK text) and what the cache holds. Proxies that are alike (same labels,
 same snapshots, same error) are counted together, so the cost follows groups, not proxies.
+ProgressTracker answers per VirtualService and says which ones a proxy change touched, so a
+status pass after one change costs that change, not every VirtualService.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from ..api import Key, VirtualService
+from .lineage import changed_between
 from .server import ProxyProgress
-from .snapshot import Snapshot
+from .snapshot import EMPTY, Snapshot
 
 
 @dataclass
@@ -28,42 +32,135 @@ class Progress:
 
 
 def summarize(proxies: Iterable[ProxyProgress], services: Mapping[Key, VirtualService]) -> dict[Key, Progress]:
-    result = {key: Progress() for key in services}
-    alike: dict[tuple, list[str]] = {}
-    for proxy in proxies:
-        if proxy.labels is None:
-            continue  # not identified yet: not selected by anything
-        shape = (frozenset(proxy.labels.items()), proxy.current, proxy.applied, proxy.rejection)
-        alike.setdefault(shape, []).append(proxy.node_id)
-    selected_by_labels: dict[frozenset, list[Key]] = {}
-    for shape, node_list in alike.items():
-        label_set, current, applied, rejection = shape
-        count, nodes = len(node_list), tuple(node_list)
-        selected = selected_by_labels.get(label_set)
-        if selected is None:
-            labels = dict(label_set)
-            selected = selected_by_labels[label_set] = [k for k, vs in services.items() if vs.selects(labels)]
-        running = applied.contents if applied is not None else {}
-        tokens = current.contents if current is not None else {}
-        for key in selected:
-            result[key].selected += count
-            token = tokens.get(key)
-            if token is not None and running.get(key) == token:
-                result[key].applied += count
-                result[key].serving.append(nodes)
-        if rejection is not None:
-            for key in _blamed(current, running):
-                if key in result:
-                    result[key].rejections.append((nodes[0], rejection))
-    return result
+    """Every VirtualService's progress at once (the tracker below gives it one at a time)."""
+    tracker = ProgressTracker()
+    tracker.update(proxies)
+    return {key: tracker.progress(vs) for key, vs in services.items()}
 
 
-def _blamed(current: Snapshot | None, running: Mapping) -> list[Key]:
-    """The VirtualServices a NACK is about: those new or changed since the last snapshot the proxy took.
+LabelSet = frozenset[tuple[str, str]]
+Shape = tuple[LabelSet, Snapshot | None, Snapshot | None, str | None]
 
-    If none are (the proxy rejected something it never ran), every one it should run is named.
+
+@dataclass(frozen=True, eq=False)
+class Alike:
+    """Connected proxies with equal labels, equal snapshots (to run, and ACKed) and equal NACK text."""
+
+    labels: dict[str, str]
+    current: Snapshot | None  # what they should run
+    applied: Snapshot | None  # the latest snapshot they ACKed in full
+    rejection: str | None
+    nodes: tuple[str, ...]
+
+    def runs(self, key: Key) -> bool:
+        """Whether they ACKed this VirtualService's current resources."""
+        token = self.current.contents.get(key) if self.current is not None else None
+        return token is not None and self.applied is not None and self.applied.contents.get(key) == token
+
+    def blames(self, key: Key) -> bool:
+        """Whether their NACK is about this VirtualService: new or changed since the last snapshot they took.
+
+        If none is (they rejected something they never ran), every one they should run is blamed.
+        """
+        if self.rejection is None or self.current is None or key not in self.current.contents:
+            return False
+        return self._blames_all or not self.runs(key)
+
+    def blamed(self) -> set[Key]:
+        """Every VirtualService `blames` is True for (proportional to the change, unless they blame all)."""
+        if self.rejection is None or self.current is None:
+            return set()
+        if self._blames_all:
+            return set(self.current.contents)
+        return {key for key in self._changed if self.blames(key)}
+
+    @cached_property
+    def _changed(self) -> set:
+        return changed_between(self.applied or EMPTY, self.current) if self.current is not None else set()
+
+    @cached_property
+    def _blames_all(self) -> bool:
+        return not any(key in self.current.contents and not self.runs(key) for key in self._changed)
+
+
+class ProgressTracker:
+    """Progress per VirtualService, asked for one at a time, with what changed since the last update.
+
+    `update` takes the proxies' state now (cost: the proxies, not the VirtualServices) and says
+    which VirtualServices' progress may differ from before: those whose tokens differ between the
+    snapshots proxies moved between (see lineage.py), plus every one selected by a label set whose
+    proxies came or went (their counts all change).
     """
-    if current is None:
-        return []
-    changed = [key for key, token in current.contents.items() if running.get(key) != token]
-    return changed or list(current.contents)
+
+    def __init__(self) -> None:
+        self._classes: dict[Shape, Alike] = {}
+        self._by_labels: dict[LabelSet, list[Alike]] = {}
+
+    def update(self, proxies: Iterable[ProxyProgress]) -> tuple[set[Key], list[dict[str, str]]]:
+        """Returns (keys whose progress may have changed, labels whose every selected VirtualService may have)."""
+        grouped: dict[Shape, list[str]] = {}
+        for proxy in proxies:
+            if proxy.labels is not None:  # not identified yet: not selected by anything
+                shape = (frozenset(proxy.labels.items()), proxy.current, proxy.applied, proxy.rejection)
+                grouped.setdefault(shape, []).append(proxy.node_id)
+        old = self._classes
+        if grouped.keys() == old.keys() and all(old[shape].nodes == tuple(grouped[shape]) for shape in grouped):
+            return set(), []
+        self._classes = {
+            shape: Alike(dict(shape[0]), shape[1], shape[2], shape[3], tuple(nodes)) for shape, nodes in grouped.items()
+        }
+        old_by_labels, self._by_labels = self._by_labels, {}
+        for shape, alike in self._classes.items():
+            self._by_labels.setdefault(shape[0], []).append(alike)
+        keys: set[Key] = set()
+        relabelled: list[dict[str, str]] = []
+        for label_set in old_by_labels.keys() | self._by_labels.keys():
+            before, after = old_by_labels.get(label_set, []), self._by_labels.get(label_set, [])
+            moved = _moves(before, after)
+            if moved is None:
+                relabelled.append(dict(label_set))
+                continue
+            for was, now in moved:
+                keys |= _affected(was, now)
+        return keys, relabelled
+
+    def progress(self, vs: VirtualService) -> Progress:
+        result = Progress()
+        for alikes in self._by_labels.values():
+            if not vs.selects(alikes[0].labels):
+                continue
+            for alike in alikes:
+                result.selected += len(alike.nodes)
+                if alike.runs(vs.key):
+                    result.applied += len(alike.nodes)
+                    result.serving.append(alike.nodes)
+                if alike.blames(vs.key):
+                    result.rejections.append((alike.nodes[0], alike.rejection or ""))
+        return result
+
+
+def _moves(before: list[Alike], after: list[Alike]) -> set[tuple[Alike, Alike]] | None:
+    """The (old, new) classes of the proxies of one label set that changed class; None if proxies came or went."""
+    old, new = _by_node(before), _by_node(after)
+    if old is None or new is None or old.keys() != new.keys():
+        return None
+    return {(old[node], alike) for node, alike in new.items() if _shape(old[node]) != _shape(alike)}
+
+
+def _by_node(alikes: list[Alike]) -> dict[str, Alike] | None:
+    """None when a node id is on two streams (a reconnecting proxy): then counted as proxies coming and going."""
+    by_node = {node: alike for alike in alikes for node in alike.nodes}
+    return by_node if len(by_node) == sum(len(alike.nodes) for alike in alikes) else None
+
+
+def _shape(alike: Alike) -> tuple:
+    return (alike.current, alike.applied, alike.rejection)
+
+
+def _affected(was: Alike, now: Alike) -> set[Key]:
+    """The VirtualServices whose progress can differ for proxies that moved from one class to the other."""
+    keys: set[Key] = set()
+    if was.current is not None and now.current is not None:
+        keys |= changed_between(was.current, now.current)
+    keys |= changed_between(was.applied or EMPTY, now.applied or EMPTY)
+    return keys | was.blamed() | now.blamed()
