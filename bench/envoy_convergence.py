@@ -323,7 +323,7 @@ def bootstrap_command(node_id: str, label: str, xds_port: int, *, delta: bool) -
         f"127.0.0.1:{xds_port}",
         "--admin-address",
         "127.0.0.1:0",
-        *(["--delta"] if delta else []),
+        "--delta" if delta else "--sotw",
     ]
     generated = subprocess.run(command, capture_output=True, text=True, timeout=30)
     if generated.returncode != 0:

@@ -57,16 +57,17 @@ def test_bootstrap_is_accepted_by_envoy(tmp_path: Path, capsys: pytest.CaptureFi
     assert "Deprecated field" not in result.stdout + result.stderr
 
 
-def test_bootstrap_delta_uses_incremental_ads_and_envoy_accepts_it(
+def test_bootstrap_is_delta_by_default_sotw_on_request_and_envoy_accepts_both(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status, out, err = run(["bootstrap", "--node-id", "ingress-0", "--delta"], capsys)
-    assert status == 0, err
-    assert yaml.safe_load(out)["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"
-    status, default, _ = run(["bootstrap", "--node-id", "ingress-0"], capsys)
-    assert yaml.safe_load(default)["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
-    result = envoy_validate(tmp_path, out)
-    assert result.returncode == 0, f"envoy rejected the bootstrap:\n{result.stdout}\n{result.stderr}"
+    for flags, api_type in (([], "DELTA_GRPC"), (["--delta"], "DELTA_GRPC"), (["--sotw"], "GRPC")):
+        status, out, err = run(["bootstrap", "--node-id", "ingress-0", *flags], capsys)
+        assert status == 0, err
+        assert yaml.safe_load(out)["dynamic_resources"]["ads_config"]["api_type"] == api_type
+        result = envoy_validate(tmp_path, out)
+        assert result.returncode == 0, f"envoy rejected the bootstrap:\n{result.stdout}\n{result.stderr}"
+    status, _, err = run(["bootstrap", "--node-id", "ingress-0", "--delta", "--sotw"], capsys)
+    assert status == 2 and "not allowed with argument" in err
 
 
 def test_bootstrap_labels_and_node(capsys: pytest.CaptureFixture[str]) -> None:

@@ -44,13 +44,13 @@ def envoy_bootstrap(
     *,
     cluster: str = "xds-operator",
     admin_address: str = "127.0.0.1:9901",
-    delta: bool = False,
+    delta: bool = True,
     tls: ClientTls | None = None,
     keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
 ) -> dict:
     """The bootstrap as a dict: ADS over gRPC (HTTP/2) for CDS and LDS, EDS through ADS.
 
-    delta: incremental xDS (DELTA_GRPC) instead of state of the world (GRPC).
+    delta: incremental xDS (DELTA_GRPC); False: state of the world (GRPC).
     tls: connect over TLS, verifying the server's certificate (and present a client certificate).
     keepalive: seconds between Envoy's HTTP/2 PINGs on the xDS connection; 0 sends none.
     """

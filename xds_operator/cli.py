@@ -293,10 +293,19 @@ def _add_bootstrap(commands: argparse._SubParsersAction) -> None:
         help="Envoy's own admin address (default: 127.0.0.1:9901)",
     )
     bootstrap.add_argument("--cluster", default="xds-operator", help="node.cluster (default: xds-operator)")
-    bootstrap.add_argument(
+    variant = bootstrap.add_mutually_exclusive_group()
+    variant.add_argument(
         "--delta",
+        dest="delta",
         action="store_true",
-        help="use incremental xDS (DELTA_GRPC): only changed resources go on the wire (default: state of the world)",
+        default=True,
+        help="incremental xDS (DELTA_GRPC), the default: a change sends only the resources that changed",
+    )
+    variant.add_argument(
+        "--sotw",
+        dest="delta",
+        action="store_false",
+        help="state-of-the-world xDS (GRPC): every change sends all resources of its type",
     )
     _add_bootstrap_transport_arguments(bootstrap)
     bootstrap.set_defaults(run=_bootstrap)

@@ -497,7 +497,7 @@ def start_envoy(
             xds_address or xds_server.xds_address,
             "--admin-address",
             f"127.0.0.1:{admin_port}",
-            *(["--delta"] if ads_variant == "delta" else []),
+            "--delta" if ads_variant == "delta" else "--sotw",
             *bootstrap_args,
         ]
         for key, value in labels.items():
