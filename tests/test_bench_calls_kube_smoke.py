@@ -13,13 +13,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import calls_kube  # noqa: E402
 
 
-@pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])
-def test_every_call_is_ready_and_answered_and_nothing_is_left_over(delta: bool) -> None:
+@pytest.mark.parametrize(
+    ("delta", "workers"), [(False, None), (True, None), (True, 4)], ids=["sotw", "delta", "delta-shared-clusters"]
+)
+def test_every_call_is_ready_and_answered_and_nothing_is_left_over(delta: bool, workers: int | None) -> None:
     if not os.access(calls_kube.ENVOY, os.X_OK):
         pytest.fail(f"this test needs a real Envoy at {calls_kube.ENVOY} (pip install -e '.[test]')")
-    live, rate, seconds = calls_kube.SMOKE
+    live, rate, seconds, _ = calls_kube.SMOKE
     # A generous bound: on a loaded machine a call may be slow, but it must get there.
-    cold, churned = calls_kube.measure(live, rate, seconds, delta=delta, within=60.0)
+    cold, churned = calls_kube.measure(live, rate, seconds, delta=delta, within=60.0, workers=workers)
 
     assert cold["scenario"] == churned["scenario"] == "calls-kube"
     # The cold start waited for Envoy to run every listener and every status to be Ready.

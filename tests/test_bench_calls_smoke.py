@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -37,3 +38,15 @@ def test_every_call_is_answered_and_nothing_is_left_over() -> None:
     for ours in results[:2]:
         assert set(ours["ratios"]) == {"p50_vs_floor", "p99_vs_floor"}
     assert "ratios" not in floor
+
+
+def test_calls_sharing_their_workers_cluster_are_all_answered_and_nothing_is_left_over() -> None:
+    """The per-call pattern the README recommends: every call names the worker's cluster, declared alike."""
+    if not os.access(envoy_convergence.ENVOY, os.X_OK):
+        pytest.fail(f"this test needs a real Envoy at {envoy_convergence.ENVOY} (pip install -e '.[test]')")
+    size = dataclasses.replace(calls.SMOKE_SIZE, shared=True)
+    results = calls.measure_all([size], [calls.DELTA, calls.FLOOR])
+    for result in results:
+        assert result["parameters"]["shared_cluster"] is True
+        assert {key: result["figures"][key] for key in LOST} == dict.fromkeys(LOST, 0), result["name"]
+        assert len(result["samples"]["answered_ms"]) == size.steps

@@ -107,7 +107,7 @@ def test_bootstrap_labels_and_node(capsys: pytest.CaptureFixture[str]) -> None:
     }
     [endpoint] = config["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert endpoint["endpoint"]["address"]["socket_address"] == {"address": "10.0.0.5", "port_value": 18001}
-    assert config["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
+    assert config["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"  # the default
 
 
 @pytest.mark.parametrize("address", ["nope", "host:0", "host:65536", ":18000", "host:port", "host:"])
