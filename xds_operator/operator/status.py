@@ -20,7 +20,7 @@ import asyncio
 import logging
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +36,7 @@ from .readiness import ListenerState
 log = logging.getLogger(__name__)
 
 COMPONENT = "xds-operator"
+WRITES_IN_FLIGHT = 4  # status PATCHes sent at once (the client's connection pool holds more)
 MAX_MESSAGE = 1024  # keep conditions readable; Kubernetes allows 32768
 
 
@@ -259,22 +260,32 @@ class StatusWriter:
                 written = await self._attempt(what, self._emit, warning)
                 self.failures["event_write"] += written is False
                 failed |= not written
-            for key in list(self._wanted):
-                status = self._wanted.pop(key, None)
-                if status is None or self._written.get(key) == status:
-                    continue
-                ok = await self._attempt(f"status of {key[0]}/{key[1]}", self._patch, key, status)
-                if ok:
-                    self._written[key] = status
-                elif ok is None:
-                    self._written.pop(key, None)
-                else:
-                    self._wanted.setdefault(key, status)  # retry, unless a newer one is already wanted
-                    self.failures["status_write"] += 1
-                    failed = True
+            # A few writes in flight at once: one at a time, 10,000 statuses at a cold start took ~40 s
+            # of request round trips. Each key is written by one task, so its writes stay in order.
+            keys = iter(list(self._wanted))
+            outcomes = await asyncio.gather(*(self._write_some(keys) for _ in range(WRITES_IN_FLIGHT)))
+            failed |= not all(outcomes)
             if failed:
                 await asyncio.sleep(self._retry_delay)
                 self._wake.set()
+
+    async def _write_some(self, keys: Iterator[Key]) -> bool:
+        """Write wanted statuses, taking keys from a shared iterator; False if any write failed."""
+        all_written = True
+        for key in keys:
+            status = self._wanted.pop(key, None)
+            if status is None or self._written.get(key) == status:
+                continue
+            ok = await self._attempt(f"status of {key[0]}/{key[1]}", self._patch, key, status)
+            if ok:
+                self._written[key] = status
+            elif ok is None:
+                self._written.pop(key, None)
+            else:
+                self._wanted.setdefault(key, status)  # retry, unless a newer one is already wanted
+                self.failures["status_write"] += 1
+                all_written = False
+        return all_written
 
     async def _attempt(self, what: str, call: Callable[..., Any], *args: Any) -> bool | None:
         """True when written, None when the object is gone, False to retry."""
@@ -296,9 +307,10 @@ class StatusWriter:
         namespace, name = key
         if not self._leading():  # leadership can end while writes queue up
             raise NotLeading()
-        self._objects.patch_namespaced_custom_object_status(
-            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}
+        response = self._objects.patch_namespaced_custom_object_status(
+            API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False
         )
+        response.drain_conn()  # the object it returns is not needed: not decoding it saves client CPU per write
         self.writes += 1
 
     def _emit(self, warning: WarningEvent) -> None:
