@@ -42,6 +42,7 @@ ANNOTATION = "xds-operator.l7mp.io/progress"
 LABEL = "xds-operator.l7mp.io/replica-of"
 MAX_REPORT = 200_000  # bytes; annotations may total 256 KiB
 MAX_SERVING = 32  # node ids per VirtualService in a report: status.listeners lists at most 32 addresses
+BUILD_SPACING = 20  # a report is built at most every 20 times as long as building the last one took
 STALE_DELETE_FACTOR = 20  # a report unchanged this many lease durations belongs to a replica that is gone
 
 
@@ -215,6 +216,7 @@ class ProgressReports:
         self._lock = threading.Lock()
         self._report: str | None = None  # the latest report to publish
         self._build: Callable[[], str] | None = None  # or what makes it (see publish_from)
+        self._next_build = 0.0  # monotonic time before which the report is not built again
         self._published: str | None = None
         self._published_at = -float("inf")
         self._seen: dict[str, _Seen] = {}  # Lease name → what was read
@@ -239,8 +241,8 @@ class ProgressReports:
         """Publish and read every retry period; on cancel, withdraw this replica's report (see `stopped`)."""
         try:
             while True:
-                if self._build is not None:  # on the loop, which owns what the report is made of
-                    self._report, self._build = self._build(), None
+                if self._build is not None and time.monotonic() >= self._next_build:
+                    self._build_report()
                 live = await asyncio.to_thread(self._sync)
                 if live is not None and (live != self._live or not self.synced.is_set()):
                     self._live = live
@@ -250,6 +252,16 @@ class ProgressReports:
         except asyncio.CancelledError:
             self._withdrawing = asyncio.get_running_loop().run_in_executor(None, self._withdraw)
             raise
+
+    def _build_report(self) -> None:
+        """Build the report on the loop (which owns what it is made of). It covers every VirtualService,
+        so with thousands of them one build takes a good part of a second: the next waits BUILD_SPACING
+        times as long, which keeps reports under ~1/BUILD_SPACING of a core (other replicas then see
+        this one's proxies that much later; one replica alone is not slowed)."""
+        assert self._build is not None
+        started = time.monotonic()
+        self._report, self._build = self._build(), None
+        self._next_build = started + BUILD_SPACING * (time.monotonic() - started)
 
     async def stopped(self) -> None:
         if self._withdrawing is not None:
