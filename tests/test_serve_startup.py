@@ -50,6 +50,29 @@ def test_an_xds_port_in_use_is_reported_by_flag(tmp_path: Path, taken_port: int)
     assert "Traceback" not in result.stderr
 
 
+def test_a_second_serve_on_the_same_xds_port_stops(tmp_path: Path) -> None:
+    # gRPC sets SO_REUSEPORT: the second server used to bind the same port too and serve beside the first.
+    first_log = tmp_path / "first.log"
+    command = [sys.executable, "-m", "xds_operator.cli", "serve", "--dir", str(tmp_path), "--xds-address", "127.0.0.1"]
+    with first_log.open("w") as stderr:
+        first = subprocess.Popen([*command, "--xds-port", "0", "--admin-port", "0"], stderr=stderr)
+    try:
+        deadline = time.monotonic() + 60
+        while not (serving := re.search(r"serving xDS \(plaintext\) on \S+ \(port (\d+)\)", first_log.read_text())):
+            assert first.poll() is None, first_log.read_text()
+            assert time.monotonic() < deadline, "timed out waiting for the first server"
+            time.sleep(0.05)
+        port = serving.group(1)
+        second = serve(tmp_path, "--xds-port", port, "--admin-port", "0")
+        assert second.returncode == 1, second.stderr
+        assert f"cannot bind the xDS server to 127.0.0.1:{port}: Address already in use" in second.stderr
+        assert "--xds-port" in second.stderr and "Traceback" not in second.stderr
+        assert first.poll() is None  # the first one serves on
+    finally:
+        first.terminate()
+        first.wait(timeout=30)
+
+
 def test_an_admin_port_in_use_is_reported_by_flag(tmp_path: Path, taken_port: int) -> None:
     result = serve(tmp_path, "--xds-port", "0", "--admin-address", "127.0.0.1", "--admin-port", str(taken_port))
     assert result.returncode == 1
