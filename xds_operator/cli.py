@@ -212,7 +212,9 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         "validate",
         help="check VirtualService files without serving them",
         description="Validate VirtualService files (a directory means its *.yaml and *.yml files); print every "
-        "problem with its file and field path. Exit status 1 if any document is invalid.",
+        "problem with its file and field path. Exit status 1 if any document is invalid, a file is empty, "
+        "no file holds a VirtualService, or two VirtualServices claim the same listener name, cluster name or "
+        "port on a proxy (serve would leave the younger one out).",
     )
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE_OR_DIR")
     validate.set_defaults(run=_validate)
@@ -441,20 +443,28 @@ def _serve_transport(args: argparse.Namespace) -> tuple[ServerTls | None, Connec
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .files import expand, read_file
+    from .render import conflicts, load
 
-    failed = False
-    for path in expand(args.files):
-        if not path.is_file():
-            print(f"{path}: no such file", file=sys.stderr)
-            failed = True
-            continue
-        contents = read_file(path)
-        for problem in contents.errors:
-            print(problem, file=sys.stderr)
-        failed = failed or bool(contents.errors)
-        print(f"{path}: {len(contents.services)} valid VirtualService(s), {len(contents.errors)} problem(s)")
-    return 1 if failed else 0
+    loaded = load(args.files)
+    problems = list(loaded.errors)
+    summaries = []
+    for path, contents in loaded.files:
+        count = len(contents.errors)
+        summary = f"{path}: {len(contents.services)} valid VirtualService(s)"
+        if contents.other_kinds:  # a kustomization.yaml beside the VirtualServices is fine
+            summary += f", {contents.other_kinds} document(s) of other kinds skipped"
+        elif not contents.services and not contents.errors:
+            problems.append(f"{path}: no VirtualService in it: the file is empty")
+            count += 1
+        summaries.append(f"{summary}, {count} problem(s)")
+    problems += conflicts(loaded)
+    if not loaded.services and not problems:
+        problems.append("xds-operator validate: no VirtualService found in " + " ".join(map(str, args.files)))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    for summary in summaries:
+        print(summary)
+    return 1 if problems else 0
 
 
 def _render(args: argparse.Namespace) -> int:
