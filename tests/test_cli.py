@@ -111,12 +111,34 @@ def test_bootstrap_labels_and_node(capsys: pytest.CaptureFixture[str]) -> None:
     assert config["dynamic_resources"]["ads_config"]["api_type"] == "GRPC"
 
 
-@pytest.mark.parametrize("address", ["nope", "host:0", "host:65536", ":18000", "host:port", "host:"])
+@pytest.mark.parametrize("address", ["host:0", "host:65536", ":18000", "host:port", "host:", "[nope]:1"])
 def test_bootstrap_bad_xds_address(capsys: pytest.CaptureFixture[str], address: str) -> None:
     status, out, err = run(["bootstrap", "--node-id", "n", "--xds-address", address], capsys)
     assert status == 2
     assert out == ""
-    assert f"{address!r}: expected HOST:PORT with a port in 1..65535" in err
+    assert f"--xds-address {address!r}: expected HOST or HOST:PORT with a port in 1..65535" in err
+
+
+def test_bootstrap_an_ipv6_address_with_a_port_needs_brackets(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(["bootstrap", "--node-id", "n", "--xds-address", "::1:18000"], capsys)
+    assert status == 2
+    assert "--xds-address '::1:18000': not an IPv6 address; with a port, write [ADDRESS]:PORT" in err
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port"),
+    [("xds.example", "xds.example", 18000), ("::1", "::1", 18000), ("[::1]", "::1", 18000), ("[::1]:5", "::1", 5)],
+)
+def test_bootstrap_xds_address_without_a_port_is_the_default_port(
+    capsys: pytest.CaptureFixture[str], address: str, host: str, port: int
+) -> None:
+    # serve takes a host; bootstrap used to refuse one ("expected HOST:PORT").
+    status, out, err = run(["bootstrap", "--node-id", "n", "--xds-address", address], capsys)
+    assert status == 0, err
+    [endpoint] = yaml.safe_load(out)["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0][
+        "lb_endpoints"
+    ]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {"address": host, "port_value": port}
 
 
 def test_bootstrap_bad_label(capsys: pytest.CaptureFixture[str]) -> None:
@@ -409,3 +431,30 @@ def test_serve_help_explains_both_modes(capsys: pytest.CaptureFixture[str]) -> N
     assert status == 0
     for option in ("--dir", "--kubeconfig", "--namespace", "node.id", "<namespace>/<pod-name>"):
         assert option in " ".join(out.split()), option
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+def test_status_admin_address_without_a_port_uses_the_default_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    # It used to try port 80 ("connection refused", naming no port).
+    status, _, err = run(["status", "--admin-address", "127.0.0.1"], capsys)
+    assert "--admin-address 127.0.0.1 has no port: using 19000" in err
+    assert status == 0 or "at 127.0.0.1:19000" in err
+
+
+def test_status_pointed_at_the_xds_port_says_so_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        status, out, err = run(["status", "--admin-address", f"127.0.0.1:{port}"], capsys)
+    finally:
+        server.stop(None)
+    assert status == 1 and out == ""
+    assert f"127.0.0.1:{port} answered, but not as an HTTP server" in err
+    assert "that is not the admin port; is it the xDS port?" in err

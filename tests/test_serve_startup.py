@@ -73,6 +73,35 @@ def test_a_second_serve_on_the_same_xds_port_stops(tmp_path: Path) -> None:
         first.wait(timeout=30)
 
 
+def test_an_xds_address_may_carry_the_port(tmp_path: Path, taken_port: int) -> None:
+    # `--xds-address 127.0.0.1:18000` was handed to gRPC as "127.0.0.1:18000:18000": a raw gRPC error.
+    result = serve(tmp_path, "--xds-address", f"127.0.0.1:{taken_port}", "--admin-port", "0")
+    assert result.returncode == 1
+    assert f"cannot bind the xDS server to 127.0.0.1:{taken_port}: Address already in use" in result.stderr
+
+
+def test_an_admin_address_may_carry_the_port(tmp_path: Path, taken_port: int) -> None:
+    result = serve(tmp_path, "--xds-port", "0", "--admin-address", f"127.0.0.1:{taken_port}")
+    assert result.returncode == 1
+    assert f"cannot listen on the admin port 127.0.0.1:{taken_port}: Address already in use" in result.stderr
+
+
+@pytest.mark.parametrize("flag", ["--xds", "--admin"])
+def test_a_port_given_twice_must_agree(flag: str, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["serve", "--dir", str(tmp_path), f"{flag}-address", "127.0.0.1:18000", f"{flag}-port", "18001"]) == 2
+    assert (
+        f"{flag}-address 127.0.0.1:18000 names port 18000 but {flag}-port says 18001: give the port once"
+        in capsys.readouterr().err
+    )
+
+
+def test_a_bad_address_is_reported_by_flag(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["serve", "--dir", str(tmp_path), "--xds-address", "::1:18000"]) == 2
+    assert (
+        "--xds-address '::1:18000': not an IPv6 address; with a port, write [ADDRESS]:PORT" in capsys.readouterr().err
+    )
+
+
 def test_an_admin_port_in_use_is_reported_by_flag(tmp_path: Path, taken_port: int) -> None:
     result = serve(tmp_path, "--xds-port", "0", "--admin-address", "127.0.0.1", "--admin-port", str(taken_port))
     assert result.returncode == 1
