@@ -504,6 +504,14 @@ def _render(args: argparse.Namespace) -> int:
     if rendered.errors:
         print(f"xds-operator render: {len(rendered.errors)} problem(s); nothing rendered", file=sys.stderr)
         return 1
+    if not rendered.selected:
+        labels = ",".join(f"{key}={value}" for key, value in args.label) or "no labels"
+        selectors = "; ".join(rendered.selectors) or "none: the files hold no VirtualService"
+        print(
+            f"xds-operator render: no VirtualService selects a proxy with {labels}, so it gets nothing; give its "
+            f"labels with --label KEY=VALUE. The selectors in these files: {selectors}",
+            file=sys.stderr,
+        )
     if args.output == "yaml":
         import yaml
 

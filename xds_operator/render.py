@@ -57,12 +57,17 @@ def load(paths: Iterable[Path]) -> Loaded:
 class Rendered:
     resources: dict = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # invalid files and documents, as `validate` prints them
-    selectors: list[dict[str, str]] = field(default_factory=list)  # of the valid VirtualServices, distinct
+    selected: int = 0  # valid VirtualServices whose selector the labels contain
+    selectors: list[str] = field(default_factory=list)  # of the valid VirtualServices, distinct, as k=v,k=v
 
 
 def render(paths: Iterable[Path], labels: Mapping[str, str]) -> Rendered:
     loaded = load(paths)
-    result = Rendered(errors=loaded.errors, selectors=[dict(s) for s in _distinct_selectors(loaded.services)])
+    result = Rendered(
+        errors=loaded.errors,
+        selected=sum(vs.selects(dict(labels)) for vs in loaded.services.values()),
+        selectors=[",".join(f"{k}={v}" for k, v in s) for s in _distinct_selectors(loaded.services)],
+    )
     # A watch makes the proxy's group a real one: a VirtualService left out because it conflicts
     # is logged (a warning naming both) as when served.
     snapshot = loaded.cache.watch(dict(labels), lambda: None).snapshot
