@@ -376,6 +376,29 @@ def test_validate_as_a_real_process(tmp_path: Path) -> None:
     assert "spec.listeners[0].udp.cluster.health_check.interval: must be at least 500, got 100" in failed.stderr
 
 
+# -- global options -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command", [["serve"], ["validate", "f.yaml"], ["render", "f.yaml"], ["status"], ["bootstrap", "--node-id", "n"]]
+)
+def test_global_options_are_accepted_after_the_command(command: list[str]) -> None:
+    # `serve --log-format json` was "unrecognized arguments".
+    from xds_operator.cli import build_parser
+
+    args = build_parser().parse_args([*command, "--log-format", "json", "--log-level", "warning"])
+    assert (args.log_format, args.log_level) == ("json", "warning")
+    args = build_parser().parse_args(["--log-format", "json", *command])
+    assert (args.log_format, args.log_level) == ("json", "info")
+    args = build_parser().parse_args(["--log-level", "debug", *command, "--log-level", "error"])
+    assert args.log_level == "error"
+
+
+def test_validate_with_a_global_option_after_it(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(["validate", *map(str, SAMPLES), "--log-level", "error"], capsys)
+    assert status == 0, err
+
+
 # -- help -----------------------------------------------------------------------------------
 
 

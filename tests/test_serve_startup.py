@@ -144,3 +144,37 @@ def test_an_ipv6_xds_address_is_served(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_grpcs_own_log_lines_follow_the_log_format(tmp_path: Path) -> None:
+    # gRPC's C core wrote its lines (a failed TLS handshake) to stderr in its own format, breaking JSON logs.
+    import json
+
+    from certs import make_pki
+
+    pki = make_pki(tmp_path / "pki")
+    log = tmp_path / "serve.log"
+    command = [sys.executable, "-m", "xds_operator.cli", "serve", "--dir", str(tmp_path), "--log-format", "json"]
+    tls = ["--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key)]
+    with log.open("w") as stderr:
+        process = subprocess.Popen(
+            [*command, *tls, "--xds-address", "127.0.0.1", "--xds-port", "0", "--admin-port", "0"], stderr=stderr
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while not (serving := re.search(r"serving xDS \(TLS\) on \S+ \(port (\d+)\)", log.read_text())):
+            assert process.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "timed out waiting for the server"
+            time.sleep(0.05)
+        while "Handshake failed" not in log.read_text():
+            channel = grpc.insecure_channel(f"127.0.0.1:{serving.group(1)}")  # plaintext: refused
+            with channel, pytest.raises(grpc.FutureTimeoutError):
+                grpc.channel_ready_future(channel).result(timeout=0.5)
+            assert time.monotonic() < deadline, log.read_text()
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]  # every line is JSON
+    [handshake, *_] = [r for r in records if "Handshake failed" in r["message"]]
+    assert handshake["logger"] == "grpc.core" and handshake["level"] == "info"
+    assert handshake["source"].startswith("ssl_transport_security.cc:")

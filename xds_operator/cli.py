@@ -64,23 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="An Envoy xDS control plane for UDP and TCP VirtualServices (servicemesh.l7mp.io/v1).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_serve, _add_validate, _add_render, _add_status, _add_bootstrap):
+        add(commands)
+    for command in commands.choices.values():
+        # Also after the command (`serve --log-format json`): given there, they win; absent, the ones before stay.
+        _add_global_options(command.add_argument_group("global options (also before the command)"), defaults=False)
+    return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, defaults: bool) -> None:
     parser.add_argument(
         "--log-level",
-        default="info",
+        default="info" if defaults else argparse.SUPPRESS,
         choices=["debug", "info", "warning", "error"],
         help="default: info (logs every push, per proxy and type; debug adds every ACK)",
     )
     parser.add_argument(
         "--log-format",
-        default="text",
+        default="text" if defaults else argparse.SUPPRESS,
         choices=["text", "json"],
         help="text (default), or one JSON object per line: time, level, logger, message and the event's "
         "fields (node_id, type, version, group, file, error...)",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve, _add_validate, _add_render, _add_status, _add_bootstrap):
-        add(commands)
-    return parser
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -361,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .app import serve_directory, serve_kubernetes
+    from .logs import native_log_lines
     from .operator.kube import NoKubernetesConfig
 
     try:
@@ -398,7 +406,8 @@ def _serve(args: argparse.Namespace) -> int:
             election=election,
         )
     try:
-        asyncio.run(serving)
+        with native_log_lines():  # gRPC's own lines (TLS handshake failures) as log records
+            asyncio.run(serving)
     except (OSError, NoKubernetesConfig) as error:
         print(f"xds-operator: {error}", file=sys.stderr)
         return 1
