@@ -476,12 +476,91 @@ def test_makefile_targets() -> None:
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^IMG \?= xds-operator:latest$", makefile, re.M)
     assert recipes["docker-build"] == ["docker build -t $(IMG) ."]
-    assert recipes["deploy"] == ["kubectl apply -k config/default"]
-    assert recipes["undeploy"] == ["kubectl delete -k config/default --ignore-not-found"]
+    assert "$(KUBECTL) apply -f" in recipes["deploy"][0] and "hack/image-overlay.sh '$(IMG)'" in recipes["deploy"][0]
+    assert recipes["undeploy"] == ["$(KUBECTL) delete -k config/default --ignore-not-found"]
+    assert recipes["install-crds"] == ["$(KUBECTL) apply -k config/crd"]
+    assert recipes["uninstall-crds"] == ["$(KUBECTL) delete -k config/crd --ignore-not-found"]
     assert recipes["crds"] == ["$(BIN)/python -m xds_operator.api.crd"]
     assert re.search(r"^crds: \$\(STAMP\)$", makefile, re.M)
     _, main, _ = operator()
     assert main["image"] == "xds-operator:latest"  # what `make docker-build` tags by default
+
+
+def fake_kubectl(tmp_path: Path) -> Path:
+    """A kubectl that renders with the real one and records what it would apply (in tmp_path/applied.yaml)."""
+    fake = tmp_path / "kubectl"
+    fake.write_text(
+        f"""#!/bin/sh
+case $1 in
+kustomize) exec {kubectl()} "$@" ;;
+apply) echo "$@" >> {tmp_path}/calls; if [ "$2" = -f ]; then cat "$3" >> {tmp_path}/applied.yaml; fi ;;
+*) echo "$@" >> {tmp_path}/calls ;;
+esac
+"""
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def tracked_config() -> dict[str, bytes]:
+    return {str(path): path.read_bytes() for path in sorted(CONFIG.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "registry.example:5000/team/xds-operator:v1.2.3",
+        "registry.example/xds-operator@sha256:" + "0" * 64,
+        "registry.example/xds-operator",
+    ],
+)
+def test_make_deploy_deploys_the_image_given_without_writing_tracked_files(tmp_path: Path, image: str) -> None:
+    # `make deploy IMG=...` used to deploy xds-operator:latest whatever IMG said.
+    before = tracked_config()
+    result = subprocess.run(
+        ["make", "--no-print-directory", "deploy", f"IMG={image}", f"KUBECTL={fake_kubectl(tmp_path)}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    applied = list(yaml.safe_load_all((tmp_path / "applied.yaml").read_text()))
+    expected = image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:latest"
+    assert container(one(applied, "Deployment", "xds-operator"))["image"] == expected
+    assert {o["kind"] for o in applied} >= {"CustomResourceDefinition", "Namespace", "Deployment", "Service"}
+    assert tracked_config() == before
+    assert not list(REPO.glob(".deploy.*")), "the temporary overlay is removed"
+
+
+def test_make_install_crds_applies_only_the_crd(tmp_path: Path) -> None:
+    fake = fake_kubectl(tmp_path)
+    for target, call in [("install-crds", "apply -k config/crd"), ("uninstall-crds", "delete -k config/crd")]:
+        result = subprocess.run(
+            ["make", "--no-print-directory", target, f"KUBECTL={fake}"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert call in (tmp_path / "calls").read_text()
+    assert [o["kind"] for o in rendered("crd")] == ["CustomResourceDefinition"]
+
+
+def test_make_deploy_without_kubectl_says_so(tmp_path: Path) -> None:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "deploy", f"KUBECTL={tmp_path / 'kubectl'}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "kubectl is not on PATH: install kubectl" in result.stderr
 
 
 # -------------------------------------------------------------------------------- config/tls (mTLS overlay)
