@@ -398,18 +398,32 @@ def test_envoy_deployment_identifies_its_pod_and_mounts_the_bootstrap() -> None:
 
 
 def test_sample_virtual_services_select_the_envoy_and_its_ports() -> None:
-    deployment, service, _ = envoy_objects()
+    deployment, service, config_map = envoy_objects()
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert pod_labels["app"] == "envoy-ingress"
     container_ports = {(p["containerPort"], p["protocol"]) for p in container(deployment)["ports"]}
     service_ports = {(p["port"], p["protocol"]) for p in service["spec"]["ports"]}
     samples = [o for o in rendered("samples") if o["kind"] == "VirtualService"]
     assert samples
+    used = set()
     for sample in samples:
         assert sample["spec"]["selector"].items() <= pod_labels.items()
         for listener in sample["spec"]["listeners"]:
-            assert (listener["udp"]["port"], "UDP") in container_ports & service_ports
+            [(protocol, block)] = [(key.upper(), listener[key]) for key in ("udp", "tcp") if key in listener]
+            used.add((block["port"], protocol))
+    # Exactly the samples' listener ports, each protocol: the Service exposes what the sample serves.
+    assert container_ports == used and service_ports == used
     assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_the_example_envoy_runs_in_the_samples_namespace() -> None:
+    # A VirtualService selects proxies in its own namespace only: config/envoy had none (kubectl's current
+    # namespace) while the sample is pinned to default.
+    namespaces = {
+        sample["metadata"]["namespace"] for sample in rendered("samples") if sample["kind"] == "VirtualService"
+    }
+    assert namespaces == {"default"}
+    assert {obj["metadata"].get("namespace") for obj in rendered("envoy")} == namespaces
 
 
 def test_samples_kustomization_lists_every_sample() -> None:
