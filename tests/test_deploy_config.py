@@ -469,7 +469,18 @@ def test_dockerfile_runs_the_console_script() -> None:
 
 def test_dockerignore_keeps_the_package() -> None:
     lines = (REPO / ".dockerignore").read_text().split()
-    assert "*" in lines and {"!pyproject.toml", "!README.md", "!xds_operator"} <= set(lines)
+    assert "*" in lines and {"!pyproject.toml", "!README.md", "!LICENSE", "!xds_operator"} <= set(lines)
+
+
+def test_the_license_is_apache_2_and_declared_as_spdx() -> None:
+    # pyproject said Apache-2.0 without a LICENSE file, as a table setuptools warns about on every install.
+    text = (REPO / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "END OF TERMS AND CONDITIONS" in text and len(text) > 11_000
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == "Apache-2.0"
+    assert pyproject["project"]["license-files"] == ["LICENSE"]
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]  # the first to take an SPDX string
 
 
 def make_recipes() -> dict[str, list[str]]:
