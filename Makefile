@@ -41,11 +41,15 @@ protos: $(STAMP)
 crds: $(STAMP)
 	$(BIN)/python -m xds_operator.api.crd
 
-# Every generated file under crds/ and config/: the CRD and the example Envoy's bootstrap.
+# Every generated file under crds/ and config/: the CRD and the example Envoy's bootstraps (plain, and mTLS).
 manifests: crds
 	$(BIN)/xds-operator bootstrap --node-id envoy-ingress --cluster envoy-ingress \
 		--xds-address xds-operator.xds-operator-system.svc:18000 > config/envoy/bootstrap.yaml.tmp
 	mv config/envoy/bootstrap.yaml.tmp config/envoy/bootstrap.yaml
+	$(BIN)/xds-operator bootstrap --node-id envoy-ingress --cluster envoy-ingress \
+		--xds-address xds-operator.xds-operator-system.svc:18000 --tls-ca /etc/envoy/tls/ca.crt \
+		--tls-cert /etc/envoy/tls/tls.crt --tls-key /etc/envoy/tls/tls.key > config/envoy-tls/bootstrap.yaml.tmp
+	mv config/envoy-tls/bootstrap.yaml.tmp config/envoy-tls/bootstrap.yaml
 
 # The CRD, RBAC and the control plane in namespace xds-operator-system, running image $(IMG) (needs
 # kubectl and a cluster). As kubebuilder's `kustomize edit set image`, but in a temporary overlay over

@@ -29,7 +29,7 @@ import yaml
 from xds_operator import cli
 from xds_operator.api import API_GROUP, crd, parse_virtual_service
 from xds_operator.api.schema import PLURAL
-from xds_operator.bootstrap import envoy_bootstrap, render
+from xds_operator.bootstrap import ClientTls, envoy_bootstrap, render
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config"
@@ -616,3 +616,44 @@ def test_tls_overlay_serves_mtls_from_the_certificate_secret() -> None:
     # The key file (root-owned, mode 0440) is readable through the pod's fsGroup, the container's group.
     pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
     assert pod_security["fsGroup"] == pod_security["runAsGroup"]
+
+
+# -------------------------------------------------------------------------------- config/envoy-tls (its Envoy)
+
+ENVOY_TLS = "/etc/envoy/tls"
+
+
+def test_envoy_tls_bootstrap_is_generated_and_fresh() -> None:
+    tls = ClientTls(f"{ENVOY_TLS}/ca.crt", f"{ENVOY_TLS}/tls.crt", f"{ENVOY_TLS}/tls.key")
+    expected = render(envoy_bootstrap("envoy-ingress", {}, xds_address(), cluster="envoy-ingress", tls=tls))
+    assert (CONFIG / "envoy-tls" / "bootstrap.yaml").read_text() == expected, (
+        "config/envoy-tls/bootstrap.yaml is stale: run `make manifests`"
+    )
+
+
+def test_envoy_tls_mounts_a_client_certificate_from_the_control_planes_issuer() -> None:
+    # config/tls served mTLS, but the example Envoy could not connect to it: it had no certificate.
+    objects = rendered("envoy-tls")
+    for obj in objects:
+        if obj["kind"] != "Certificate":  # cert-manager's kind: not in Kubernetes' schemas
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    deployment = one(objects, "Deployment", "envoy-ingress")
+    [config_map] = [o for o in objects if o["kind"] == "ConfigMap"]
+    certificate = one(objects, "Certificate", "envoy-ingress-tls")
+    server_certificate = one(rendered("tls"), "Certificate", "xds-operator-tls")
+    assert certificate["spec"]["issuerRef"] == server_certificate["spec"]["issuerRef"]
+    assert certificate["spec"]["usages"] == ["client auth"]
+    assert {o["metadata"]["namespace"] for o in objects} == {"default"}  # the samples' namespace
+    # The pod mounts the certificate's Secret where the bootstrap reads it, and the bootstrap is the TLS one.
+    pod = deployment["spec"]["template"]["spec"]
+    [mount] = [m for m in container(deployment)["volumeMounts"] if m["mountPath"] == ENVOY_TLS]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    bootstrap = config_map["data"]["bootstrap.yaml"]
+    assert bootstrap == (CONFIG / "envoy-tls" / "bootstrap.yaml").read_text()
+    [bootstrap_volume] = [v for v in pod["volumes"] if "configMap" in v]
+    assert bootstrap_volume["configMap"]["name"] == config_map["metadata"]["name"]
+    # Envoy checks the server's certificate for the Service name config/tls's certificate carries.
+    assert "xds-operator.xds-operator-system.svc" in server_certificate["spec"]["dnsNames"]
+    assert "xds-operator.xds-operator-system.svc" in bootstrap
