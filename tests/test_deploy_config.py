@@ -527,6 +527,12 @@ esac
     return fake
 
 
+def make(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *arguments], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
 def tracked_config() -> dict[str, bytes]:
     return {str(path): path.read_bytes() for path in sorted(CONFIG.rglob("*")) if path.is_file()}
 
@@ -542,14 +548,7 @@ def tracked_config() -> dict[str, bytes]:
 def test_make_deploy_deploys_the_image_given_without_writing_tracked_files(tmp_path: Path, image: str) -> None:
     # `make deploy IMG=...` used to deploy xds-operator:latest whatever IMG said.
     before = tracked_config()
-    result = subprocess.run(
-        ["make", "--no-print-directory", "deploy", f"IMG={image}", f"KUBECTL={fake_kubectl(tmp_path)}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = make("deploy", f"IMG={image}", f"KUBECTL={fake_kubectl(tmp_path)}")
     assert result.returncode == 0, result.stderr
     applied = list(yaml.safe_load_all((tmp_path / "applied.yaml").read_text()))
     expected = image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:latest"
@@ -562,28 +561,14 @@ def test_make_deploy_deploys_the_image_given_without_writing_tracked_files(tmp_p
 def test_make_install_crds_applies_only_the_crd(tmp_path: Path) -> None:
     fake = fake_kubectl(tmp_path)
     for target, call in [("install-crds", "apply -k config/crd"), ("uninstall-crds", "delete -k config/crd")]:
-        result = subprocess.run(
-            ["make", "--no-print-directory", target, f"KUBECTL={fake}"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = make(target, f"KUBECTL={fake}")
         assert result.returncode == 0, result.stderr
         assert call in (tmp_path / "calls").read_text()
     assert [o["kind"] for o in rendered("crd")] == ["CustomResourceDefinition"]
 
 
 def test_make_deploy_without_kubectl_says_so(tmp_path: Path) -> None:
-    result = subprocess.run(
-        ["make", "--no-print-directory", "deploy", f"KUBECTL={tmp_path / 'kubectl'}"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = make("deploy", f"KUBECTL={tmp_path / 'kubectl'}")
     assert result.returncode != 0
     assert "kubectl is not on PATH: install kubectl" in result.stderr
 
