@@ -415,7 +415,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _host_and_port(address: str, port: int | None, flags: str, default_port: int) -> tuple[str, int]:
-    """serve's `{flags}-address HOST[:PORT]` and `{flags}-port PORT`: a port given both ways must agree."""
+    """serve's --xds-address/--xds-port (flags "--xds") or --admin-address/--admin-port ("--admin"): the host,
+    and the port from either flag or the default; a port given both ways must agree (ValueError otherwise)."""
     host, port_in_address = parse_address(address, flag=f"{flags}-address", allow_port_zero=True)
     if port_in_address is not None and port is not None and port_in_address != port:
         raise ValueError(
