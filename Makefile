@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 IMG ?= xds-operator:latest
+KUBECTL ?= kubectl
 
-.PHONY: install run test lint bench protos crds manifests deploy undeploy docker-build clean
+.PHONY: install run test lint bench protos crds manifests deploy undeploy install-crds uninstall-crds docker-build clean kubectl
 
 install: $(STAMP)
 
@@ -40,18 +41,38 @@ protos: $(STAMP)
 crds: $(STAMP)
 	$(BIN)/python -m xds_operator.api.crd
 
-# Every generated file under crds/ and config/: the CRD and the example Envoy's bootstrap.
+# Every generated file under crds/ and config/: the CRD and the example Envoy's bootstraps (plain, and mTLS).
 manifests: crds
 	$(BIN)/xds-operator bootstrap --node-id envoy-ingress --cluster envoy-ingress \
 		--xds-address xds-operator.xds-operator-system.svc:18000 > config/envoy/bootstrap.yaml.tmp
 	mv config/envoy/bootstrap.yaml.tmp config/envoy/bootstrap.yaml
+	$(BIN)/xds-operator bootstrap --node-id envoy-ingress --cluster envoy-ingress \
+		--xds-address xds-operator.xds-operator-system.svc:18000 --tls-ca /etc/envoy/tls/ca.crt \
+		--tls-cert /etc/envoy/tls/tls.crt --tls-key /etc/envoy/tls/tls.key > config/envoy-tls/bootstrap.yaml.tmp
+	mv config/envoy-tls/bootstrap.yaml.tmp config/envoy-tls/bootstrap.yaml
 
-# The CRD, RBAC and the control plane in namespace xds-operator-system (needs kubectl and a cluster).
-deploy:
-	kubectl apply -k config/default
+# The CRD, RBAC and the control plane in namespace xds-operator-system, running image $(IMG) (needs
+# kubectl and a cluster). As kubebuilder's `kustomize edit set image`, but in a temporary overlay over
+# config/default (removed afterwards), so no tracked file changes.
+deploy: kubectl
+	@overlay=$$(mktemp -d "$(CURDIR)/.deploy.XXXXXX") && trap 'rm -rf "$$overlay"' EXIT && \
+	hack/image-overlay.sh '$(IMG)' ../config/default > "$$overlay/kustomization.yaml" && \
+	$(KUBECTL) kustomize "$$overlay" > "$$overlay/manifests.yaml" && \
+	echo "deploying image $(IMG)" && \
+	$(KUBECTL) apply -f "$$overlay/manifests.yaml"
 
-undeploy:
-	kubectl delete -k config/default --ignore-not-found
+undeploy: kubectl
+	$(KUBECTL) delete -k config/default --ignore-not-found
+
+# The VirtualService CRD alone (e.g. to run `serve` outside the cluster). Uninstalling it deletes every VirtualService.
+install-crds: kubectl
+	$(KUBECTL) apply -k config/crd
+
+uninstall-crds: kubectl
+	$(KUBECTL) delete -k config/crd --ignore-not-found
+
+kubectl:
+	@command -v $(KUBECTL) >/dev/null || { echo "$(KUBECTL) is not on PATH: install kubectl (1.27 or newer)" >&2; exit 1; }
 
 docker-build:
 	docker build -t $(IMG) .

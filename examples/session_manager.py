@@ -28,6 +28,7 @@ from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config.config_exception import ConfigException
 
 GROUP, VERSION, PLURAL = "servicemesh.l7mp.io", "v1", "virtualservices"
 SESSION_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?")  # becomes part of a DNS-1123 object name
@@ -185,10 +186,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-    else:
-        config.load_kube_config(config_file=args.kubeconfig)
+    try:
+        if args.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config()
+        else:
+            config.load_kube_config(config_file=args.kubeconfig)
+    except (ConfigException, OSError) as error:
+        where = (
+            f"--kubeconfig {args.kubeconfig}" if args.kubeconfig else "in-cluster config, $KUBECONFIG or ~/.kube/config"
+        )
+        print(f"cannot load Kubernetes credentials from {where}: {error}", file=sys.stderr)
+        return 1
 
     objects = client.CustomObjectsApi()
     body = virtual_service(args)

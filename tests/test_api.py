@@ -212,7 +212,9 @@ def test_unknown_field_top_level() -> None:
 
 
 def test_unknown_field_in_spec() -> None:
-    assert rejected(lambda d: d["spec"].update(listener=[])) == [("spec.listener", "unknown field")]
+    assert rejected(lambda d: d["spec"].update(listener=[])) == [
+        ("spec.listener", "unknown field; did you mean 'listeners'?")
+    ]
 
 
 def test_unknown_field_nested() -> None:
@@ -225,7 +227,17 @@ def test_unknown_field_nested() -> None:
 
 
 def test_unknown_metadata_field() -> None:
-    assert rejected(lambda d: d["metadata"].update(nme="x")) == [("metadata.nme", "unknown field")]
+    expected = [("metadata.nme", "unknown field; did you mean 'name'?")]
+    assert rejected(lambda d: d["metadata"].update(nme="x")) == expected
+
+
+def test_unknown_field_suggests_the_closest_known_name() -> None:
+    # A camelCase spelling of a proto field name, or a typo: the message names the field meant.
+    assert rejected(lambda d: cluster(d).update(serviceDiscovery="eds")) == [
+        ("spec.listeners[0].udp.cluster.serviceDiscovery", "unknown field; did you mean 'service_discovery'?")
+    ]
+    assert rejected(lambda d: d.update(metdata={})) == [("metdata", "unknown field; did you mean 'metadata'?")]
+    assert rejected(lambda d: d.update(**{"x" * 1000: 1})) == [("x" * 60 + "...", "unknown field")]
 
 
 def test_port_as_string() -> None:

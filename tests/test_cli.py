@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from test_ads_protocol import listener_spec, vs_document
 
 from xds_operator.cli import main
 
@@ -110,12 +111,34 @@ def test_bootstrap_labels_and_node(capsys: pytest.CaptureFixture[str]) -> None:
     assert config["dynamic_resources"]["ads_config"]["api_type"] == "DELTA_GRPC"  # the default
 
 
-@pytest.mark.parametrize("address", ["nope", "host:0", "host:65536", ":18000", "host:port", "host:"])
+@pytest.mark.parametrize("address", ["host:0", "host:65536", ":18000", "host:port", "host:", "[nope]:1"])
 def test_bootstrap_bad_xds_address(capsys: pytest.CaptureFixture[str], address: str) -> None:
     status, out, err = run(["bootstrap", "--node-id", "n", "--xds-address", address], capsys)
     assert status == 2
     assert out == ""
-    assert f"{address!r}: expected HOST:PORT with a port in 1..65535" in err
+    assert f"--xds-address {address!r}: expected HOST or HOST:PORT with a port in 1..65535" in err
+
+
+def test_bootstrap_an_ipv6_address_with_a_port_needs_brackets(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(["bootstrap", "--node-id", "n", "--xds-address", "::1:18000"], capsys)
+    assert status == 2
+    assert "--xds-address '::1:18000': not an IPv6 address; with a port, write [ADDRESS]:PORT" in err
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port"),
+    [("xds.example", "xds.example", 18000), ("::1", "::1", 18000), ("[::1]", "::1", 18000), ("[::1]:5", "::1", 5)],
+)
+def test_bootstrap_xds_address_without_a_port_is_the_default_port(
+    capsys: pytest.CaptureFixture[str], address: str, host: str, port: int
+) -> None:
+    # serve takes a host; bootstrap used to refuse one ("expected HOST:PORT").
+    status, out, err = run(["bootstrap", "--node-id", "n", "--xds-address", address], capsys)
+    assert status == 0, err
+    [endpoint] = yaml.safe_load(out)["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0][
+        "lb_endpoints"
+    ]
+    assert endpoint["endpoint"]["address"]["socket_address"] == {"address": host, "port_value": port}
 
 
 def test_bootstrap_bad_label(capsys: pytest.CaptureFixture[str]) -> None:
@@ -267,6 +290,80 @@ def test_validate_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert f"{tmp_path / 'absent.yaml'}: no such file" in err
 
 
+def test_validate_an_empty_file_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    status, out, err = run(["validate", str(empty), str(SAMPLES[0])], capsys)
+    assert status == 1
+    assert f"{empty}: no VirtualService in it: the file is empty" in err
+    assert f"{empty}: 0 valid VirtualService(s), 1 problem(s)" in out
+
+
+def test_validate_fails_when_nothing_holds_a_virtualservice(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    kustomization = tmp_path / "kustomization.yaml"
+    kustomization.write_text("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n")
+    status, out, err = run(["validate", str(tmp_path)], capsys)
+    assert status == 1
+    assert f"xds-operator validate: no VirtualService found in {tmp_path}" in err
+    assert f"{kustomization}: 0 valid VirtualService(s), 1 document(s) of other kinds skipped, 0 problem(s)" in out
+
+
+def test_validate_a_kind_typo_is_invalid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(SAMPLES[0].read_text().replace("kind: VirtualService", "kind: VirtualServices"))
+    status, _, err = run(["validate", str(typo)], capsys)
+    assert status == 1
+    assert "kind: must be 'VirtualService', got 'VirtualServices'" in err
+
+
+def write_documents(path: Path, *documents: dict) -> Path:
+    path.write_text(yaml.safe_dump_all(documents))
+    return path
+
+
+def test_validate_reports_a_conflict_between_files_naming_both(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # serve leaves the younger one out with a warning; validate, run in CI to catch it, used to pass.
+    older = write_documents(
+        tmp_path / "a.yaml", vs_document("older", [listener_spec("a-l", 2000, "a-c")], created="2024-01-01T00:00:00Z")
+    )
+    newer = write_documents(
+        tmp_path / "b.yaml", vs_document("newer", [listener_spec("b-l", 2000, "b-c")], created="2024-02-01T00:00:00Z")
+    )
+    status, out, err = run(["validate", str(older), str(newer)], capsys)
+    assert status == 1
+    assert (
+        f"{newer}: VirtualService media/newer conflicts: UDP port 2000 is already used by the older VirtualService "
+        f"media/older (in {older}); serve would leave it out"
+    ) in err
+    assert f"{older}: 1 valid VirtualService(s), 0 problem(s)" in out
+
+
+def test_validate_finds_a_conflict_on_proxies_two_different_selectors_both_select(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Only a proxy labelled app=ingress AND zone=a gets both: the conflict is there all the same.
+    write_documents(
+        tmp_path / "a.yaml",
+        vs_document("by-app", [listener_spec("a-l", 2000, "a-c")], selector={"app": "ingress"}),
+        vs_document("by-zone", [listener_spec("a-l", 3000, "b-c")], selector={"zone": "a"}),
+    )
+    status, _, err = run(["validate", str(tmp_path)], capsys)
+    assert status == 1
+    assert "conflicts: listener a-l is already used by the older VirtualService" in err
+
+
+def test_validate_accepts_a_cluster_shared_with_an_identical_definition(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_documents(tmp_path / "a.yaml", vs_document("one", [listener_spec("a-l", 2000, "shared-c")]))
+    write_documents(tmp_path / "b.yaml", vs_document("two", [listener_spec("b-l", 3000, "shared-c")]))
+    status, _, err = run(["validate", str(tmp_path)], capsys)
+    assert status == 0, err
+    assert err == ""
+
+
 def test_validate_as_a_real_process(tmp_path: Path) -> None:
     """The module runs as a program and its exit status is the validation result."""
     bad = tmp_path / "bad.yaml"
@@ -277,6 +374,29 @@ def test_validate_as_a_real_process(tmp_path: Path) -> None:
     failed = subprocess.run([*command, str(bad)], capture_output=True, text=True, timeout=60)
     assert failed.returncode == 1
     assert "spec.listeners[0].udp.cluster.health_check.interval: must be at least 500, got 100" in failed.stderr
+
+
+# -- global options -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "command", [["serve"], ["validate", "f.yaml"], ["render", "f.yaml"], ["status"], ["bootstrap", "--node-id", "n"]]
+)
+def test_global_options_are_accepted_after_the_command(command: list[str]) -> None:
+    # `serve --log-format json` was "unrecognized arguments".
+    from xds_operator.cli import build_parser
+
+    args = build_parser().parse_args([*command, "--log-format", "json", "--log-level", "warning"])
+    assert (args.log_format, args.log_level) == ("json", "warning")
+    args = build_parser().parse_args(["--log-format", "json", *command])
+    assert (args.log_format, args.log_level) == ("json", "info")
+    args = build_parser().parse_args(["--log-level", "debug", *command, "--log-level", "error"])
+    assert args.log_level == "error"
+
+
+def test_validate_with_a_global_option_after_it(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run(["validate", *map(str, SAMPLES), "--log-level", "error"], capsys)
+    assert status == 0, err
 
 
 # -- help -----------------------------------------------------------------------------------
@@ -334,3 +454,30 @@ def test_serve_help_explains_both_modes(capsys: pytest.CaptureFixture[str]) -> N
     assert status == 0
     for option in ("--dir", "--kubeconfig", "--namespace", "node.id", "<namespace>/<pod-name>"):
         assert option in " ".join(out.split()), option
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+def test_status_admin_address_without_a_port_uses_the_default_and_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    # It used to try port 80 ("connection refused", naming no port).
+    status, _, err = run(["status", "--admin-address", "127.0.0.1"], capsys)
+    assert "--admin-address 127.0.0.1 has no port: using 19000" in err
+    assert status == 0 or "at 127.0.0.1:19000" in err
+
+
+def test_status_pointed_at_the_xds_port_says_so_without_a_traceback(capsys: pytest.CaptureFixture[str]) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=1))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        status, out, err = run(["status", "--admin-address", f"127.0.0.1:{port}"], capsys)
+    finally:
+        server.stop(None)
+    assert status == 1 and out == ""
+    assert f"127.0.0.1:{port} answered, but not as an HTTP server" in err
+    assert "that is not the admin port; is it the xDS port?" in err

@@ -29,7 +29,7 @@ import yaml
 from xds_operator import cli
 from xds_operator.api import API_GROUP, crd, parse_virtual_service
 from xds_operator.api.schema import PLURAL
-from xds_operator.bootstrap import envoy_bootstrap, render
+from xds_operator.bootstrap import ClientTls, envoy_bootstrap, render
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config"
@@ -398,18 +398,32 @@ def test_envoy_deployment_identifies_its_pod_and_mounts_the_bootstrap() -> None:
 
 
 def test_sample_virtual_services_select_the_envoy_and_its_ports() -> None:
-    deployment, service, _ = envoy_objects()
+    deployment, service, config_map = envoy_objects()
     pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert pod_labels["app"] == "envoy-ingress"
     container_ports = {(p["containerPort"], p["protocol"]) for p in container(deployment)["ports"]}
     service_ports = {(p["port"], p["protocol"]) for p in service["spec"]["ports"]}
     samples = [o for o in rendered("samples") if o["kind"] == "VirtualService"]
     assert samples
+    used = set()
     for sample in samples:
         assert sample["spec"]["selector"].items() <= pod_labels.items()
         for listener in sample["spec"]["listeners"]:
-            assert (listener["udp"]["port"], "UDP") in container_ports & service_ports
+            [(protocol, block)] = [(key.upper(), listener[key]) for key in ("udp", "tcp") if key in listener]
+            used.add((block["port"], protocol))
+    # Exactly the samples' listener ports, each protocol: the Service exposes what the sample serves.
+    assert container_ports == used and service_ports == used
     assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_the_example_envoy_runs_in_the_samples_namespace() -> None:
+    # A VirtualService selects proxies in its own namespace only: config/envoy had none (kubectl's current
+    # namespace) while the sample is pinned to default.
+    namespaces = {
+        sample["metadata"]["namespace"] for sample in rendered("samples") if sample["kind"] == "VirtualService"
+    }
+    assert namespaces == {"default"}
+    assert {obj["metadata"].get("namespace") for obj in rendered("envoy")} == namespaces
 
 
 def test_samples_kustomization_lists_every_sample() -> None:
@@ -455,7 +469,18 @@ def test_dockerfile_runs_the_console_script() -> None:
 
 def test_dockerignore_keeps_the_package() -> None:
     lines = (REPO / ".dockerignore").read_text().split()
-    assert "*" in lines and {"!pyproject.toml", "!README.md", "!xds_operator"} <= set(lines)
+    assert "*" in lines and {"!pyproject.toml", "!README.md", "!LICENSE", "!xds_operator"} <= set(lines)
+
+
+def test_the_license_is_apache_2_and_declared_as_spdx() -> None:
+    # pyproject said Apache-2.0 without a LICENSE file, as a table setuptools warns about on every install.
+    text = (REPO / "LICENSE").read_text()
+    assert text.split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "END OF TERMS AND CONDITIONS" in text and len(text) > 11_000
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["license"] == "Apache-2.0"
+    assert pyproject["project"]["license-files"] == ["LICENSE"]
+    assert "setuptools>=77" in pyproject["build-system"]["requires"]  # the first to take an SPDX string
 
 
 def make_recipes() -> dict[str, list[str]]:
@@ -476,12 +501,76 @@ def test_makefile_targets() -> None:
     makefile = (REPO / "Makefile").read_text()
     assert re.search(r"^IMG \?= xds-operator:latest$", makefile, re.M)
     assert recipes["docker-build"] == ["docker build -t $(IMG) ."]
-    assert recipes["deploy"] == ["kubectl apply -k config/default"]
-    assert recipes["undeploy"] == ["kubectl delete -k config/default --ignore-not-found"]
+    assert "$(KUBECTL) apply -f" in recipes["deploy"][0] and "hack/image-overlay.sh '$(IMG)'" in recipes["deploy"][0]
+    assert recipes["undeploy"] == ["$(KUBECTL) delete -k config/default --ignore-not-found"]
+    assert recipes["install-crds"] == ["$(KUBECTL) apply -k config/crd"]
+    assert recipes["uninstall-crds"] == ["$(KUBECTL) delete -k config/crd --ignore-not-found"]
     assert recipes["crds"] == ["$(BIN)/python -m xds_operator.api.crd"]
     assert re.search(r"^crds: \$\(STAMP\)$", makefile, re.M)
     _, main, _ = operator()
     assert main["image"] == "xds-operator:latest"  # what `make docker-build` tags by default
+
+
+def fake_kubectl(tmp_path: Path) -> Path:
+    """A kubectl that renders with the real one and records what it would apply (in tmp_path/applied.yaml)."""
+    fake = tmp_path / "kubectl"
+    fake.write_text(
+        f"""#!/bin/sh
+case $1 in
+kustomize) exec {kubectl()} "$@" ;;
+apply) echo "$@" >> {tmp_path}/calls; if [ "$2" = -f ]; then cat "$3" >> {tmp_path}/applied.yaml; fi ;;
+*) echo "$@" >> {tmp_path}/calls ;;
+esac
+"""
+    )
+    fake.chmod(0o755)
+    return fake
+
+
+def make(*arguments: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", *arguments], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def tracked_config() -> dict[str, bytes]:
+    return {str(path): path.read_bytes() for path in sorted(CONFIG.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "registry.example:5000/team/xds-operator:v1.2.3",
+        "registry.example/xds-operator@sha256:" + "0" * 64,
+        "registry.example/xds-operator",
+    ],
+)
+def test_make_deploy_deploys_the_image_given_without_writing_tracked_files(tmp_path: Path, image: str) -> None:
+    # `make deploy IMG=...` used to deploy xds-operator:latest whatever IMG said.
+    before = tracked_config()
+    result = make("deploy", f"IMG={image}", f"KUBECTL={fake_kubectl(tmp_path)}")
+    assert result.returncode == 0, result.stderr
+    applied = list(yaml.safe_load_all((tmp_path / "applied.yaml").read_text()))
+    expected = image if ":" in image.rsplit("/", 1)[-1] or "@" in image else f"{image}:latest"
+    assert container(one(applied, "Deployment", "xds-operator"))["image"] == expected
+    assert {o["kind"] for o in applied} >= {"CustomResourceDefinition", "Namespace", "Deployment", "Service"}
+    assert tracked_config() == before
+    assert not list(REPO.glob(".deploy.*")), "the temporary overlay is removed"
+
+
+def test_make_install_crds_applies_only_the_crd(tmp_path: Path) -> None:
+    fake = fake_kubectl(tmp_path)
+    for target, call in [("install-crds", "apply -k config/crd"), ("uninstall-crds", "delete -k config/crd")]:
+        result = make(target, f"KUBECTL={fake}")
+        assert result.returncode == 0, result.stderr
+        assert call in (tmp_path / "calls").read_text()
+    assert [o["kind"] for o in rendered("crd")] == ["CustomResourceDefinition"]
+
+
+def test_make_deploy_without_kubectl_says_so(tmp_path: Path) -> None:
+    result = make("deploy", f"KUBECTL={tmp_path / 'kubectl'}")
+    assert result.returncode != 0
+    assert "kubectl is not on PATH: install kubectl" in result.stderr
 
 
 # -------------------------------------------------------------------------------- config/tls (mTLS overlay)
@@ -512,3 +601,44 @@ def test_tls_overlay_serves_mtls_from_the_certificate_secret() -> None:
     # The key file (root-owned, mode 0440) is readable through the pod's fsGroup, the container's group.
     pod_security = deployment["spec"]["template"]["spec"]["securityContext"]
     assert pod_security["fsGroup"] == pod_security["runAsGroup"]
+
+
+# -------------------------------------------------------------------------------- config/envoy-tls (its Envoy)
+
+ENVOY_TLS = "/etc/envoy/tls"
+
+
+def test_envoy_tls_bootstrap_is_generated_and_fresh() -> None:
+    tls = ClientTls(f"{ENVOY_TLS}/ca.crt", f"{ENVOY_TLS}/tls.crt", f"{ENVOY_TLS}/tls.key")
+    expected = render(envoy_bootstrap("envoy-ingress", {}, xds_address(), cluster="envoy-ingress", tls=tls))
+    assert (CONFIG / "envoy-tls" / "bootstrap.yaml").read_text() == expected, (
+        "config/envoy-tls/bootstrap.yaml is stale: run `make manifests`"
+    )
+
+
+def test_envoy_tls_mounts_a_client_certificate_from_the_control_planes_issuer() -> None:
+    # config/tls served mTLS, but the example Envoy could not connect to it: it had no certificate.
+    objects = rendered("envoy-tls")
+    for obj in objects:
+        if obj["kind"] != "Certificate":  # cert-manager's kind: not in Kubernetes' schemas
+            kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    deployment = one(objects, "Deployment", "envoy-ingress")
+    [config_map] = [o for o in objects if o["kind"] == "ConfigMap"]
+    certificate = one(objects, "Certificate", "envoy-ingress-tls")
+    server_certificate = one(rendered("tls"), "Certificate", "xds-operator-tls")
+    assert certificate["spec"]["issuerRef"] == server_certificate["spec"]["issuerRef"]
+    assert certificate["spec"]["usages"] == ["client auth"]
+    assert {o["metadata"]["namespace"] for o in objects} == {"default"}  # the samples' namespace
+    # The pod mounts the certificate's Secret where the bootstrap reads it, and the bootstrap is the TLS one.
+    pod = deployment["spec"]["template"]["spec"]
+    [mount] = [m for m in container(deployment)["volumeMounts"] if m["mountPath"] == ENVOY_TLS]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == certificate["spec"]["secretName"]
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsGroup"]
+    bootstrap = config_map["data"]["bootstrap.yaml"]
+    assert bootstrap == (CONFIG / "envoy-tls" / "bootstrap.yaml").read_text()
+    [bootstrap_volume] = [v for v in pod["volumes"] if "configMap" in v]
+    assert bootstrap_volume["configMap"]["name"] == config_map["metadata"]["name"]
+    # Envoy checks the server's certificate for the Service name config/tls's certificate carries.
+    assert "xds-operator.xds-operator-system.svc" in server_certificate["spec"]["dnsNames"]
+    assert "xds-operator.xds-operator-system.svc" in bootstrap

@@ -60,10 +60,32 @@ def test_render_prints_what_translation_gives_the_selected_proxy(tmp_path: Path,
     assert status == 0 and yaml.safe_load(out) == rendered
 
 
-def test_render_for_labels_nothing_selects_is_empty(tmp_path: Path, capsys) -> None:
-    status, out, _ = run(["render", str(SAMPLES[0]), "--label", "app=nothing-selects-this"], capsys)
+def test_render_for_labels_nothing_selects_is_empty_and_says_which_selectors_exist(tmp_path: Path, capsys) -> None:
+    status, out, err = run(["render", str(SAMPLES[0]), "--label", "app=nothing-selects-this"], capsys)
     assert status == 0
     assert {kind: entry["resources"] for kind, entry in json.loads(out).items()} == {"CDS": [], "EDS": [], "LDS": []}
+    assert "no VirtualService selects a proxy with app=nothing-selects-this, so it gets nothing" in err
+    assert "The selectors in these files: app=envoy-ingress" in err
+
+
+def test_render_without_labels_says_nothing_matched(tmp_path: Path, capsys) -> None:
+    # It printed empty lists and nothing else: a new user could not tell why.
+    write(
+        tmp_path / "two.yaml",
+        vs_document("a", [listener_spec("a-l", 2000, "a-c")], selector={"app": "ingress"}),
+        vs_document("b", [listener_spec("b-l", 3000, "b-c")], selector={"app": "edge", "zone": "a"}),
+    )
+    status, _, err = run(["render", str(tmp_path)], capsys)
+    assert status == 0
+    assert (
+        "no VirtualService selects a proxy with no labels, so it gets nothing; give its labels with --label KEY=VALUE. "
+        "The selectors in these files: app=edge,zone=a; app=ingress"
+    ) in err
+
+
+def test_render_of_what_the_labels_select_says_nothing_more(capsys) -> None:
+    status, _, err = run(["render", str(SAMPLES[0]), "--label", "app=envoy-ingress"], capsys)
+    assert status == 0 and "no VirtualService selects" not in err
 
 
 def test_render_reports_invalid_files_like_validate_and_fails(tmp_path: Path, capsys) -> None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .bootstrap import DEFAULT_KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS, MIN_KEEPALIVE_SECONDS
-from .net import join_host_port
+from .net import join_host_port, parse_address
 from .shutdown import EXIT_DEADLINE_SECONDS, GRACE_SECONDS
 from .xds.transport import (
     DEFAULT_POLICY,
@@ -22,6 +22,10 @@ from .xds.transport import (
     TlsFileError,
     load_server_tls,
 )
+
+DEFAULT_XDS_PORT = 18000
+DEFAULT_ADMIN_PORT = 19000  # the control plane's admin port (serve, status)
+DEFAULT_ENVOY_ADMIN_PORT = 9901  # Envoy's own (bootstrap)
 
 if TYPE_CHECKING:  # the kubernetes client loads only in Kubernetes mode
     from .operator.leader import LeaseConfig
@@ -60,23 +64,30 @@ def build_parser() -> argparse.ArgumentParser:
         description="An Envoy xDS control plane for UDP and TCP VirtualServices (servicemesh.l7mp.io/v1).",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_serve, _add_validate, _add_render, _add_status, _add_bootstrap):
+        add(commands)
+    for command in commands.choices.values():
+        # Also after the command (`serve --log-format json`): given there, they win; absent, the ones before stay.
+        _add_global_options(command.add_argument_group("global options (also before the command)"), defaults=False)
+    return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, defaults: bool) -> None:
     parser.add_argument(
         "--log-level",
-        default="info",
+        default="info" if defaults else argparse.SUPPRESS,
         choices=["debug", "info", "warning", "error"],
         help="default: info (logs every push, per proxy and type; debug adds every ACK)",
     )
     parser.add_argument(
         "--log-format",
-        default="text",
+        default="text" if defaults else argparse.SUPPRESS,
         choices=["text", "json"],
         help="text (default), or one JSON object per line: time, level, logger, message and the event's "
         "fields (node_id, type, version, group, file, error...)",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_serve, _add_validate, _add_render, _add_status, _add_bootstrap):
-        add(commands)
-    return parser
 
 
 def _add_serve(commands: argparse._SubParsersAction) -> None:
@@ -108,19 +119,24 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         help="Kubernetes mode: watch VirtualServices and Pods only in NS (repeatable; default: all namespaces)",
     )
     serve.add_argument(
-        "--xds-address", default="0.0.0.0", metavar="HOST", help="address the xDS gRPC server binds (default: 0.0.0.0)"
+        "--xds-address",
+        default="0.0.0.0",
+        metavar="HOST[:PORT]",
+        help="address the xDS gRPC server binds (default: 0.0.0.0); a port here is the same as --xds-port",
     )
-    serve.add_argument("--xds-port", type=_port, default=18000, metavar="PORT", help="xDS gRPC port (default: 18000)")
+    serve.add_argument("--xds-port", type=_port, metavar="PORT", help=f"xDS gRPC port (default: {DEFAULT_XDS_PORT})")
     serve.add_argument(
-        "--admin-address", default="127.0.0.1", metavar="HOST", help="address of the admin port (default: 127.0.0.1)"
+        "--admin-address",
+        default="127.0.0.1",
+        metavar="HOST[:PORT]",
+        help="address of the admin port (default: 127.0.0.1); a port here is the same as --admin-port",
     )
     serve.add_argument(
         "--admin-port",
         type=_port,
-        default=19000,
         metavar="PORT",
         help="admin HTTP port: /healthz, /readyz, /metrics (Prometheus), /debug/proxies, "
-        "/debug/config_dump?node=ID (default: 19000)",
+        f"/debug/config_dump?node=ID (default: {DEFAULT_ADMIN_PORT})",
     )
     _add_serve_transport_arguments(serve)
     _add_leader_election_arguments(serve)
@@ -212,7 +228,9 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
         "validate",
         help="check VirtualService files without serving them",
         description="Validate VirtualService files (a directory means its *.yaml and *.yml files); print every "
-        "problem with its file and field path. Exit status 1 if any document is invalid.",
+        "problem with its file and field path. Exit status 1 if any document is invalid, a file is empty, "
+        "no file holds a VirtualService, or two VirtualServices claim the same listener name, cluster name or "
+        "port on a proxy (serve would leave the younger one out).",
     )
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE_OR_DIR")
     validate.set_defaults(run=_validate)
@@ -254,9 +272,10 @@ def _add_status(commands: argparse._SubParsersAction) -> None:
     )
     status.add_argument(
         "--admin-address",
-        default="127.0.0.1:19000",
-        metavar="HOST:PORT",
-        help="the control plane's admin port (default: 127.0.0.1:19000)",
+        default=f"127.0.0.1:{DEFAULT_ADMIN_PORT}",
+        metavar="HOST[:PORT]",
+        help=f"the control plane's admin port (default: 127.0.0.1:{DEFAULT_ADMIN_PORT}; without a port, "
+        f"{DEFAULT_ADMIN_PORT})",
     )
     status.add_argument("--output", "-o", choices=["text", "json"], default="text", help="default: text")
     status.set_defaults(run=_status)
@@ -282,15 +301,17 @@ def _add_bootstrap(commands: argparse._SubParsersAction) -> None:
     )
     bootstrap.add_argument(
         "--xds-address",
-        default="127.0.0.1:18000",
-        metavar="HOST:PORT",
-        help="the control plane's xDS address (default: 127.0.0.1:18000)",
+        default=f"127.0.0.1:{DEFAULT_XDS_PORT}",
+        metavar="HOST[:PORT]",
+        help=f"the control plane's xDS address (default: 127.0.0.1:{DEFAULT_XDS_PORT}; without a port, "
+        f"{DEFAULT_XDS_PORT})",
     )
     bootstrap.add_argument(
         "--admin-address",
-        default="127.0.0.1:9901",
-        metavar="HOST:PORT",
-        help="Envoy's own admin address (default: 127.0.0.1:9901)",
+        default=f"127.0.0.1:{DEFAULT_ENVOY_ADMIN_PORT}",
+        metavar="HOST[:PORT]",
+        help=f"Envoy's own admin address (default: 127.0.0.1:{DEFAULT_ENVOY_ADMIN_PORT}; without a port, "
+        f"{DEFAULT_ENVOY_ADMIN_PORT})",
     )
     bootstrap.add_argument("--cluster", default="xds-operator", help="node.cluster (default: xds-operator)")
     variant = bootstrap.add_mutually_exclusive_group()
@@ -347,9 +368,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from .app import serve_directory, serve_kubernetes
+    from .logs import native_log_lines
     from .operator.kube import NoKubernetesConfig
 
-    xds_address = join_host_port(args.xds_address, args.xds_port)
+    try:
+        xds_host, xds_port = _host_and_port(args.xds_address, args.xds_port, "--xds", DEFAULT_XDS_PORT)
+        admin_host, admin_port = _host_and_port(args.admin_address, args.admin_port, "--admin", DEFAULT_ADMIN_PORT)
+    except ValueError as error:
+        print(f"xds-operator serve: {error}", file=sys.stderr)
+        return 2
+    xds_address = join_host_port(xds_host, xds_port)
     transport = _serve_transport(args)
     if isinstance(transport, int):
         return transport
@@ -361,7 +389,7 @@ def _serve(args: argparse.Namespace) -> int:
         if not args.dir.is_dir():
             print(f"xds-operator: --dir {args.dir}: not a directory", file=sys.stderr)
             return 2
-        serving = serve_directory(args.dir, xds_address, args.admin_address, args.admin_port, tls=tls, policy=policy)
+        serving = serve_directory(args.dir, xds_address, admin_host, admin_port, tls=tls, policy=policy)
     else:
         election = _lease_config(args)
         if election is not None and (problems := election.problems()):
@@ -371,18 +399,30 @@ def _serve(args: argparse.Namespace) -> int:
             args.kubeconfig,
             args.namespace,
             xds_address,
-            args.admin_address,
-            args.admin_port,
+            admin_host,
+            admin_port,
             tls=tls,
             policy=policy,
             election=election,
         )
     try:
-        asyncio.run(serving)
+        with native_log_lines():  # gRPC's own lines (TLS handshake failures) as log records
+            asyncio.run(serving)
     except (OSError, NoKubernetesConfig) as error:
         print(f"xds-operator: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _host_and_port(address: str, port: int | None, flags: str, default_port: int) -> tuple[str, int]:
+    """serve's --xds-address/--xds-port (flags "--xds") or --admin-address/--admin-port ("--admin"): the host,
+    and the port from either flag or the default; a port given both ways must agree (ValueError otherwise)."""
+    host, port_in_address = parse_address(address, flag=f"{flags}-address", allow_port_zero=True)
+    if port_in_address is not None and port is not None and port_in_address != port:
+        raise ValueError(
+            f"{flags}-address {address} names port {port_in_address} but {flags}-port says {port}: give the port once"
+        )
+    return host, port_in_address if port_in_address is not None else port if port is not None else default_port
 
 
 def _lease_config(args: argparse.Namespace) -> LeaseConfig | None:
@@ -441,20 +481,28 @@ def _serve_transport(args: argparse.Namespace) -> tuple[ServerTls | None, Connec
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .files import expand, read_file
+    from .render import conflicts, load
 
-    failed = False
-    for path in expand(args.files):
-        if not path.is_file():
-            print(f"{path}: no such file", file=sys.stderr)
-            failed = True
-            continue
-        contents = read_file(path)
-        for problem in contents.errors:
-            print(problem, file=sys.stderr)
-        failed = failed or bool(contents.errors)
-        print(f"{path}: {len(contents.services)} valid VirtualService(s), {len(contents.errors)} problem(s)")
-    return 1 if failed else 0
+    loaded = load(args.files)
+    problems = list(loaded.errors)
+    summaries = []
+    for path, contents in loaded.files:
+        count = len(contents.errors)
+        summary = f"{path}: {len(contents.services)} valid VirtualService(s)"
+        if contents.other_kinds:  # a kustomization.yaml beside the VirtualServices is fine
+            summary += f", {contents.other_kinds} document(s) of other kinds skipped"
+        elif not contents.services and not contents.errors:
+            problems.append(f"{path}: no VirtualService in it: the file is empty")
+            count += 1
+        summaries.append(f"{summary}, {count} problem(s)")
+    problems += conflicts(loaded)
+    if not loaded.services and not problems:
+        problems.append("xds-operator validate: no VirtualService found in " + " ".join(map(str, args.files)))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    for summary in summaries:
+        print(summary)
+    return 1 if problems else 0
 
 
 def _render(args: argparse.Namespace) -> int:
@@ -466,6 +514,14 @@ def _render(args: argparse.Namespace) -> int:
     if rendered.errors:
         print(f"xds-operator render: {len(rendered.errors)} problem(s); nothing rendered", file=sys.stderr)
         return 1
+    if not rendered.selected:
+        labels = ",".join(f"{key}={value}" for key, value in args.label) or "no labels"
+        selectors = "; ".join(rendered.selectors) or "none: the files hold no VirtualService"
+        print(
+            f"xds-operator render: no VirtualService selects a proxy with {labels}, so it gets nothing; give its "
+            f"labels with --label KEY=VALUE. The selectors in these files: {selectors}",
+            file=sys.stderr,
+        )
     if args.output == "yaml":
         import yaml
 
@@ -479,7 +535,15 @@ def _status(args: argparse.Namespace) -> int:
     from .proxy_status import Unreachable, fetch, table
 
     try:
-        proxies = fetch(args.admin_address)
+        host, port = parse_address(args.admin_address, flag="--admin-address")
+    except ValueError as error:
+        print(f"xds-operator status: {error}", file=sys.stderr)
+        return 2
+    if port is None:
+        port = DEFAULT_ADMIN_PORT
+        print(f"xds-operator status: --admin-address {args.admin_address} has no port: using {port}", file=sys.stderr)
+    try:
+        proxies = fetch(join_host_port(host, port))
     except Unreachable as error:
         print(f"xds-operator status: {error}", file=sys.stderr)
         return 1
@@ -504,12 +568,14 @@ def _bootstrap(args: argparse.Namespace) -> int:
         tls = None if args.tls_ca is None else ClientTls(args.tls_ca, args.tls_cert, args.tls_key, args.tls_server_name)
         labels = labels_from_env(args.labels_from_env, os.environ) if args.labels_from_env is not None else {}
         labels.update(args.label)  # explicit --label wins
+        xds_host, xds_port = parse_address(args.xds_address, flag="--xds-address")
+        admin_host, admin_port = parse_address(args.admin_address, flag="--admin-address", allow_port_zero=True)
         config = envoy_bootstrap(
             args.node_id,
             labels,
-            args.xds_address,
+            join_host_port(xds_host, DEFAULT_XDS_PORT if xds_port is None else xds_port),
             cluster=args.cluster,
-            admin_address=args.admin_address,
+            admin_address=join_host_port(admin_host, DEFAULT_ENVOY_ADMIN_PORT if admin_port is None else admin_port),
             delta=args.delta,
             tls=tls,
             keepalive=args.keepalive,

@@ -67,6 +67,7 @@ class FileContents:
     invalid_keys: set[Key] = field(default_factory=set)  # named documents that failed validation
     unnamed_invalid: bool = False  # a document failed validation before its name could be read
     rejected: int = 0  # documents that failed validation
+    other_kinds: int = 0  # documents of other kinds, skipped (a Kustomization, a ConfigMap)
 
     def keeping_last_good(self, previous: FileContents) -> FileContents:
         """Keep serving the previous valid version of what this read could not validate.
@@ -102,6 +103,7 @@ def read_file(path: Path) -> FileContents:
             continue
         if _of_another_kind(document):
             log.debug("%s: skipping kind %s", where, shortened(document["kind"]))
+            contents.other_kinds += 1
             continue
         key = key_of(document)
         if key is not None:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -36,7 +41,65 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str, log_format: str) -> None:
     """Log to stderr at `level` ("debug", "info"...), as "text" or "json"."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(_Stderr())
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])
     logging.getLogger("watchfiles").setLevel(logging.WARNING)  # it logs every batch of changes at info
+
+
+class _Stderr:
+    """Whatever sys.stderr is when a record is written (native_log_lines moves it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+# gRPC's C core writes abseil-style lines to file descriptor 2, e.g.
+# `I1201 07:09:49.369516    9417 ssl_transport_security.cc:2563] Handshake failed with error SSL_ERROR_SSL: ...`
+NATIVE_LINE = re.compile(r"([IWEF])\d{4} [\d:.]+\s+\d+ ([^\]\s]+)\] ?(.*)")
+NATIVE_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+NATIVE_LOGGER = "grpc.core"
+
+
+@contextmanager
+def native_log_lines() -> Iterator[None]:
+    """Meanwhile, lines native code (gRPC's C core) writes to the process's stderr become log records of
+    logger grpc.core, with their level and `source` (file:line): they follow --log-format and --log-level.
+
+    Python's own output keeps going to the real stderr. Does nothing when sys.stderr is not the process's
+    (under a test runner's capture)."""
+    if sys.stderr is not sys.__stderr__ or sys.__stderr__ is None:
+        yield
+        return
+    sys.stderr.flush()
+    python_stderr = sys.stderr
+    saved = os.dup(2)
+    read_end, write_end = os.pipe()
+    sys.stderr = open(saved, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    relay = threading.Thread(target=_relay, args=(read_end,), name="native-stderr", daemon=True)
+    relay.start()
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)  # the pipe's last writer closes: the relay reads what is left and ends
+        relay.join(timeout=1.0)
+        sys.stderr.close()
+        sys.stderr = python_stderr
+        os.close(saved)
+
+
+def _relay(read_end: int) -> None:
+    log = logging.getLogger(NATIVE_LOGGER)
+    with open(read_end, "rb") as pipe:
+        for raw in pipe:
+            line = raw.decode("utf-8", "backslashreplace").rstrip("\n")
+            if parsed := NATIVE_LINE.fullmatch(line):
+                level, source, message = parsed.groups()
+                log.log(NATIVE_LEVELS[level], "%s", message, extra={"source": source})
+            elif line.strip():
+                log.warning("%s", line)

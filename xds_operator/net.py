@@ -39,3 +39,31 @@ def split_host_port(address: str, *, allow_port_zero: bool = False, flag: str = 
         where = f"{flag} " if flag else ""
         raise ValueError(f"{where}{address!r}: expected HOST:PORT with a port in {lowest}..65535")
     return host, int(port)
+
+
+def parse_address(text: str, *, flag: str, allow_port_zero: bool = False) -> tuple[str, int | None]:
+    """An address as the commands' flags take it: HOST, HOST:PORT, [IPV6]:PORT, [IPV6] or a bare IPv6 address
+    (`::1`, unambiguous only without a port). Returns the host and the port, None when not given.
+    Raises ValueError with a message naming `flag`."""
+    lowest = 0 if allow_port_zero else 1
+    expected = f"{flag} {text!r}: expected HOST or HOST:PORT with a port in {lowest}..65535 (IPv6: [ADDRESS]:PORT)"
+    if text.startswith("["):
+        host, closed, rest = text[1:].partition("]")
+        if not closed or not is_ip(host) or (rest and not rest.startswith(":")):
+            raise ValueError(expected)
+        if not rest:
+            return host, None
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    elif ":" in text:  # two or more colons: an IPv6 address, which cannot carry a port without brackets
+        if not is_ip(text):
+            raise ValueError(f"{flag} {text!r}: not an IPv6 address; with a port, write [ADDRESS]:PORT")
+        return text, None
+    else:
+        if not text:
+            raise ValueError(expected)
+        return text, None
+    if not host or not port.isdigit() or not lowest <= int(port) <= 65535:
+        raise ValueError(expected)
+    return host, int(port)

@@ -5,6 +5,7 @@ Reads /debug/proxies from a running control plane's admin port; formatting is pu
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.error
 import urllib.request
@@ -28,6 +29,11 @@ def fetch(admin_address: str) -> list[dict]:
             body = response.read()
     except urllib.error.HTTPError as error:
         raise Unreachable(f"{url}: HTTP {error.code} {error.reason}") from error
+    except http.client.HTTPException as error:  # an answer, but not HTTP/1.1: the xDS port (HTTP/2), say
+        raise Unreachable(
+            f"{admin_address} answered, but not as an HTTP server ({type(error).__name__}): that is not the admin "
+            "port; is it the xDS port? (the admin port is serve's --admin-address/--admin-port, default 19000)"
+        ) from error
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
         raise Unreachable(

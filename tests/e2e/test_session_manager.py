@@ -138,3 +138,14 @@ def test_help_explains_the_program():
     assert "session=<SESSION>" in result.stdout and "--hold SECONDS" in result.stdout
     bad = subprocess.run([sys.executable, str(EXAMPLE), "Bad_ID", "--port", "3000"], capture_output=True, text=True)
     assert bad.returncode == 2 and "lowercase" in bad.stderr
+
+
+def test_without_a_kubeconfig_it_says_so_in_one_line(tmp_path: Path):
+    # It printed the kubernetes client's traceback.
+    environment = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "KUBECONFIG": str(tmp_path / "absent")}
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "s1", "--port", "3000"], capture_output=True, text=True, env=environment
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("cannot load Kubernetes credentials from in-cluster config, $KUBECONFIG")
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1

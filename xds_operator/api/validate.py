@@ -7,6 +7,7 @@ Every problem found is reported, each with the path of the field it concerns.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ METADATA_FIELDS = frozenset(
         "deletionGracePeriodSeconds",
     }
 )
+TOP_LEVEL_FIELDS = ("apiVersion", "kind", "metadata", "spec", "status")
+MAX_SUGGESTED_KEY = 100  # an unknown key longer than this gets no "did you mean"
 # A document can hold thousands of problems (say, 10,000 invalid listeners): the message lists the first
 # few, so a log line or a status condition stays readable.
 MAX_REPORTED_ERRORS = 20
@@ -98,8 +101,8 @@ def parse_virtual_service(document: Any, *, origin: str = "") -> VirtualService:
     if document.get("kind") != KIND:
         errors.append(FieldError("kind", f"must be {KIND!r}, got {_shown(document.get('kind'))}"))
     for key in document:
-        if key not in ("apiVersion", "kind", "metadata", "spec", "status"):
-            errors.append(FieldError(_key_text(key), "unknown field"))
+        if key not in TOP_LEVEL_FIELDS:
+            errors.append(FieldError(_key_text(key), _unknown_field(key, TOP_LEVEL_FIELDS)))
     metadata = _check_metadata(document.get("metadata"), errors)
     created = _creation_time(metadata.get("creationTimestamp"), errors)
     spec = parse_spec(document.get("spec"), errors=errors)
@@ -139,7 +142,7 @@ def _check_metadata(metadata: Any, errors: list[FieldError]) -> Mapping[str, Any
         return {}
     for key in metadata:
         if key not in METADATA_FIELDS:
-            errors.append(FieldError(f"metadata.{_key_text(key)}", "unknown field"))
+            errors.append(FieldError(f"metadata.{_key_text(key)}", _unknown_field(key, METADATA_FIELDS)))
     name = metadata.get("name")
     if not isinstance(name, str) or not name:
         errors.append(FieldError("metadata.name", "required"))
@@ -168,7 +171,7 @@ def _fill(message: Message, data: Any, path: str, errors: list[FieldError]) -> N
         return
     for key in data:
         if not isinstance(key, str) or key not in descriptor.fields_by_name:
-            errors.append(FieldError(f"{path}.{_key_text(key)}", "unknown field"))
+            errors.append(FieldError(f"{path}.{_key_text(key)}", _unknown_field(key, descriptor.fields_by_name)))
     for field in descriptor.fields:
         _fill_field(message, field, data.get(field.name), f"{path}.{field.name}", errors)
     choices = list(message_rules(descriptor).exactly_one_of)
@@ -418,6 +421,15 @@ def _shown(value: Any) -> str:
     if value is None or isinstance(value, bool | int | float):
         return repr(value)
     return _type_name(value)
+
+
+def _unknown_field(key: Any, known: Iterable[str]) -> str:
+    """`unknown field`, with the closest known name if one is close: `serviceDiscovery` → service_discovery."""
+    if isinstance(key, str) and len(key) <= MAX_SUGGESTED_KEY:  # difflib's cost grows with the length
+        close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+        if close:
+            return f"unknown field; did you mean {close[0]!r}?"
+    return "unknown field"
 
 
 def _key_text(key: Any) -> str:

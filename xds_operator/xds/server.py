@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from ..net import split_host_port
 from .cache import SnapshotCache, Watch
 from .delta import DeltaStream
 from .snapshot import Snapshot
@@ -286,6 +288,18 @@ async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object], room
         inbox.put_nowait(_CLOSED)
 
 
+def _bind_failure(address: str) -> str:
+    """Why gRPC could not bind address (it logs the reason but does not return it): the OS's answer to a plain bind."""
+    host, port = split_host_port(address, allow_port_zero=True)
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((host, port))
+    except OSError as error:
+        return error.strerror or str(error)
+    return "the port is in use or the address is not this host's"
+
+
 def _pass_through(response: bytes) -> bytes:
     """Both stream variants hand over serialized responses (serialized once, their size counted as they are made)."""
     return response
@@ -329,6 +343,9 @@ async def start_server(
             # while the loop is busy sending snapshots (defaults 1,000 and 3,000).
             ("grpc.server.max_pending_requests", 20_000),
             ("grpc.server.max_pending_requests_hard_limit", 40_000),
+            # gRPC sets SO_REUSEPORT by default: a second server on a taken port would then bind and
+            # share it silently. Without it a taken port fails to bind, and `serve` stops.
+            ("grpc.so_reuseport", 0),
             *policy.grpc_options(),
         ]
     )
@@ -338,6 +355,6 @@ async def start_server(
     except RuntimeError:  # how grpcio reports a failed bind (older versions returned port 0)
         port = 0
     if port == 0:
-        raise OSError(f"cannot bind the xDS server to {address}: the port is in use or the address is not this host's")
+        raise OSError(f"cannot bind the xDS server to {address}: {_bind_failure(address)}")
     await server.start()
     return server, port
