@@ -93,7 +93,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._on_progress = on_progress  # called when a proxy connects, leaves, ACKs or NACKs
         self._observer = observer or StreamObserver()  # told of every push, ACK and NACK (metrics)
         self._connections: dict[int, Connection] = {}
-        self._inboxes: dict[int, asyncio.Queue[object]] = {}  # every open stream, identified or not
+        self._inboxes: dict[int, _Inbox] = {}  # every open stream, identified or not
         self._draining = False
         self._next_stream_id = 0
         self._sending = asyncio.Semaphore(MAX_RESPONSES_IN_FLIGHT)
@@ -116,14 +116,20 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         return list(self._connections.values())
 
     def counts(self) -> dict[str, int]:
-        """Open streams, identified connections and the cache's sizes: churn must bring them back."""
-        return {"streams": len(self._inboxes), "connections": len(self._connections), **self._cache.counts()}
+        """Open streams, identified connections, requests read and not handled yet, and the cache's sizes:
+        churn must bring them back."""
+        return {
+            "streams": len(self._inboxes),
+            "connections": len(self._connections),
+            "queued_requests": sum(inbox.requests for inbox in self._inboxes.values()),
+            **self._cache.counts(),
+        }
 
     def drain(self) -> int:
         """Shutting down: end every open stream (and any that opens from now on); return how many."""
         self._draining = True
         for inbox in self._inboxes.values():
-            inbox.put_nowait(_DRAIN)
+            inbox.items.put_nowait(_DRAIN)
         return len(self._inboxes)
 
     def progress(self) -> list[ProxyProgress]:
@@ -169,25 +175,24 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         make_stream: Callable[[str, StreamObserver], Any],
     ) -> AsyncIterator:
         """One stream of either variant: requests and snapshot changes, handled in arrival order."""
-        inbox: asyncio.Queue[object] = asyncio.Queue()
+        inbox = _Inbox()
         pending_change = False
 
         def on_change() -> None:
             nonlocal pending_change
             if not pending_change:  # coalesce: the handler reads the latest snapshot anyway
                 pending_change = True
-                inbox.put_nowait(_SNAPSHOT_CHANGED)
+                inbox.items.put_nowait(_SNAPSHOT_CHANGED)
 
-        room = asyncio.Semaphore(MAX_QUEUED_REQUESTS)
-        reader = asyncio.create_task(_read_into(request_iterator, inbox, room))
+        reader = asyncio.create_task(inbox.read(request_iterator))
         connection: Connection | None = None
         stream_id = self._next_stream_id = self._next_stream_id + 1
         self._inboxes[stream_id] = inbox
         if self._draining:
-            inbox.put_nowait(_DRAIN)
+            inbox.items.put_nowait(_DRAIN)
         try:
             while True:
-                item = await inbox.get()
+                item = await inbox.items.get()
                 if item is _CLOSED:
                     return
                 if item is _DRAIN:
@@ -203,7 +208,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                         else []
                     )
                 else:
-                    room.release()
+                    inbox.taken()
                     if connection is None:  # Envoy may send its node only in the first request
                         connection = self._connect(stream_id, item.node, context.peer(), make_stream, on_change)
                         pending_change = False  # the first answer covers the snapshot the watch starts with
@@ -273,17 +278,35 @@ def _log_connected(stream: ProxyStream, watch: Watch) -> None:
         log.info("proxy %s connected (%s, labels %s)", stream.node_id, variant, watch.labels, extra=fields)
 
 
-async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object], room: asyncio.Semaphore) -> None:
-    """Hand the stream's requests to its handler; wait (reading nothing) while `room` is used up."""
-    try:
-        await room.acquire()
-        async for request in requests:
-            inbox.put_nowait(request)
-            await room.acquire()
-    except (asyncio.CancelledError, grpc.aio.AioRpcError):
-        pass
-    finally:
-        inbox.put_nowait(_CLOSED)
+class _Inbox:
+    """One stream's requests and snapshot-change notices, in arrival order, for its handler.
+
+    At most MAX_QUEUED_REQUESTS requests wait here: beyond that the stream is not read, so gRPC's
+    flow control holds the client back instead of the server's memory growing with what it sends.
+    """
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue[object] = asyncio.Queue()
+        self.requests = 0  # read and not yet taken by the handler
+        self._room = asyncio.Semaphore(MAX_QUEUED_REQUESTS)
+
+    async def read(self, requests: AsyncIterator) -> None:
+        """Hand the stream's requests to its handler; wait (reading nothing) while the bound is reached."""
+        try:
+            await self._room.acquire()
+            async for request in requests:
+                self.requests += 1
+                self.items.put_nowait(request)
+                await self._room.acquire()
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            self.items.put_nowait(_CLOSED)
+
+    def taken(self) -> None:
+        """The handler took a request: make room for the next one."""
+        self.requests -= 1
+        self._room.release()
 
 
 def _pass_through(response: bytes) -> bytes:
