@@ -12,9 +12,10 @@ from typing import Any
 
 import grpc
 import pytest
-from ads_client import eventually
+from ads_client import AdsClient, eventually, resource_names
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from h2_raw import RawConnection
 from test_ads_protocol import (  # the VirtualService factories and the server fixtures
     INGRESS,
     cache,  # noqa: F401 (fixture)
@@ -26,7 +27,12 @@ from test_ads_protocol import (  # the VirtualService factories and the server f
 )
 
 from xds_operator.xds.cache import SnapshotCache
-from xds_operator.xds.server import MAX_QUEUED_REQUESTS, AggregatedDiscoveryService, start_server
+from xds_operator.xds.server import (
+    MAX_QUEUED_REQUESTS,
+    MAX_STREAMS_PER_CONNECTION,
+    AggregatedDiscoveryService,
+    start_server,
+)
 from xds_operator.xds.snapshot import CLUSTER, ENDPOINT
 
 LONG_HOSTS = [f"h{n:02d}" + "h" * 57 + "." + "o" * 60 + "." + "s" * 60 + "." + "t" * 60 + ".example" for n in range(32)]
@@ -106,3 +112,49 @@ async def test_a_client_that_never_reads_cannot_queue_more_than_the_bound_of_req
     await eventually(lambda: service.counts()["queued_requests"] == 0, "the queue to drain")
     call.cancel()
     await own.close()
+
+
+# -- A.3: stream floods ------------------------------------------------------------------------------
+
+
+async def test_one_connection_cannot_open_more_than_the_bound_of_streams(
+    service: AggregatedDiscoveryService,  # noqa: F811
+    port: int,
+) -> None:
+    """Streams opened without a request each cost the server a call and tasks: one connection gets at most
+    MAX_STREAMS_PER_CONNECTION, the rest are refused by gRPC (RST_STREAM)."""
+    connection = RawConnection()
+    await connection.open(port)
+    try:
+        await connection.streams(500, reset=False)
+        await eventually(lambda: connection.refused >= 500 - MAX_STREAMS_PER_CONNECTION, "the excess streams refused")
+        assert connection.max_concurrent_streams == MAX_STREAMS_PER_CONNECTION
+        assert service.counts()["streams"] <= MAX_STREAMS_PER_CONNECTION
+    finally:
+        await connection.close()
+    await eventually(lambda: service.counts()["streams"] == 0, "the streams to end with their connection")
+
+
+async def test_streams_opened_and_reset_at_once_leave_nothing_behind_and_a_new_proxy_is_served(
+    cache: SnapshotCache,  # noqa: F811
+    service: AggregatedDiscoveryService,  # noqa: F811
+    port: int,
+) -> None:
+    """The HTTP/2 "rapid reset" pattern, bounded: a few thousand streams opened and cancelled at once."""
+    commit(cache, make_vs("calls", [listener_spec("rtp-l", 2000, "rtp-c")]))
+    tasks_before = len(asyncio.all_tasks())
+    connection = RawConnection()
+    await connection.open(port)
+    try:
+        await connection.streams(3000, reset=True)  # HEADERS and RST_STREAM, frame after frame
+    finally:
+        await connection.close()
+    await eventually(lambda: service.counts()["streams"] == 0, "every stream to end")
+    await eventually(lambda: len(asyncio.all_tasks()) <= tasks_before, "the tasks to end")
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as fresh:
+        envoy = AdsClient(fresh, "after-the-flood", INGRESS)
+        try:
+            assert resource_names(await envoy.subscribe_and_ack(CLUSTER)) == ["rtp-c"]
+        finally:
+            await envoy.close()

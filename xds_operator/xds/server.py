@@ -33,6 +33,12 @@ MAX_RESPONSES_IN_FLIGHT = 64  # across all streams
 # flow control holds back a client that sends faster than its requests are handled (or its
 # responses are read): memory per stream stays bounded, whatever the client sends.
 MAX_QUEUED_REQUESTS = 16
+# Streams one connection may have open at once. Envoy opens one ADS stream per connection (two with both
+# variants); gRPC refuses (REFUSED_STREAM) streams beyond this, which a client queues until one ends.
+MAX_STREAMS_PER_CONNECTION = 100
+# New streams gRPC holds for the event loop to pick up: beyond the first number those waiting over 30 s are
+# refused, beyond the second every new one (RESOURCE_EXHAUSTED; Envoy reconnects with backoff).
+MAX_PENDING_STREAMS, MAX_PENDING_STREAMS_HARD = 1_000, 3_000
 SLOT_WAIT_SECONDS = 1.0  # proxies that stop reading must not stall the others for longer
 _SNAPSHOT_CHANGED = object()
 _CLOSED = object()
@@ -348,10 +354,14 @@ async def start_server(
         options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            # Thousands of proxies reconnecting at once (a restart): gRPC cancels calls beyond these
-            # while the loop is busy sending snapshots (defaults 1,000 and 3,000).
-            ("grpc.server.max_pending_requests", 20_000),
-            ("grpc.server.max_pending_requests_hard_limit", 40_000),
+            # A connection opening (and at once resetting) streams by the thousand must not make the server
+            # hold thousands of calls: their memory stayed after the attack (68 → 1,035 MB).
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            # Calls accepted and not yet picked up by the event loop (gRPC's defaults, explicit): beyond
+            # them a new stream gets RESOURCE_EXHAUSTED at once and Envoy retries with its backoff. They
+            # were raised to 20,000 / 40,000, which let a stream flood hold ~1 GB.
+            ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_STREAMS_HARD),
             *policy.grpc_options(),
         ]
     )
