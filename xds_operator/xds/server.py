@@ -17,6 +17,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from ..logs import clip
 from .cache import SnapshotCache, Watch
 from .delta import DeltaStream
 from .snapshot import Snapshot
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 Identify = Callable[[base_pb2.Node], Mapping[str, str] | None]
 
 MAX_RESPONSES_IN_FLIGHT = 64  # across all streams
+MAX_SHOWN_GROUP = 1_000  # characters of a group's name (its labels) in logs and /debug/proxies
 # Requests read from one stream and not handled yet. Beyond this the stream is not read, so gRPC's
 # flow control holds back a client that sends faster than its requests are handled (or its
 # responses are read): memory per stream stays bounded, whatever the client sends.
@@ -108,10 +110,10 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         """Per connected stream: node id, labels, group, and per type version and ACK/NACK state."""
         return [
             {
-                "node_id": c.stream.node_id,
+                "node_id": c.stream.shown,
                 "variant": c.stream.variant,
                 "labels": c.watch.labels,
-                "group": group_name(c.watch.labels),
+                "group": clip(group_name(c.watch.labels), MAX_SHOWN_GROUP),
                 "types": c.stream.status(),
             }
             for c in self._connections.values()
@@ -152,11 +154,12 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             if connection.node.id in wanted:
                 labels = self._identify(connection.node)
                 if labels != connection.watch.labels:
+                    group = clip(group_name(labels), MAX_SHOWN_GROUP)
                     log.info(
                         "proxy %s labels: %s",
-                        connection.stream.node_id,
-                        labels,
-                        extra={"node_id": connection.stream.node_id, "group": group_name(labels)},
+                        connection.stream.shown,
+                        group,
+                        extra={"node_id": connection.stream.shown, "group": group},
                     )
                     self._cache.relabel(connection.watch, labels)
 
@@ -238,8 +241,8 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             if self._connections.pop(stream_id, None) is not None:
                 log.info(
                     "proxy %s disconnected",
-                    connection.stream.node_id,
-                    extra={"node_id": connection.stream.node_id, "variant": connection.stream.variant},
+                    connection.stream.shown,
+                    extra={"node_id": connection.stream.shown, "variant": connection.stream.variant},
                 )
                 self._on_progress()
 
@@ -276,12 +279,13 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
 
 
 def _log_connected(stream: ProxyStream, watch: Watch) -> None:
-    fields = {"node_id": stream.node_id, "variant": stream.variant, "group": group_name(watch.labels)}
+    group = clip(group_name(watch.labels), MAX_SHOWN_GROUP)  # directory mode: labels are the client's text
+    fields = {"node_id": stream.shown, "variant": stream.variant, "group": group}
     variant = f"{stream.variant} ADS"
     if watch.labels is None:
-        log.info("proxy %s connected (%s); waiting until its pod is known", stream.node_id, variant, extra=fields)
+        log.info("proxy %s connected (%s); waiting until its pod is known", stream.shown, variant, extra=fields)
     else:
-        log.info("proxy %s connected (%s, labels %s)", stream.node_id, variant, watch.labels, extra=fields)
+        log.info("proxy %s connected (%s, labels %s)", stream.shown, variant, group, extra=fields)
 
 
 class _Inbox:

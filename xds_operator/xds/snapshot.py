@@ -216,7 +216,7 @@ class Snapshot:
     # What it was built from: source key → content token; tells which inputs a proxy runs.
     contents: Mapping = field(default_factory=immutables.Map)
     _totals: dict[str, int] = field(default_factory=dict, repr=False)  # per type: the sum of resource weights
-    _selections: dict[tuple[str, frozenset[str] | None], Selection] = field(default_factory=dict, repr=False)
+    _selections: dict[str, Selection] = field(default_factory=dict, repr=False)  # per type: all its resources
     # Its place in the lineage of patches it belongs to (see History).
     history: History = field(default_factory=History, repr=False)
     number: int = 0
@@ -268,23 +268,25 @@ class Snapshot:
         return {type_url: self.select(type_url).version for type_url in PUSH_ORDER}
 
     def select(self, type_url: str, names: frozenset[str] | None = None) -> Selection:
-        """The resources of a type, all of them (names=None) or only those named; memoized."""
-        key = (type_url, names)
-        selection = self._selections.get(key)
+        """The resources of a type, all of them (names=None) or only those named.
+
+        Only the whole-type selection is memoized (shared by every stream): a client's own name set is
+        not kept here, where it would live as long as the snapshot (streams keep their last selection).
+        """
+        whole = self._whole(type_url)
+        of_type = self.resources.get(type_url, immutables.Map())
+        if names is None or (len(names) >= len(of_type) and names.issuperset(of_type.keys())):
+            return whole  # the usual case: a proxy asks for every one it was sent
+        chosen = tuple(of_type[name] for name in sorted(names) if name in of_type)
+        return Selection(type_url, version_of(chosen), lambda: chosen)
+
+    def _whole(self, type_url: str) -> Selection:
+        selection = self._selections.get(type_url)
         if selection is None:
             of_type = self.resources.get(type_url, immutables.Map())
-            if names is None:
-                selection = Selection(
-                    type_url,
-                    _version(self._totals.get(type_url, 0)),
-                    lambda: tuple(of_type[n] for n in sorted(of_type)),
-                )
-            elif names.issuperset(of_type.keys()):  # the usual case: a proxy asks for every one it was sent
-                selection = self.select(type_url, None)
-            else:
-                chosen = tuple(of_type[name] for name in sorted(names) if name in of_type)
-                selection = Selection(type_url, version_of(chosen), lambda: chosen)
-            self._selections[key] = selection
+            selection = self._selections[type_url] = Selection(
+                type_url, _version(self._totals.get(type_url, 0)), lambda: tuple(of_type[n] for n in sorted(of_type))
+            )
         return selection
 
     def check_consistency(self) -> None:
