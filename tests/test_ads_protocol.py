@@ -530,20 +530,19 @@ async def test_change_landing_right_after_an_ack_still_sends_clusters_before_lis
     The server's inbox is tapped so the commit lands deterministically at that point.
     """
     change_after: list[Callable[[discovery_pb2.DiscoveryRequest], None]] = []
-    read_into = server_module._read_into
 
-    async def tapped_read_into(
-        requests: AsyncIterator[discovery_pb2.DiscoveryRequest], inbox: asyncio.Queue[object], room: asyncio.Semaphore
-    ) -> None:
-        class Tap:
-            def put_nowait(self, item: object) -> None:
-                inbox.put_nowait(item)
-                if isinstance(item, discovery_pb2.DiscoveryRequest) and change_after:
-                    change_after.pop()(item)
+    class Tap(asyncio.Queue):
+        def put_nowait(self, item: object) -> None:
+            super().put_nowait(item)
+            if isinstance(item, discovery_pb2.DiscoveryRequest) and change_after:
+                change_after.pop()(item)
 
-        await read_into(requests, Tap(), room)  # type: ignore[arg-type]
+    class TappedInbox(server_module._Inbox):
+        def __init__(self) -> None:
+            super().__init__()
+            self.items = Tap()
 
-    monkeypatch.setattr(server_module, "_read_into", tapped_read_into)
+    monkeypatch.setattr(server_module, "_Inbox", TappedInbox)
     commit(cache, two_eds_clusters())
     envoy = connect()
     await envoy.subscribe_and_ack(CLUSTER)

@@ -13,6 +13,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3.address_pb2 import SocketAddress
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_operator.api import VirtualService, cluster_of, parse_virtual_service
 from xds_operator.xds import lineage
@@ -596,3 +597,69 @@ def test_changed_between_names_what_commits_changed_in_either_direction_and_matc
     assert lineage.changed_between(first, third) == lineage.changed_between(third, first) == expected
     assert lineage.changed_between(second, third) == full_compare(second, third)
     assert lineage.changed_between(EMPTY, first) == full_compare(EMPTY, first)  # no common ancestor: compared
+
+
+# -- what one proxy can be sent ------------------------------------------------------------------------
+
+
+def aged(index: int, **kwargs: Any) -> VirtualService:
+    """VirtualService vs-<index>, created <index> minutes after midnight: a higher index is newer."""
+    return make_vs(f"vs-{index}", port=3000 + index, created=f"2024-01-01T00:{index:02d}:00Z", **kwargs)
+
+
+def test_the_newest_virtualservices_that_would_make_a_response_too_big_are_left_out_and_reported(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A response over gRPC's send limit failed on every reconnect: the proxy received nothing at all."""
+    sizes = loaded(aged(0)).snapshot_for(INGRESS).sizes
+    limit = int(sizes[LISTENER] * 2.5)  # room for two VirtualServices' listeners (clusters are smaller)
+    cache = SnapshotCache(max_response_bytes=limit)
+    for index in (3, 1, 0, 2):
+        cache.upsert(aged(index))
+    cache.commit()
+    watch = cache.watch(INGRESS, Counter())
+
+    assert watch.snapshot is not None and names(watch.snapshot, LISTENER) == {"vs-0-l", "vs-1-l"}  # oldest win
+    assert set(cache.conflicts) == {("default", "vs-2"), ("default", "vs-3")}
+    reason = cache.conflicts[("default", "vs-2")]
+    assert "LDS response to proxies labelled app=envoy-ingress" in reason and "limit" in reason
+    assert all(size <= limit for size in watch.snapshot.sizes.values())
+    assert sum("is sent" in r.getMessage() for r in caplog.records if r.levelname == "WARNING") == 2  # once each
+
+    cache.delete(("default", "vs-0"))  # room again: the oldest left out comes in
+    cache.commit()
+    assert names(watch.snapshot, LISTENER) == {"vs-1-l", "vs-2-l"}
+    assert set(cache.conflicts) == {("default", "vs-3")}
+
+
+def test_a_patch_that_would_make_a_response_too_big_is_decided_by_age() -> None:
+    """An edit making an old VirtualService bigger leaves out the newest, not the edited one."""
+    sizes = loaded(aged(0)).snapshot_for(INGRESS).sizes
+    cache = SnapshotCache(max_response_bytes=int(sizes[LISTENER] * 2.5))
+    cache.upsert(aged(0))
+    cache.upsert(aged(1))
+    cache.commit()
+    watch = cache.watch(INGRESS, Counter())
+    bigger = vs_doc("vs-0", port=3000, created="2024-01-01T00:00:00Z")
+    bigger["spec"]["listeners"].append(vs_doc("x", port=4000)["spec"]["listeners"][0])
+    cache.upsert(parse_virtual_service(bigger))
+    cache.commit()
+    assert watch.snapshot is not None and names(watch.snapshot, LISTENER) == {"vs-0-l", "x-l"}
+    assert set(cache.conflicts) == {("default", "vs-1")}
+
+
+def test_response_sizes_are_tracked_through_patches_as_a_build_computes_them() -> None:
+    cache = SnapshotCache()
+    watch = cache.watch(INGRESS, Counter())
+    for index in range(5):
+        cache.upsert(aged(index, discovery="eds" if index % 2 else "strictdns"))
+        cache.commit()
+    cache.delete(("default", "vs-2"))
+    cache.upsert(aged(3, address="10.0.0.9", discovery="eds"))
+    cache.commit()
+    assert watch.snapshot is not None and watch.snapshot.number > 0  # patched, not rebuilt
+    rebuilt = Snapshot.build({t: list(watch.snapshot.resources[t].values()) for t in (CLUSTER, ENDPOINT, LISTENER)})
+    assert watch.snapshot.sizes == rebuilt.sizes
+    for type_url, of_type in rebuilt.resources.items():  # exactly a delta response's resources, encoded
+        resources = [discovery_pb2.Resource(name=r.name, version=r.digest, resource=r.packed) for r in of_type.values()]
+        assert rebuilt.sizes[type_url] == discovery_pb2.DeltaDiscoveryResponse(resources=resources).ByteSize()

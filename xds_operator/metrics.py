@@ -36,6 +36,8 @@ VARIANTS = (SotwStream.variant, DeltaStream.variant)
 # Kubernetes mode; directory mode has Accepted and Conflicted only.
 CONDITIONS = ("Accepted", "Programmed", "Ready", "Conflicted")
 CONDITION_STATUSES = ("True", "False", "Unknown")
+# The limits on what one xDS client may send (see stream.py): a label of xds_client_limits_total.
+CLIENT_LIMITS = ("node_id", "resource_names", "unsupported_type")
 # Envoy usually ACKs within milliseconds; warming clusters (DNS, health checks) can take seconds.
 ACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BUILD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -52,6 +54,7 @@ class Metrics(StreamObserver):
         self.pushes: dict[str, int] = dict.fromkeys(PUSH_ORDER, 0)
         self.pushed_bytes: dict[str, int] = dict.fromkeys(PUSH_ORDER, 0)
         self.nacks: dict[str, int] = dict.fromkeys(PUSH_ORDER, 0)
+        self.limits: Counter[str] = Counter(dict.fromkeys(CLIENT_LIMITS, 0))  # a client hit a limit, by limit
         self.ack_latency = {type_url: Buckets(ACK_BUCKETS) for type_url in PUSH_ORDER}
         self.snapshot_build = Buckets(BUILD_BUCKETS)
         self._readers: list[Reader] = [self._xds_counters, self._histograms]
@@ -68,6 +71,9 @@ class Metrics(StreamObserver):
 
     def nacked(self, stream: ProxyStream, type_url: str) -> None:
         self.nacks[type_url] += 1
+
+    def limited(self, stream: ProxyStream, limit: str) -> None:
+        self.limits[limit] += 1
 
     def observe_build(self, seconds: float) -> None:
         self.snapshot_build.observe(seconds)
@@ -153,6 +159,14 @@ class Metrics(StreamObserver):
             for type_url, value in values.items():
                 family.add_metric([SHORT_NAMES[type_url]], value)
             yield family
+        limits = CounterMetricFamily(
+            PREFIX + "xds_client_limits",
+            "Requests of proxies that hit a limit on what one client may send (cut, ignored or logged once), by limit",
+            labels=["limit"],
+        )
+        for limit, value in sorted(self.limits.items()):
+            limits.add_metric([limit], value)
+        yield limits
 
     def _histograms(self) -> Iterator[Metric]:
         latency = HistogramMetricFamily(

@@ -19,7 +19,18 @@ from functools import cached_property
 from ..api import Key, VirtualService, cluster_of, port_of, protocol_of
 from ..translate import Resolved, SelectorResolver, no_pods, resolve_virtual_service, translate_virtual_service
 from . import lineage
-from .snapshot import CLUSTER, EMPTY, ENDPOINT, LISTENER, MODULUS, Resource, Snapshot, weight_of
+from .snapshot import (
+    CLUSTER,
+    EMPTY,
+    ENDPOINT,
+    LISTENER,
+    MAX_RESPONSE_BYTES,
+    MODULUS,
+    SHORT_NAMES,
+    Resource,
+    Snapshot,
+    weight_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +61,14 @@ class Translated:
     def weight(self) -> int:
         """A 128-bit hash of (key, token): a group's signature is the sum over its members."""
         return weight_of(f"{self.vs.namespace}/{self.vs.name}\0{self.token}".encode())
+
+    @cached_property
+    def sizes(self) -> dict[str, int]:
+        """Per type, what its resources add to a proxy's response (their wire_size)."""
+        sizes: dict[str, int] = {}
+        for resource in self.resources:
+            sizes[resource.type_url] = sizes.get(resource.type_url, 0) + resource.wire_size
+        return sizes
 
     def age(self) -> tuple[bool, int, str, str]:
         """Conflict order: the oldest creationTimestamp wins, one without a timestamp loses to any with one,
@@ -122,9 +141,13 @@ class Group:
 
 class SnapshotCache:
     def __init__(
-        self, resolve_selector: SelectorResolver = no_pods, on_commit: Callable[[float], None] = lambda seconds: None
+        self,
+        resolve_selector: SelectorResolver = no_pods,
+        on_commit: Callable[[float], None] = lambda seconds: None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
     ):
         self._resolve_selector = resolve_selector
+        self._max_response_bytes = max_response_bytes  # per type and proxy: beyond it, the newest are left out
         self._on_commit = on_commit  # told how long each commit that had changes took (metrics)
         self._services: dict[Key, Translated] = {}
         self._groups: dict[LabelSet, Group] = {}
@@ -291,6 +314,8 @@ class SnapshotCache:
         outgoing = {key: group.members[key] for key in keys if key in group.members}
         if outgoing.keys() == incoming.keys() and all(incoming[k] is t for k, t in outgoing.items()):
             return False
+        if self._too_big(group.snapshot.sizes, outgoing.values(), incoming.values()):
+            return None  # something must be left out: by age, in a full rebuild
         total, count = group.signature or (0, 0)
         contents = group.snapshot.contents.mutate()  # a persistent map: no copy of every member
         removed: list[Resource] = []
@@ -344,17 +369,49 @@ class SnapshotCache:
         for watch in group.watches:
             watch._set(snapshot)
 
+    def _too_big(
+        self, sizes: Mapping[str, int], outgoing: Iterable[Translated], incoming: Iterable[Translated]
+    ) -> bool:
+        """Whether swapping `outgoing` for `incoming` makes a response of some type larger than the limit."""
+        after = dict(sizes)
+        for translated, sign in [*((t, -1) for t in outgoing), *((t, 1) for t in incoming)]:
+            for type_url, size in translated.sizes.items():
+                after[type_url] = after.get(type_url, 0) + sign * size
+        return any(size > self._max_response_bytes for size in after.values())
+
+    def _oversized(self, group: Group, sizes: dict[str, int], translated: Translated) -> str | None:
+        """Why `translated` cannot join a group whose responses are `sizes` bytes (per type), if it cannot."""
+        for type_url, size in translated.sizes.items():
+            total = sizes.get(type_url, 0) + size
+            if total > self._max_response_bytes:
+                labels = ",".join(f"{key}={value}" for key, value in sorted(group.labels.items()))
+                return (
+                    f"with it the {SHORT_NAMES[type_url]} response to proxies labelled {labels or '(no labels)'} "
+                    f"would be {total / 2**20:.2f} MiB, over the {self._max_response_bytes / 2**20:g} MiB "
+                    "limit on what one proxy is sent"
+                )
+        return None
+
     def _leave_out_conflicts(self, group: Group, selected: list[Translated]) -> list[Translated]:
-        """Keep, oldest first, the VirtualServices whose listener names, cluster names and ports are free."""
+        """Keep, oldest first, the VirtualServices whose listener names, cluster names and ports are free
+        and that keep every response within the size limit (a shared cluster counted per declaration:
+        the bound errs on the safe side)."""
         claimed: dict[Claim, tuple[str, Translated]] = {}
         included: list[Translated] = []
         conflicts: dict[Key, str] = {}
+        sizes: dict[str, int] = {}
         for translated in selected:
             clashing = [c for c, token in translated.claims.items() if claimed.get(c, (token,))[0] != token]
             if not clashing:
+                too_big = self._oversized(group, sizes, translated)
+                if too_big is not None:
+                    conflicts[translated.vs.key] = too_big
+                    continue
                 included.append(translated)
                 for claim, token in translated.claims.items():
                     claimed.setdefault(claim, (token, translated))
+                for type_url, size in translated.sizes.items():
+                    sizes[type_url] = sizes.get(type_url, 0) + size
                 continue
             kind, value = sorted(clashing, key=str)[0]
             older = claimed[(kind, value)][1].vs

@@ -15,8 +15,9 @@ from collections.abc import Mapping
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from ..logs import clip
 from .snapshot import NAMED_TYPES, SHORT_NAMES, Resource, Selection, Snapshot
-from .stream import ProxyStream, StreamObserver, TypeState, nack_text
+from .stream import MAX_SHOWN_TYPE_URL, ProxyStream, StreamObserver, TypeState, nack_text
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +42,31 @@ class DeltaStream(ProxyStream):
         first = not state.subscribed
         if first:
             state.subscribed = True
-            state.known = dict(request.initial_resource_versions)
+            held = request.initial_resource_versions
+            state.known = {name: held[name] for name in self.bound_names(type_url, held, snapshot)}
             state.names = frozenset() if type_url in NAMED_TYPES else None  # CDS and LDS: always wildcard
         elif request.response_nonce and request.response_nonce == state.nonce:
             self._acknowledge(type_url, state, nack_text(request), state.acked_version)
         elif request.response_nonce:
-            log.debug("proxy %s: stale %s nonce %r", self.node_id, SHORT_NAMES[type_url], request.response_nonce)
+            nonce = clip(request.response_nonce, MAX_SHOWN_TYPE_URL)
+            log.debug("proxy %s: stale %s nonce %s", self.shown, SHORT_NAMES[type_url], nonce)
         # Subscription changes count even with a stale nonce (the protocol says so).
         if type_url in NAMED_TYPES:
-            self._update_names(state, request, first)
+            self._update_names(state, request, first, snapshot)
         return self.on_snapshot(snapshot, since)
 
-    def _update_names(self, state: TypeState, request: discovery_pb2.DeltaDiscoveryRequest, first: bool) -> None:
+    def _update_names(
+        self, state: TypeState, request: discovery_pb2.DeltaDiscoveryRequest, first: bool, snapshot: Snapshot | None
+    ) -> None:
         subscribe = set(request.resource_names_subscribe) - {WILDCARD}
         unsubscribe = set(request.resource_names_unsubscribe)
-        names = (set(state.names or ()) | subscribe) - unsubscribe
+        if not subscribe and not unsubscribe:
+            return  # an ACK: nothing to look at
+        # Subscriptions only grow while a proxy asks for more: bounded by what it can have been sent.
+        names = self.bound_names(request.type_url, (*(state.names or ()), *(subscribe - unsubscribe)), snapshot)
+        names -= unsubscribe
         reported = self._absent_reported.setdefault(request.type_url, set())
+        reported &= names
         for name in subscribe:
             reported.discard(name)
             if not first or name not in request.initial_resource_versions:
@@ -66,7 +76,7 @@ class DeltaStream(ProxyStream):
             reported.discard(name)
         if names != state.names or subscribe:
             state.basis = None  # `known` no longer matches a snapshot's selection: compare in full once
-        state.names = frozenset(names)
+        state.names = names
 
     def _respond(
         self, type_url: str, state: TypeState, wanted: Selection, snapshot: Snapshot

@@ -18,6 +18,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from ..logs import clip
 from ..net import split_host_port
 from .cache import SnapshotCache, Watch
 from .delta import DeltaStream
@@ -31,10 +32,17 @@ log = logging.getLogger(__name__)
 Identify = Callable[[base_pb2.Node], Mapping[str, str] | None]
 
 MAX_RESPONSES_IN_FLIGHT = 64  # across all streams
+MAX_SHOWN_GROUP = 1_000  # characters of a group's name (its labels) in logs and /debug/proxies
 # Requests read from one stream and not handled yet. Beyond this the stream is not read, so gRPC's
 # flow control holds back a client that sends faster than its requests are handled (or its
 # responses are read): memory per stream stays bounded, whatever the client sends.
 MAX_QUEUED_REQUESTS = 16
+# Streams one connection may have open at once. Envoy opens one ADS stream per connection (two with both
+# variants); gRPC refuses (REFUSED_STREAM) streams beyond this, which a client queues until one ends.
+MAX_STREAMS_PER_CONNECTION = 100
+# New streams gRPC holds for the event loop to pick up: beyond the first number those waiting over 30 s are
+# refused, beyond the second every new one (RESOURCE_EXHAUSTED; Envoy reconnects with backoff).
+MAX_PENDING_STREAMS, MAX_PENDING_STREAMS_HARD = 1_000, 3_000
 SLOT_WAIT_SECONDS = 1.0  # proxies that stop reading must not stall the others for longer
 _SNAPSHOT_CHANGED = object()
 _CLOSED = object()
@@ -95,7 +103,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._on_progress = on_progress  # called when a proxy connects, leaves, ACKs or NACKs
         self._observer = observer or StreamObserver()  # told of every push, ACK and NACK (metrics)
         self._connections: dict[int, Connection] = {}
-        self._inboxes: dict[int, asyncio.Queue[object]] = {}  # every open stream, identified or not
+        self._inboxes: dict[int, _Inbox] = {}  # every open stream, identified or not
         self._draining = False
         self._next_stream_id = 0
         self._sending = asyncio.Semaphore(MAX_RESPONSES_IN_FLIGHT)
@@ -104,10 +112,10 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         """Per connected stream: node id, labels, group, and per type version and ACK/NACK state."""
         return [
             {
-                "node_id": c.stream.node_id,
+                "node_id": c.stream.shown,
                 "variant": c.stream.variant,
                 "labels": c.watch.labels,
-                "group": group_name(c.watch.labels),
+                "group": clip(group_name(c.watch.labels), MAX_SHOWN_GROUP),
                 "types": c.stream.status(),
             }
             for c in self._connections.values()
@@ -118,14 +126,20 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         return list(self._connections.values())
 
     def counts(self) -> dict[str, int]:
-        """Open streams, identified connections and the cache's sizes: churn must bring them back."""
-        return {"streams": len(self._inboxes), "connections": len(self._connections), **self._cache.counts()}
+        """Open streams, identified connections, requests read and not handled yet, and the cache's sizes:
+        churn must bring them back."""
+        return {
+            "streams": len(self._inboxes),
+            "connections": len(self._connections),
+            "queued_requests": sum(inbox.requests for inbox in self._inboxes.values()),
+            **self._cache.counts(),
+        }
 
     def drain(self) -> int:
         """Shutting down: end every open stream (and any that opens from now on); return how many."""
         self._draining = True
         for inbox in self._inboxes.values():
-            inbox.put_nowait(_DRAIN)
+            inbox.items.put_nowait(_DRAIN)
         return len(self._inboxes)
 
     def progress(self) -> list[ProxyProgress]:
@@ -142,11 +156,12 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             if connection.node.id in wanted:
                 labels = self._identify(connection.node)
                 if labels != connection.watch.labels:
+                    group = clip(group_name(labels), MAX_SHOWN_GROUP)
                     log.info(
                         "proxy %s labels: %s",
-                        connection.stream.node_id,
-                        labels,
-                        extra={"node_id": connection.stream.node_id, "group": group_name(labels)},
+                        connection.stream.shown,
+                        group,
+                        extra={"node_id": connection.stream.shown, "group": group},
                     )
                     self._cache.relabel(connection.watch, labels)
 
@@ -171,25 +186,24 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         make_stream: Callable[[str, StreamObserver], Any],
     ) -> AsyncIterator:
         """One stream of either variant: requests and snapshot changes, handled in arrival order."""
-        inbox: asyncio.Queue[object] = asyncio.Queue()
+        inbox = _Inbox()
         pending_change = False
 
         def on_change() -> None:
             nonlocal pending_change
             if not pending_change:  # coalesce: the handler reads the latest snapshot anyway
                 pending_change = True
-                inbox.put_nowait(_SNAPSHOT_CHANGED)
+                inbox.items.put_nowait(_SNAPSHOT_CHANGED)
 
-        room = asyncio.Semaphore(MAX_QUEUED_REQUESTS)
-        reader = asyncio.create_task(_read_into(request_iterator, inbox, room))
+        reader = asyncio.create_task(inbox.read(request_iterator))
         connection: Connection | None = None
         stream_id = self._next_stream_id = self._next_stream_id + 1
         self._inboxes[stream_id] = inbox
         if self._draining:
-            inbox.put_nowait(_DRAIN)
+            inbox.items.put_nowait(_DRAIN)
         try:
             while True:
-                item = await inbox.get()
+                item = await inbox.items.get()
                 if item is _CLOSED:
                     return
                 if item is _DRAIN:
@@ -205,7 +219,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                         else []
                     )
                 else:
-                    room.release()
+                    inbox.taken()
                     if connection is None:  # Envoy may send its node only in the first request
                         connection = self._connect(stream_id, item.node, context.peer(), make_stream, on_change)
                         pending_change = False  # the first answer covers the snapshot the watch starts with
@@ -229,8 +243,8 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             if self._connections.pop(stream_id, None) is not None:
                 log.info(
                     "proxy %s disconnected",
-                    connection.stream.node_id,
-                    extra={"node_id": connection.stream.node_id, "variant": connection.stream.variant},
+                    connection.stream.shown,
+                    extra={"node_id": connection.stream.shown, "variant": connection.stream.variant},
                 )
                 self._on_progress()
 
@@ -267,25 +281,44 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
 
 
 def _log_connected(stream: ProxyStream, watch: Watch) -> None:
-    fields = {"node_id": stream.node_id, "variant": stream.variant, "group": group_name(watch.labels)}
+    group = clip(group_name(watch.labels), MAX_SHOWN_GROUP)  # directory mode: labels are the client's text
+    fields = {"node_id": stream.shown, "variant": stream.variant, "group": group}
     variant = f"{stream.variant} ADS"
     if watch.labels is None:
-        log.info("proxy %s connected (%s); waiting until its pod is known", stream.node_id, variant, extra=fields)
+        log.info("proxy %s connected (%s); waiting until its pod is known", stream.shown, variant, extra=fields)
     else:
-        log.info("proxy %s connected (%s, labels %s)", stream.node_id, variant, watch.labels, extra=fields)
+        log.info("proxy %s connected (%s, labels %s)", stream.shown, variant, group, extra=fields)
 
 
-async def _read_into(requests: AsyncIterator, inbox: asyncio.Queue[object], room: asyncio.Semaphore) -> None:
-    """Hand the stream's requests to its handler; wait (reading nothing) while `room` is used up."""
-    try:
-        await room.acquire()
-        async for request in requests:
-            inbox.put_nowait(request)
-            await room.acquire()
-    except (asyncio.CancelledError, grpc.aio.AioRpcError):
-        pass
-    finally:
-        inbox.put_nowait(_CLOSED)
+class _Inbox:
+    """One stream's requests and snapshot-change notices, in arrival order, for its handler.
+
+    At most MAX_QUEUED_REQUESTS requests wait here: beyond that the stream is not read, so gRPC's
+    flow control holds the client back instead of the server's memory growing with what it sends.
+    """
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue[object] = asyncio.Queue()
+        self.requests = 0  # read and not yet taken by the handler
+        self._room = asyncio.Semaphore(MAX_QUEUED_REQUESTS)
+
+    async def read(self, requests: AsyncIterator) -> None:
+        """Hand the stream's requests to its handler; wait (reading nothing) while the bound is reached."""
+        try:
+            await self._room.acquire()
+            async for request in requests:
+                self.requests += 1
+                self.items.put_nowait(request)
+                await self._room.acquire()
+        except (asyncio.CancelledError, grpc.aio.AioRpcError):
+            pass
+        finally:
+            self.items.put_nowait(_CLOSED)
+
+    def taken(self) -> None:
+        """The handler took a request: make room for the next one."""
+        self.requests -= 1
+        self._room.release()
 
 
 def _bind_failure(address: str) -> str:
@@ -339,13 +372,17 @@ async def start_server(
         options=[
             ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ("grpc.max_receive_message_length", 16 * 1024 * 1024),
-            # Thousands of proxies reconnecting at once (a restart): gRPC cancels calls beyond these
-            # while the loop is busy sending snapshots (defaults 1,000 and 3,000).
-            ("grpc.server.max_pending_requests", 20_000),
-            ("grpc.server.max_pending_requests_hard_limit", 40_000),
             # gRPC sets SO_REUSEPORT by default: a second server on a taken port would then bind and
             # share it silently. Without it a taken port fails to bind, and `serve` stops.
             ("grpc.so_reuseport", 0),
+            # A connection opening (and at once resetting) streams by the thousand must not make the server
+            # hold thousands of calls: their memory stayed after the attack (68 → 1,035 MB).
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            # Calls accepted and not yet picked up by the event loop (gRPC's defaults, explicit): beyond
+            # them a new stream gets RESOURCE_EXHAUSTED at once and Envoy retries with its backoff. They
+            # were raised to 20,000 / 40,000, which let a stream flood hold ~1 GB.
+            ("grpc.server.max_pending_requests", MAX_PENDING_STREAMS),
+            ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_STREAMS_HARD),
             *policy.grpc_options(),
         ]
     )

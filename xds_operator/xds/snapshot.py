@@ -31,6 +31,10 @@ PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER)
 NAMED_TYPES = frozenset({ENDPOINT})
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS"}
 
+# The most one response of one type may carry (the resources' encoded size; gRPC's send limit is 64 MiB).
+# The cache leaves out, newest first, the VirtualServices that would make a proxy's response larger.
+MAX_RESPONSE_BYTES = 32 * 1024 * 1024
+
 # Content hashes of sets are sums of 128-bit weights modulo this: independent of order, and
 # updated in O(1) when one member comes or goes.
 MODULUS = 1 << 128
@@ -64,6 +68,14 @@ class Resource:
         return cls(name, type_url, body, digest, frozenset(requires), weight)
 
     @cached_property
+    def wire_size(self) -> int:
+        """Its encoded size in a response, as a delta `Resource` (name, version, Any): never less than in
+        a state-of-the-world one. Computed without encoding anything."""
+        any_size = _field_size(len(self.type_url.encode())) + _field_size(len(self.body))
+        entry = _field_size(len(self.name.encode())) + _field_size(len(self.digest)) + _field_size(any_size)
+        return _field_size(entry)
+
+    @cached_property
     def packed(self) -> any_pb2.Any:
         return any_pb2.Any(type_url=self.type_url, value=self.body)
 
@@ -76,6 +88,11 @@ class Resource:
 def length_delimited(field_number: int, payload: bytes) -> bytes:
     """A protobuf length-delimited field (wire type 2): tag, length, payload."""
     return _varint(field_number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def _field_size(length: int) -> int:
+    """The encoded size of a length-delimited field (field number under 16) with a payload of `length` bytes."""
+    return 1 + len(_varint(length)) + length
 
 
 def _varint(value: int) -> bytes:
@@ -216,7 +233,8 @@ class Snapshot:
     # What it was built from: source key → content token; tells which inputs a proxy runs.
     contents: Mapping = field(default_factory=immutables.Map)
     _totals: dict[str, int] = field(default_factory=dict, repr=False)  # per type: the sum of resource weights
-    _selections: dict[tuple[str, frozenset[str] | None], Selection] = field(default_factory=dict, repr=False)
+    sizes: dict[str, int] = field(default_factory=dict, repr=False)  # per type: the resources' wire_size, summed
+    _selections: dict[str, Selection] = field(default_factory=dict, repr=False)  # per type: all its resources
     # Its place in the lineage of patches it belongs to (see History).
     history: History = field(default_factory=History, repr=False)
     number: int = 0
@@ -227,7 +245,8 @@ class Snapshot:
             type_url: immutables.Map({r.name: r for r in by_type.get(type_url, ())}) for type_url in PUSH_ORDER
         }
         totals = {t: sum(r.weight for r in of_type.values()) % MODULUS for t, of_type in resources.items()}
-        snapshot = cls(resources, immutables.Map(contents or {}), totals)
+        sizes = {t: sum(r.wire_size for r in of_type.values()) for t, of_type in resources.items()}
+        snapshot = cls(resources, immutables.Map(contents or {}), totals, sizes)
         snapshot.check_consistency()
         return snapshot
 
@@ -250,6 +269,7 @@ class Snapshot:
         # so a patch costs O(log n) per resource, where copying a dict of 10,000 cost ~1 ms per type.
         mutations = {type_url: of_type.mutate() for type_url, of_type in self.resources.items()}
         totals = dict(self._totals)
+        sizes = dict(self.sizes)
         changed: dict[str, set[str]] = {}
         for resource, sign in [*((r, -1) for r in removed), *((r, 1) for r in added)]:
             type_url = resource.type_url
@@ -259,32 +279,35 @@ class Snapshot:
                 mutations[type_url][resource.name] = resource
             changed.setdefault(type_url, set()).add(resource.name)
             totals[type_url] = (totals[type_url] + sign * resource.weight) % MODULUS
+            sizes[type_url] = sizes.get(type_url, 0) + sign * resource.wire_size
         resources = {type_url: mutation.finish() for type_url, mutation in mutations.items()}
         number = self.history.record(self.number, {t: frozenset(names) for t, names in changed.items()})
-        return Snapshot(resources, contents, totals, history=self.history, number=number)
+        return Snapshot(resources, contents, totals, sizes, history=self.history, number=number)
 
     @cached_property
     def versions(self) -> dict[str, str]:
         return {type_url: self.select(type_url).version for type_url in PUSH_ORDER}
 
     def select(self, type_url: str, names: frozenset[str] | None = None) -> Selection:
-        """The resources of a type, all of them (names=None) or only those named; memoized."""
-        key = (type_url, names)
-        selection = self._selections.get(key)
+        """The resources of a type, all of them (names=None) or only those named.
+
+        Only the whole-type selection is memoized (shared by every stream): a client's own name set is
+        not kept here, where it would live as long as the snapshot (streams keep their last selection).
+        """
+        whole = self._whole(type_url)
+        of_type = self.resources.get(type_url, immutables.Map())
+        if names is None or (len(names) >= len(of_type) and names.issuperset(of_type.keys())):
+            return whole  # the usual case: a proxy asks for every one it was sent
+        chosen = tuple(of_type[name] for name in sorted(names) if name in of_type)
+        return Selection(type_url, version_of(chosen), lambda: chosen)
+
+    def _whole(self, type_url: str) -> Selection:
+        selection = self._selections.get(type_url)
         if selection is None:
             of_type = self.resources.get(type_url, immutables.Map())
-            if names is None:
-                selection = Selection(
-                    type_url,
-                    _version(self._totals.get(type_url, 0)),
-                    lambda: tuple(of_type[n] for n in sorted(of_type)),
-                )
-            elif names.issuperset(of_type.keys()):  # the usual case: a proxy asks for every one it was sent
-                selection = self.select(type_url, None)
-            else:
-                chosen = tuple(of_type[name] for name in sorted(names) if name in of_type)
-                selection = Selection(type_url, version_of(chosen), lambda: chosen)
-            self._selections[key] = selection
+            selection = self._selections[type_url] = Selection(
+                type_url, _version(self._totals.get(type_url, 0)), lambda: tuple(of_type[n] for n in sorted(of_type))
+            )
         return selection
 
     def check_consistency(self) -> None:

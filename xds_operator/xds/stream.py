@@ -15,13 +15,27 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from ..logs import clip, shorten
 from .snapshot import CLUSTER, LISTENER, NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Selection, Snapshot
 
 log = logging.getLogger(__name__)
+
+# What a client controls is cut before it is logged, shown or kept (see README, "What one xDS client can cost").
+MAX_SHOWN_NODE_ID = 320  # characters: longer than any Kubernetes namespace/pod-name
+MAX_SHOWN_TYPE_URL = 200
+MAX_LOGGED_ERROR = 1_000  # a NACK's text in the log
+MAX_KEPT_ERROR = 8_192  # a NACK's text kept for /debug/proxies and status
+MAX_REPORTED_TYPES = 8  # distinct unsupported types logged per stream
+# Named subscriptions (EDS): a proxy can only use the names of clusters it was sent. A stream keeps at most
+# the number of such resources in its snapshot plus this margin (clusters it still holds from an earlier
+# snapshot), and no name longer than a cluster name can be.
+NAME_MARGIN = 1_024
+MAX_NAME_LENGTH = 200
 
 
 @dataclass
@@ -41,6 +55,9 @@ class TypeState:
     basis: Snapshot | None = None
     awaiting: bool = False  # a response was sent and the proxy has not answered it (ACK or NACK) yet
     pushed_since: float | None = None  # when the snapshot of the response awaiting an answer reached the proxy
+    # The selection `names` give of a snapshot, kept here rather than in the snapshot: a client's name
+    # sets must not outlive its stream (or its next request).
+    selection: tuple[Snapshot, frozenset[str] | None, Selection] | None = None
 
     @property
     def state(self) -> str:
@@ -65,6 +82,9 @@ class StreamObserver:
     def nacked(self, stream: ProxyStream, type_url: str) -> None:
         pass
 
+    def limited(self, stream: ProxyStream, limit: str) -> None:
+        """A client hit one of the limits on what it may send (`limit`: which, e.g. "resource_names")."""
+
 
 class ProxyStream:
     """The protocol state of one ADS stream for one proxy (shared by both variants)."""
@@ -72,10 +92,15 @@ class ProxyStream:
     variant = ""
 
     def __init__(self, node_id: str, observer: StreamObserver | None = None):
-        self.node_id = node_id
+        self.node_id = node_id  # as the proxy sent it: its identity
+        self.shown = clip(node_id, MAX_SHOWN_NODE_ID)  # as logged and shown
         self.types: dict[str, TypeState] = {}
         self.observer = observer or StreamObserver()
         self._nonces = itertools.count(1)
+        self._unsupported: set[str] = set()  # unsupported types already logged (at most MAX_REPORTED_TYPES)
+        self._reported_limits: set[str] = set()  # limits already logged: once per stream each
+        if len(node_id) > MAX_SHOWN_NODE_ID:
+            self.limit_hit("node_id", f"its node id has {len(node_id)} characters; logged and shown cut")
 
     def on_snapshot(self, snapshot: Snapshot | None, since: float | None = None) -> list[bytes]:
         """The proxy's snapshot changed (at monotonic time `since`): send what differs, clusters and
@@ -111,13 +136,49 @@ class ProxyStream:
         if pushed and log.isEnabledFor(logging.INFO):
             text = ", ".join(f"{kind} {version} ({detail})" for kind, version, detail in pushed)
             versions = {kind: version for kind, version, _ in pushed}
-            log.info("push to proxy %s: %s", self.node_id, text, extra={"node_id": self.node_id, "versions": versions})
+            log.info("push to proxy %s: %s", self.shown, text, extra={"node_id": self.shown, "versions": versions})
         return responses
 
     def wanted(self, type_url: str, snapshot: Snapshot) -> Selection:
         """What the proxy should hold of a type now: every resource, or the ones it named."""
         state = self.types[type_url]
-        return snapshot.select(type_url, state.names)
+        cached = state.selection
+        if cached is not None and cached[0] is snapshot and cached[1] is state.names:
+            return cached[2]
+        selection = snapshot.select(type_url, state.names)
+        state.selection = (snapshot, state.names, selection)
+        return selection
+
+    def bound_names(self, type_url: str, names: Iterable[str], snapshot: Snapshot | None) -> frozenset[str]:
+        """The names (of a named type) a stream keeps: at most those of the type's resources in its
+        snapshot plus NAME_MARGIN, names of existing resources first, none longer than a resource name can be.
+
+        Costs the names given, once; what is kept is bounded by what the proxy could have been sent.
+        """
+        of_type = snapshot.resources.get(type_url, {}) if snapshot is not None else {}
+        limit = len(of_type) + NAME_MARGIN
+        given = dict.fromkeys(names)  # ordered: earlier subscriptions are kept first
+        candidates = [name for name in given if len(name) <= MAX_NAME_LENGTH]
+        if len(candidates) > limit:
+            existing = [name for name in candidates if name in of_type]
+            others = [name for name in candidates if name not in of_type][: limit - len(existing)]
+            candidates = existing + others
+        if len(candidates) < len(given):
+            self.limit_hit(
+                "resource_names",
+                f"it asked for {len(given)} {SHORT_NAMES[type_url]} names, more than the {limit} it can use "
+                f"(or names over {MAX_NAME_LENGTH} characters); {len(given) - len(candidates)} ignored",
+            )
+        return frozenset(candidates)
+
+    def limit_hit(self, limit: str, what: str) -> None:
+        """The client hit a limit: counted every time, logged once per stream and limit."""
+        self.observer.limited(self, limit)
+        if limit not in self._reported_limits:
+            self._reported_limits.add(limit)
+            log.warning(
+                "proxy %s: %s (logged once per stream)", self.shown, what, extra={"node_id": self.shown, "limit": limit}
+            )
 
     def _respond(
         self, type_url: str, state: TypeState, wanted: Selection, snapshot: Snapshot
@@ -133,34 +194,50 @@ class ProxyStream:
     def _acknowledge(self, type_url: str, state: TypeState, error: str | None, running: str | None) -> None:
         """An ACK or NACK of the latest response. `running`: the version the proxy keeps after a NACK."""
         kind = SHORT_NAMES[type_url]
-        fields = {"node_id": self.node_id, "type": kind, "version": state.sent_version}
+        fields = {"node_id": self.shown, "type": kind, "version": state.sent_version}
         since, state.pushed_since = state.pushed_since, None
         state.awaiting = False
         if error is None:
             state.acked_version, state.error = state.sent_version, None
-            log.debug("proxy %s ACKed %s version %s", self.node_id, kind, state.sent_version, extra=fields)
+            log.debug("proxy %s ACKed %s version %s", self.shown, kind, state.sent_version, extra=fields)
             if since is not None:
                 self.observer.acked(self, type_url, since)
             return
-        state.nacked_version, state.error = state.sent_version, error
+        state.nacked_version, state.error = state.sent_version, shorten(error, MAX_KEPT_ERROR)
         state.acked_version = running
         self.observer.nacked(self, type_url)
+        logged = clip(error, MAX_LOGGED_ERROR)
         log.warning(
             "proxy %s NACKed %s version %s (keeps %s): %s",
-            self.node_id,
+            self.shown,
             kind,
             state.sent_version,
             running or "its previous resources",
-            error,
-            extra={**fields, "kept_version": running, "error": error},
+            logged,
+            extra={**fields, "kept_version": running, "error": logged},
         )
 
     def _type_state(self, type_url: str) -> TypeState | None:
         """The state of a requested type, created on first use; None (logged) for a type this server does not serve."""
         if type_url not in PUSH_ORDER:
-            log.info("proxy %s asked for unsupported type %s; ignored", self.node_id, type_url)
+            self._unsupported_type(type_url)
             return None
         return self.types.setdefault(type_url, TypeState())
+
+    def _unsupported_type(self, type_url: str) -> None:
+        """Log a request for a type this server does not serve once per type and stream, for a few types."""
+        self.observer.limited(self, "unsupported_type")
+        if type_url in self._unsupported or len(self._unsupported) > MAX_REPORTED_TYPES:
+            return
+        self._unsupported.add(type_url)
+        if len(self._unsupported) > MAX_REPORTED_TYPES:  # full: say so once, keep no more
+            log.info("proxy %s asked for more unsupported types; not logged", self.shown)
+            return
+        log.info(
+            "proxy %s asked for unsupported type %s; ignored (logged once per stream)",
+            self.shown,
+            clip(type_url, MAX_SHOWN_TYPE_URL),
+        )
 
     def has_applied(self, snapshot: Snapshot) -> bool:
         """The proxy ACKed, for every type it subscribed to (clusters and listeners at least), this snapshot."""
@@ -168,8 +245,7 @@ class ProxyStream:
         if CLUSTER not in subscribed or LISTENER not in subscribed:
             return False
         return all(
-            state.acked_version == snapshot.select(type_url, state.names).version
-            for type_url, state in subscribed.items()
+            state.acked_version == self.wanted(type_url, snapshot).version for type_url, state in subscribed.items()
         )
 
     def rejection(self) -> str | None:
@@ -209,7 +285,10 @@ class SotwStream(ProxyStream):
             state.sent_version = state.acked_version = request.version_info or None
         elif request.response_nonce != state.nonce:
             log.debug(
-                "proxy %s: stale %s nonce %r ignored", self.node_id, SHORT_NAMES[type_url], request.response_nonce
+                "proxy %s: stale %s nonce %s ignored",
+                self.shown,
+                SHORT_NAMES[type_url],
+                clip(request.response_nonce, MAX_SHOWN_TYPE_URL),
             )
             return []
         else:
@@ -218,7 +297,7 @@ class SotwStream(ProxyStream):
             self._acknowledge(type_url, state, error, request.version_info or None)
         state.subscribed = True
         if type_url in NAMED_TYPES:
-            state.names = frozenset(request.resource_names)
+            state.names = self.bound_names(type_url, request.resource_names, snapshot)
         # The snapshot may have changed since the last push (the server handles this request
         # before the change notice): answering only this type could send a listener before the
         # cluster it names. Send everything that differs, in push order.
