@@ -5,7 +5,8 @@
 `xds-operator serve --dir` runs as a subprocess, so the resident memory measured (from
 /proc/<pid>/status) is the server's alone. Then, from this process:
 
-- stream cycles: ADS streams open CONCURRENCY at a time, one HTTP/2 connection per batch; one
+- stream cycles: ADS streams open CONCURRENCY at a time, on as few HTTP/2 connections as the
+  server's streams-per-connection limit allows; one
   in four speaks delta ADS, the others state of the world. Each sends its node (a node id of
   its own; every other one with a label of its own too, so its proxy group is created and
   dropped with it), asks for clusters and listeners, ACKs both answers, and goes away in one
@@ -52,6 +53,7 @@ from harness import Ports, one_endpoint_vs, serve_command, stop, tail
 
 from xds_operator.api import parse_virtual_service
 from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.server import MAX_STREAMS_PER_CONNECTION
 from xds_operator.xds.snapshot import CLUSTER, LISTENER, Snapshot
 from xds_operator.xds.stream import SotwStream
 
@@ -197,13 +199,21 @@ async def one_stream(channel: grpc.aio.Channel, index: int) -> None:
 
 
 async def stream_cycles(port: int, count: int, first: int = 0) -> None:
+    """CONCURRENCY streams at a time, over connections of at most MAX_STREAMS_PER_CONNECTION streams
+    (the server refuses more on one connection)."""
     for start in range(first, first + count, CONCURRENCY):
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        batch = range(start, min(first + count, start + CONCURRENCY))
+        channels = [
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(0, len(batch), MAX_STREAMS_PER_CONNECTION)
+        ]
         try:
-            batch = range(start, min(first + count, start + CONCURRENCY))
-            await asyncio.wait_for(asyncio.gather(*(one_stream(channel, index) for index in batch)), TIMEOUT)
+            # Connected first: the server's SETTINGS (its stream limit) arrive before the streams open.
+            await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), TIMEOUT)
+            streams = (one_stream(channels[n // MAX_STREAMS_PER_CONNECTION], index) for n, index in enumerate(batch))
+            await asyncio.wait_for(asyncio.gather(*streams), TIMEOUT)
         finally:
-            await channel.close()
+            for channel in channels:
+                await channel.close()
 
 
 # ---------------------------------------------------------------- VirtualService cycles
