@@ -58,6 +58,9 @@ from xds_operator.xds.snapshot import CLUSTER, LISTENER, Snapshot
 from xds_operator.xds.stream import SotwStream
 
 CONCURRENCY = 250  # streams open at once
+# Streams per HTTP/2 connection: the server refuses more than MAX_STREAMS_PER_CONNECTION at once, and
+# counts a cancelled stream until it has seen it go (a closing stream may overlap the next).
+PER_CONNECTION = MAX_STREAMS_PER_CONNECTION // 2
 BATCH = 100  # VirtualService files written (then deleted) at once
 KEPT = 5  # VirtualServices that stay on disk throughout: what every proxy gets
 LABELS = {"app": "churn"}
@@ -199,17 +202,18 @@ async def one_stream(channel: grpc.aio.Channel, index: int) -> None:
 
 
 async def stream_cycles(port: int, count: int, first: int = 0) -> None:
-    """CONCURRENCY streams at a time, over connections of at most MAX_STREAMS_PER_CONNECTION streams
-    (the server refuses more on one connection)."""
+    """CONCURRENCY streams at a time, PER_CONNECTION on each HTTP/2 connection."""
+    options = [("grpc.use_local_subchannel_pool", 1)]  # otherwise equal channels share one connection
     for start in range(first, first + count, CONCURRENCY):
         batch = range(start, min(first + count, start + CONCURRENCY))
         channels = [
-            grpc.aio.insecure_channel(f"127.0.0.1:{port}") for _ in range(0, len(batch), MAX_STREAMS_PER_CONNECTION)
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+            for _ in range(0, len(batch), PER_CONNECTION)
         ]
         try:
             # Connected first: the server's SETTINGS (its stream limit) arrive before the streams open.
             await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in channels)), TIMEOUT)
-            streams = (one_stream(channels[n // MAX_STREAMS_PER_CONNECTION], index) for n, index in enumerate(batch))
+            streams = (one_stream(channels[n // PER_CONNECTION], index) for n, index in enumerate(batch))
             await asyncio.wait_for(asyncio.gather(*streams), TIMEOUT)
         finally:
             for channel in channels:
