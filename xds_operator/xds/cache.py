@@ -132,8 +132,11 @@ class Group:
     labels: dict[str, str]
     watches: set[Watch] = field(default_factory=set)
     members: dict[Key, Translated] = field(default_factory=dict)  # in the snapshot
-    # Listener/cluster name or port → what its holders declared (see Translated.claims), and who they are.
-    owners: dict[Claim, tuple[str, set[Key]]] = field(default_factory=dict)
+    # Listener/cluster name or port → what its holders declared (see Translated.claims) and one holder;
+    # `sharers` lists every holder of the claims held by more than one (clusters declared alike). Kept
+    # apart so that the usual claim, held by one, costs no set (a group's rebuild makes thousands).
+    owners: dict[Claim, tuple[str, Key]] = field(default_factory=dict)
+    sharers: dict[Claim, set[Key]] = field(default_factory=dict)
     conflicts: dict[Key, str] = field(default_factory=dict)  # left out here, and why
     signature: Signature | None = None  # None until first built
     snapshot: Snapshot = EMPTY
@@ -308,7 +311,7 @@ class SnapshotCache:
         for translated in incoming.values():
             for claim, token in translated.claims.items():
                 held = group.owners.get(claim)
-                unchanged_holders = held is not None and not held[1] <= changing
+                unchanged_holders = held is not None and not holders(group, claim) <= changing
                 if (unchanged_holders and held[0] != token) or claimed.setdefault(claim, token) != token:
                     return None
         outgoing = {key: group.members[key] for key in keys if key in group.members}
@@ -346,7 +349,7 @@ class SnapshotCache:
         included = self._leave_out_conflicts(group, selected)
         signature = (sum(t.weight for t in included) % MODULUS, len(included))
         group.members = {t.vs.key: t for t in included}
-        group.owners = {}
+        group.owners, group.sharers = {}, {}
         for translated in included:
             _hold(group, translated.vs.key, translated)
         if signature == group.signature:
@@ -432,17 +435,37 @@ class SnapshotCache:
         self._reported = current
 
 
+def holders(group: Group, claim: Claim) -> set[Key]:
+    """The VirtualServices that hold a claim in a group (none if it is free)."""
+    shared = group.sharers.get(claim)
+    if shared is not None:
+        return shared
+    held = group.owners.get(claim)
+    return {held[1]} if held is not None else set()
+
+
 def _hold(group: Group, key: Key, translated: Translated) -> None:
+    owners = group.owners
     for claim, token in translated.claims.items():
-        group.owners.setdefault(claim, (token, set()))[1].add(key)
+        held = owners.get(claim)
+        if held is None:
+            owners[claim] = (token, key)
+        elif held[1] != key:
+            group.sharers.setdefault(claim, {held[1]}).add(key)
 
 
 def _release(group: Group, key: Key, translated: Translated) -> None:
     for claim in translated.claims:
-        holders = group.owners[claim][1]
-        holders.discard(key)
-        if not holders:
+        shared = group.sharers.get(claim)
+        token, first = group.owners[claim]
+        if shared is None:
             del group.owners[claim]
+            continue
+        shared.discard(key)
+        if first == key:  # another holder stands for the claim now
+            group.owners[claim] = (token, next(iter(shared)))
+        if len(shared) == 1:
+            del group.sharers[claim]
 
 
 def _still_held(group: Group, translated: Translated, resource: Resource) -> bool:
