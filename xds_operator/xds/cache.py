@@ -234,6 +234,14 @@ class SnapshotCache:
                 if group.signature is not None and all(g.signature != group.signature for g in self._groups.values()):
                     self._by_signature.pop(group.signature, None)
 
+    def owners_of(self, labels: Mapping[str, str] | None, claims: Iterable[Claim]) -> frozenset[Key]:
+        """The VirtualServices that hold any of these claims in the snapshot of the group with these labels
+        (a cluster: every VirtualService that declares it alike)."""
+        group = self._groups.get(frozenset(labels.items())) if labels is not None else None
+        if group is None:
+            return frozenset()
+        return frozenset(key for claim in claims if claim in group.owners for key in group.owners[claim][1])
+
     def group_count(self) -> int:
         return len(self._groups)
 

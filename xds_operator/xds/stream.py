@@ -15,13 +15,21 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .snapshot import CLUSTER, LISTENER, NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Selection, Snapshot
+from .snapshot import CLUSTER, ENDPOINT, LISTENER, NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Selection, Snapshot
 
 log = logging.getLogger(__name__)
+
+# What may be a listener or cluster name in Envoy's error text (names match this pattern: see api).
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+# How much of a NACK's text is searched for names: Envoy lists the rejected resources first.
+NAMES_SEARCHED = 64 * 1024
+# The kind of claim (see cache.Translated.claims) a type's resources are named by.
+CLAIM_KIND = {LISTENER: "listener", CLUSTER: "cluster", ENDPOINT: "cluster"}
 
 
 @dataclass
@@ -162,14 +170,32 @@ class ProxyStream:
             return None
         return self.types.setdefault(type_url, TypeState())
 
-    def has_applied(self, snapshot: Snapshot) -> bool:
-        """The proxy ACKed, for every type it subscribed to (clusters and listeners at least), this snapshot."""
+    def has_applied(self, snapshot: Snapshot, but_rejected: bool = False) -> bool:
+        """The proxy ACKed, for every type it subscribed to (clusters and listeners at least), this snapshot.
+
+        With `but_rejected`, a type may instead have NACKed exactly this snapshot's version: Envoy
+        applies every resource of a response except the ones its error names, so the proxy then runs
+        all of the snapshot but those (see rejected_names).
+        """
         subscribed = {type_url: state for type_url, state in self.types.items() if state.subscribed}
         if CLUSTER not in subscribed or LISTENER not in subscribed:
             return False
-        return all(
-            state.acked_version == snapshot.select(type_url, state.names).version
-            for type_url, state in subscribed.items()
+        for type_url, state in subscribed.items():
+            version = snapshot.select(type_url, state.names).version
+            nacked = but_rejected and state.state == "NACKed" and state.nacked_version == version
+            if state.acked_version != version and not nacked:
+                return False
+        return True
+
+    def rejected_names(self) -> frozenset[tuple[str, str]]:
+        """What Envoy's NACK texts may name, as claims: ("listener", name) for LDS, ("cluster", name) for
+        CDS and EDS. Envoy lists what it rejected ("Error adding/updating listener(s) call-7-l: cannot
+        bind ..."); words that are no resource's name are found by nobody's claim."""
+        return frozenset(
+            (CLAIM_KIND[type_url], name)
+            for type_url, state in self.types.items()
+            if state.state == "NACKed" and state.error
+            for name in _NAME.findall(state.error[:NAMES_SEARCHED])
         )
 
     def rejection(self) -> str | None:
