@@ -151,3 +151,24 @@ def test_owners_of_names_the_holders_of_listener_and_cluster_claims(cache: Snaps
     assert cache.owners_of(INGRESS, [("cluster", "call-3-l")]) == frozenset()  # a listener name, not a cluster
     assert cache.owners_of({"app": "nobody"}, [("listener", "call-3-l")]) == frozenset()
     cache.cancel(watch)
+
+
+async def test_delta_sends_the_named_rejected_resources_again_with_the_next_response_only(
+    cache: SnapshotCache, service: AggregatedDiscoveryService, channel: grpc.aio.Channel
+) -> None:
+    """Delta sends only what changed: without this, a later ACK would count the rejected listener as running."""
+    commit(cache, *CALLS)
+    envoy = DeltaAdsClient(channel, "ingress-1", INGRESS)
+    await envoy.subscribe_and_ack(CLUSTER)
+    await envoy.send(LISTENER)
+    await envoy.nack(await envoy.expect(LISTENER), "Error adding/updating listener(s) call-0-l: cannot bind: in use")
+    await envoy.expect_nothing()  # not at once: the same content would be rejected the same way
+    commit(cache, make_vs("call-9", [listener_spec("call-9-l", 3009, "call-9-c")]))
+    await envoy.ack(await envoy.expect(CLUSTER, changed=["call-9-c"]))
+    again = await envoy.expect(LISTENER, changed=["call-0-l", "call-9-l"])
+    await envoy.nack(again, "Error adding/updating listener(s) call-0-l: cannot bind: in use")
+    await eventually(lambda: any(p.rejection for p in service.progress()), "the second NACK to arrive")
+    result = progress(service, cache)
+    assert blamed(result) == {"call-0"}
+    assert applied(result) == {"call-1", "call-2", "call-3", "call-9"}
+    await envoy.close()

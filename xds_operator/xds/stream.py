@@ -195,7 +195,7 @@ class ProxyStream:
             (CLAIM_KIND[type_url], name)
             for type_url, state in self.types.items()
             if state.state == "NACKed" and state.error
-            for name in _NAME.findall(state.error[:NAMES_SEARCHED])
+            for name in resource_names_in(state.error)
         )
 
     def rejection(self) -> str | None:
@@ -258,6 +258,11 @@ class SotwStream(ProxyStream):
         state.sent_version = wanted.version
         state.nonce = wanted.nonce
         return wanted.sotw_response, f"{len(wanted.resources)} resources"
+
+
+def resource_names_in(error: str) -> set[str]:
+    """The words of Envoy's error text that may be resource names (the ones it rejected among them)."""
+    return set(_NAME.findall(error[:NAMES_SEARCHED]))
 
 
 def nack_text(request: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest) -> str | None:
