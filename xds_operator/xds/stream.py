@@ -20,7 +20,17 @@ from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from .snapshot import CLUSTER, ENDPOINT, LISTENER, NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Selection, Snapshot
+from .snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    NAMED_TYPES,
+    PUSH_ORDER,
+    SHORT_NAMES,
+    Selection,
+    Snapshot,
+    version_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +38,7 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
 # How much of a NACK's text is searched for names: Envoy lists the rejected resources first.
 NAMES_SEARCHED = 64 * 1024
+NOTHING = version_of(())  # the version of an empty selection
 # The kind of claim (see cache.Translated.claims) a type's resources are named by.
 CLAIM_KIND = {LISTENER: "listener", CLUSTER: "cluster", ENDPOINT: "cluster"}
 
@@ -112,8 +123,11 @@ class ProxyStream:
             if push is not None:
                 response, detail = push
                 responses.append(response)
-                state.awaiting = True
-                state.pushed_since = since
+                if self._taken_unanswered(type_url, state):
+                    state.acked_version = state.sent_version
+                else:
+                    state.awaiting = True
+                    state.pushed_since = since
                 self.observer.pushed(self, type_url, len(response))
                 pushed.append((SHORT_NAMES[type_url], state.sent_version or "", detail))
         if pushed and log.isEnabledFor(logging.INFO):
@@ -133,6 +147,10 @@ class ProxyStream:
         """The response that brings the proxy to `wanted` (of `snapshot`) and what it carries (for the
         log), or None if the proxy needs nothing."""
         raise NotImplementedError
+
+    def _taken_unanswered(self, type_url: str, state: TypeState) -> bool:
+        """Whether the proxy takes the response just sent without answering it."""
+        return False
 
     def _next_nonce(self, state: TypeState) -> str:
         state.nonce = str(next(self._nonces))
@@ -234,6 +252,8 @@ class SotwStream(ProxyStream):
             # and is sent nothing if that is still current.
             state.sent_version = state.acked_version = request.version_info or None
         elif request.response_nonce != state.nonce:
+            if self._unsubscribed_all(type_url, state, request):
+                return self.on_snapshot(snapshot, since)
             log.debug(
                 "proxy %s: stale %s nonce %r ignored", self.node_id, SHORT_NAMES[type_url], request.response_nonce
             )
@@ -249,6 +269,23 @@ class SotwStream(ProxyStream):
         # before the change notice): answering only this type could send a listener before the
         # cluster it names. Send everything that differs, in push order.
         return self.on_snapshot(snapshot, since)
+
+    def _unsubscribed_all(self, type_url: str, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> bool:
+        """A request naming nothing of a named type, with a stale nonce: Envoy dropped its last EDS cluster and
+        unsubscribed before it read the (empty) EDS response that crossed its request. It takes that response
+        without answering (it watches no name), so it runs it: the subscription change counts, and so does
+        the response if it was empty."""
+        if type_url not in NAMED_TYPES or request.resource_names or not state.names:
+            return False
+        state.names = frozenset()
+        if state.awaiting and state.sent_version == NOTHING:
+            self._acknowledge(type_url, state, None, None)
+        return True
+
+    def _taken_unanswered(self, type_url: str, state: TypeState) -> bool:
+        """Envoy takes a response for a named type whose names it all unsubscribed without answering it
+        (its gRPC mux: "No watches and no resources ... we'll accept this update")."""
+        return type_url in NAMED_TYPES and state.names == frozenset()
 
     def _respond(
         self, type_url: str, state: TypeState, wanted: Selection, snapshot: Snapshot
