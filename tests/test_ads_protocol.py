@@ -748,3 +748,43 @@ async def test_a_proxy_still_gets_its_config_when_every_send_slot_is_held(
     envoy = connect()
     assert resource_names(await envoy.subscribe_and_ack(CLUSTER)) == ["rtp-c"]
     assert resource_names(await envoy.subscribe_and_ack(LISTENER)) == ["rtp-l"]
+
+
+async def test_removing_the_last_eds_cluster_ends_with_every_type_acked(
+    cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect
+) -> None:
+    """What a real Envoy does (tests/e2e/test_ops.py): the CDS push removing its last EDS cluster makes it
+    unsubscribe from EDS with the nonce it last saw, crossing the empty EDS response; it takes that one
+    without answering (it watches no name then). So nothing stays pending, and the proxy runs the snapshot."""
+    plain = make_vs("plain", [listener_spec("plain-l", 2000, "plain-c")])
+    commit(cache, two_eds_clusters(), plain)
+    envoy = connect()
+    await envoy.subscribe_and_ack(CLUSTER)
+    eds = await envoy.subscribe_and_ack(ENDPOINT, ["eds-a", "eds-b"])
+    await envoy.subscribe_and_ack(LISTENER)
+    cache.delete(("media", "eds"))
+    cache.commit()
+    await envoy.ack(await envoy.expect(CLUSTER, names=["plain-c"]))
+    await envoy.expect(ENDPOINT, names=[])  # taken silently
+    await envoy.send(ENDPOINT, names=[], version=eds.version_info, nonce=eds.nonce)  # the stale unsubscribe
+    await envoy.ack(await envoy.expect(LISTENER, names=["plain-l"]))
+    await envoy.expect_nothing()
+    types = proxy_types(service, "ingress-1")
+    assert {kind: state["state"] for kind, state in types.items()} == {"CDS": "ACKed", "EDS": "ACKed", "LDS": "ACKed"}
+    assert types["EDS"]["version"] == "0000000000000000"
+    (progress,) = service.progress()
+    assert progress.applied is progress.current
+
+
+async def test_an_eds_response_to_a_proxy_that_unsubscribed_everything_counts_as_taken(
+    cache: SnapshotCache, service: AggregatedDiscoveryService, connect: Connect
+) -> None:
+    """The other order: the unsubscribe arrives first (current nonce); the empty response then gets no answer."""
+    commit(cache, two_eds_clusters())
+    envoy = connect()
+    await envoy.subscribe_and_ack(CLUSTER)
+    eds = await envoy.subscribe_and_ack(ENDPOINT, ["eds-a", "eds-b"])
+    await envoy.send(ENDPOINT, names=[], version=eds.version_info, nonce=eds.nonce)
+    await envoy.expect(ENDPOINT, names=[])
+    await envoy.expect_nothing()
+    assert proxy_types(service, "ingress-1")["EDS"]["state"] == "ACKed"

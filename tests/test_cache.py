@@ -663,3 +663,28 @@ def test_response_sizes_are_tracked_through_patches_as_a_build_computes_them() -
     for type_url, of_type in rebuilt.resources.items():  # exactly a delta response's resources, encoded
         resources = [discovery_pb2.Resource(name=r.name, version=r.digest, resource=r.packed) for r in of_type.values()]
         assert rebuilt.sizes[type_url] == discovery_pb2.DeltaDiscoveryResponse(resources=resources).ByteSize()
+
+
+def test_groups_whose_member_hashes_collide_do_not_share_a_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signatures are sums of 128-bit hashes, and colliding sets can be constructed: a signature hit is
+    confirmed by comparing the members before a snapshot is shared (here every member weighs the same)."""
+    from xds_operator.xds.cache import Translated
+
+    monkeypatch.setattr(Translated, "weight", property(lambda self: 1))
+    cache = SnapshotCache()
+    cache.upsert(make_vs("a", namespace="team-a", selector={"team": "a"}, port=2000))
+    cache.upsert(make_vs("b", namespace="team-b", selector={"team": "b"}, port=2001))
+    cache.commit()
+    team_a = cache.watch({"team": "a"}, lambda: None)
+    team_b = cache.watch({"team": "b"}, lambda: None)  # built from scratch: same signature as team a's
+    assert team_a.snapshot is not None and team_b.snapshot is not None
+    assert dict(team_a.snapshot.contents).keys() == {("team-a", "a")}
+    assert dict(team_b.snapshot.contents).keys() == {("team-b", "b")}
+    assert set(team_b.snapshot.resources[LISTENER]) == {"b-l"}
+
+    # Patched in place: an edit that lands team b on team a's signature again.
+    cache.upsert(make_vs("b", namespace="team-b", selector={"team": "b"}, port=2002))
+    cache.commit()
+    assert dict(team_b.snapshot.contents).keys() == {("team-b", "b")}
+    assert set(team_b.snapshot.resources[LISTENER]) == {"b-l"}
+    assert set(team_a.snapshot.resources[LISTENER]) == {"a-l"}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 
 from ads_client import eventually
@@ -112,3 +113,44 @@ def lease_renewal(apiserver: FakeApiServer) -> str | None:
 
 def status_of_calls(apiserver: FakeApiServer) -> dict | None:
     return (apiserver.get(PLURAL, NS, "calls") or {}).get("status")
+
+
+async def test_a_write_that_returns_after_leadership_ended_does_not_hide_what_the_next_leader_wrote() -> None:
+    """The race behind this module's flakiness: the API server stores a write before the writer hears back.
+    Meanwhile leadership ends and the watch delivers that write and then the next leader's; recording the
+    own write only afterwards would overwrite the newer status, so the writer would never correct it."""
+    leading = True
+    writer = StatusWriter(client.ApiClient(), retry_delay=0.01, leading=lambda: leading)
+    started, release, returned = threading.Event(), threading.Event(), threading.Event()
+
+    class Answer:  # the raw response the writer asks for (it does not decode it)
+        def drain_conn(self) -> None:
+            pass
+
+    class SlowObjects:
+        def patch_namespaced_custom_object_status(self, *args: object, **kwargs: object) -> Answer:
+            started.set()
+            release.wait(10)
+            returned.set()
+            return Answer()
+
+    writer._objects = SlowObjects()  # type: ignore[assignment]
+    writing = asyncio.create_task(writer.run())
+    key = (NS, "calls")
+    mine = {"observedGeneration": 1, "conditions": [{"type": "Programmed", "reason": "NoProxies"}]}
+    theirs = {"observedGeneration": 1, "conditions": [{"type": "Programmed", "reason": "Programmed"}]}
+    try:
+        writer.want(key, mine)
+        await eventually(started.is_set, "the write to be sent")
+        leading = False
+        writer.observed(key, mine)  # the watch: this write, then the next leader's
+        writer.observed(key, theirs)
+        release.set()
+        await eventually(lambda: returned.is_set() and writer.writes == 1, "the write to return")
+        await asyncio.sleep(0.1)  # the writer handles the answer
+        assert writer.written(key) == theirs
+    finally:
+        release.set()
+        writing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await writing

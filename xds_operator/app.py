@@ -184,6 +184,7 @@ async def _run(
             **(routes or {}),
         }
     )
+    metrics.read_admin_limits(lambda: admin.closed)
     try:
         bound_admin = await admin.start(admin_host, admin_port)
     except OSError as error:

@@ -127,6 +127,19 @@ class Metrics(StreamObserver):
 
         self._readers.append(read)
 
+    def read_admin_limits(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Admin port connections a limit ended: too_many (the oldest, closed for a new one), timeout, too_long."""
+
+        def read() -> Iterator[Metric]:
+            family = CounterMetricFamily(
+                PREFIX + "admin_connections_closed", "Admin connections ended by a limit, by reason", labels=["reason"]
+            )
+            for reason, value in sorted({"too_many": 0, "timeout": 0, "too_long": 0, **counts()}.items()):
+                family.add_metric([reason], value)
+            yield family
+
+        self._readers.append(read)
+
     def read_watches(self, reflectors: Sequence[Reflector]) -> None:
         """Kubernetes list/watch loops: watches re-established (ended, dropped, failed) and full relists (410 Gone)."""
 

@@ -7,6 +7,7 @@ on their own loopback IPs (tests/e2e/kube.py).
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import pytest
@@ -135,6 +136,28 @@ def test_a_rejected_virtualservice_reports_why_and_a_conflict_is_reported_on_the
     accepted = cluster.wait_condition("invalid", "Accepted", "False", "Invalid")
     assert "host.address" in accepted["message"]
     assert send_until_answer(port) == "worker-a"  # the winner keeps serving throughout
+
+
+def test_a_call_whose_port_is_taken_is_the_only_one_rejected(cluster, ingress, operator):
+    """Envoy applies every listener but the one it cannot bind and names it: only that call is Rejected,
+    also for the calls sent after it in the same (state-of-the-world: every listener) responses."""
+    worker_port = free_udp_port()
+    cluster.worker_pod("worker-a", worker_port, free_port())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as held:  # no SO_REUSEPORT: Envoy cannot bind it
+        held.bind(("0.0.0.0", 0))
+        cluster.create(vs_body("call-1", held.getsockname()[1], worker_port))
+        rejected = cluster.wait_condition("call-1", "Programmed", "False", "Rejected")
+        assert "call-1-l" in rejected["message"] and "Address already in use" in rejected["message"]
+        ports = {"call-0": free_udp_port(), "call-2": free_udp_port()}
+        for name, port in ports.items():
+            cluster.create(vs_body(name, port, worker_port))
+        for name, port in ports.items():
+            ingress.wait_listener(f"{name}-l", port)
+            cluster.wait_condition(name, "Programmed", "True", "Programmed")
+            cluster.wait_condition(name, "Ready", "True")
+            assert send_until_answer(port) == "worker-a"
+        assert cluster.condition("call-1", "Programmed")["reason"] == "Rejected"
+        assert "call-1-l" not in ingress.listeners()
 
 
 def test_dropped_watches_and_410_gone_lose_no_update(cluster, apiserver, ingress, operator):

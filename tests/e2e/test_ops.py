@@ -331,3 +331,21 @@ def test_json_logs_parse_and_carry_node_ids_types_and_versions(
         assert all(f"{kind} {version} (" in push["message"] for kind, version in push["versions"].items())
     assert not [r for r in every if " ACKed " in r["message"]], "ACKs are debug lines"
     assert any(r.get("file", "").endswith("blocked.yaml") for r in every)
+
+
+def test_removing_the_last_eds_cluster_leaves_every_type_acked(envoy, control_plane, ads_variant, workers, vs_files):
+    """Envoy unsubscribes from EDS when its last EDS cluster goes. In state of the world it then takes the
+    empty EDS response without answering (it watches nothing), so waiting for an ACK would show the proxy
+    PENDING, and its VirtualServices not Programmed, for as long as it stays connected."""
+    a = workers("worker-a")
+    eds_port, plain_port = free_udp_port(), free_udp_port()
+    vs_files.write("eds.yaml", virtual_service("eds", eds_port, [endpoint(a, health=False)], discovery="eds"))
+    vs_files.write("plain.yaml", virtual_service("plain", plain_port, [endpoint(a, health=False)]))
+    envoy.wait_listener("eds-l", eds_port)
+    wait_until(lambda: all_acked(control_plane, envoy.node_id, ("CDS", "EDS", "LDS")), "everything ACKed")
+    vs_files.delete("eds.yaml")
+    envoy.wait_listener_absent("eds-l")
+    wait_until(lambda: all_acked(control_plane, envoy.node_id, ("CDS", "EDS", "LDS")), "everything ACKed again")
+    text = cli("status", "--admin-address", f"127.0.0.1:{control_plane.admin_port}")
+    assert "PENDING" not in text.stdout, text.stdout
+    assert send_until_answer(plain_port) == "worker-a"

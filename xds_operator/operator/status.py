@@ -278,7 +278,10 @@ class StatusWriter:
                 continue
             ok = await self._attempt(f"status of {key[0]}/{key[1]}", self._patch, key, status)
             if ok:
-                self._written[key] = status
+                # If leadership ended during the write, the watch, not this write, says what the object
+                # carries: it may already have delivered what the next leader wrote since.
+                if self._leading():
+                    self._written[key] = status
             elif ok is None:
                 self._written.pop(key, None)
             else:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
+import immutables
+
 from ..api import Key, VirtualService, cluster_of, port_of, protocol_of
 from ..translate import Resolved, SelectorResolver, no_pods, resolve_virtual_service, translate_virtual_service
 from . import lineage
@@ -260,6 +262,14 @@ class SnapshotCache:
                 if group.signature is not None and all(g.signature != group.signature for g in self._groups.values()):
                     self._by_signature.pop(group.signature, None)
 
+    def owners_of(self, labels: Mapping[str, str] | None, claims: Iterable[Claim]) -> frozenset[Key]:
+        """The VirtualServices that hold any of these claims in the snapshot of the group with these labels
+        (a cluster: every VirtualService that declares it alike)."""
+        group = self._groups.get(frozenset(labels.items())) if labels is not None else None
+        if group is None:
+            return frozenset()
+        return frozenset(key for claim in claims for key in holders(group, claim))
+
     def group_count(self) -> int:
         return len(self._groups)
 
@@ -336,9 +346,10 @@ class SnapshotCache:
             contents[key] = translated.token
             total, count = total + translated.weight, count + 1
         signature = (total % MODULUS, count)
-        snapshot = self._by_signature.get(signature)
+        members = contents.finish()
+        snapshot = self._shared(signature, members)
         if snapshot is None:
-            snapshot = self._by_signature[signature] = group.snapshot.patched(removed, added, contents.finish())
+            snapshot = self._by_signature[signature] = group.snapshot.patched(removed, added, members)
             lineage.record(snapshot, group.snapshot, outgoing.keys() | incoming.keys())
         self._install(group, signature, snapshot)
         return True
@@ -352,19 +363,26 @@ class SnapshotCache:
         group.owners, group.sharers = {}, {}
         for translated in included:
             _hold(group, translated.vs.key, translated)
-        if signature == group.signature:
+        contents = immutables.Map({t.vs.key: t.token for t in included})
+        if signature == group.signature and contents == group.snapshot.contents:
             return False
-        snapshot = self._by_signature.get(signature)
+        snapshot = self._shared(signature, contents)
         if snapshot is None:
             by_type: dict[str, list[Resource]] = {CLUSTER: [], ENDPOINT: [], LISTENER: []}
             for translated in included:
                 for resource in translated.resources:
                     by_type[resource.type_url].append(resource)
-            contents = {t.vs.key: t.token for t in included}
             snapshot = self._by_signature[signature] = Snapshot.build(by_type, contents)
             lineage.record(snapshot, group.snapshot, lineage.changed_between(group.snapshot, snapshot))
         self._install(group, signature, snapshot)
         return True
+
+    def _shared(self, signature: Signature, contents: immutables.Map) -> Snapshot | None:
+        """The snapshot another group built with the same members, if any: the signature finds it in O(1), and
+        only then are the members (keys and tokens) compared, since sums of hashes can be made to collide
+        (in Kubernetes mode that would hand one namespace's resources to another's proxies)."""
+        snapshot = self._by_signature.get(signature)
+        return snapshot if snapshot is not None and snapshot.contents == contents else None
 
     @staticmethod
     def _install(group: Group, signature: Signature, snapshot: Snapshot) -> None:

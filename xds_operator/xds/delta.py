@@ -4,7 +4,9 @@ The stream remembers, per type, the version of every resource the proxy holds (`
 resource's version is its content hash). A response carries the wanted resources whose
 version differs and, in `removed_resources`, what the proxy holds but should not. That
 bookkeeping is optimistic: what was sent counts as held, so a NACKed resource is not sent
-again until its content changes (the same policy as state of the world). A reconnecting
+again at once. But the resources Envoy names in its NACK (it applies the others) go again with
+the next response of their type, as state of the world resends every resource: so a later ACK
+means they were accepted, and another NACK names them again. A reconnecting
 proxy lists what it holds in `initial_resource_versions` and is sent only the difference.
 """
 
@@ -17,7 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from ..logs import clip
 from .snapshot import NAMED_TYPES, SHORT_NAMES, Resource, Selection, Snapshot
-from .stream import MAX_SHOWN_TYPE_URL, ProxyStream, StreamObserver, TypeState, nack_text
+from .stream import MAX_SHOWN_TYPE_URL, ProxyStream, StreamObserver, TypeState, nack_text, resource_names_in
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class DeltaStream(ProxyStream):
     def __init__(self, node_id: str, observer: StreamObserver | None = None):
         super().__init__(node_id, observer)
         self._absent_reported: dict[str, set[str]] = {}  # named types: subscribed names already reported absent
+        self._resend: dict[str, set[str]] = {}  # per type: names a NACK rejected, to go with its next response
 
     def on_request(
         self, request: discovery_pb2.DeltaDiscoveryRequest, snapshot: Snapshot | None, since: float | None = None
@@ -46,7 +49,10 @@ class DeltaStream(ProxyStream):
             state.known = {name: held[name] for name in self.bound_names(type_url, held, snapshot)}
             state.names = frozenset() if type_url in NAMED_TYPES else None  # CDS and LDS: always wildcard
         elif request.response_nonce and request.response_nonce == state.nonce:
-            self._acknowledge(type_url, state, nack_text(request), state.acked_version)
+            error = nack_text(request)
+            self._acknowledge(type_url, state, error, state.acked_version)
+            if error is not None:
+                self._resend[type_url] = {name for name in resource_names_in(error) if name in state.known}
         elif request.response_nonce:
             nonce = clip(request.response_nonce, MAX_SHOWN_TYPE_URL)
             log.debug("proxy %s: stale %s nonce %s", self.shown, SHORT_NAMES[type_url], nonce)
@@ -92,6 +98,7 @@ class DeltaStream(ProxyStream):
             if state.sent_version is None:  # a reconnect holding exactly what is wanted: it runs this version
                 state.sent_version = state.acked_version = wanted.version
             return None
+        changed.extend(self._rejected_again(type_url, state, snapshot, changed))
         for resource in changed:
             state.known[resource.name] = resource.digest
         for name in removed:
@@ -106,6 +113,20 @@ class DeltaStream(ProxyStream):
             removed_resources=removed,
         ).SerializeToString()
         return response, f"{len(changed)} changed, {len(removed)} removed"
+
+    def _rejected_again(
+        self, type_url: str, state: TypeState, snapshot: Snapshot, changed: list[Resource]
+    ) -> list[Resource]:
+        """The resources the last NACK named that are still wanted unchanged: they go with this response."""
+        names = self._resend.pop(type_url, set()) - {resource.name for resource in changed}
+        present = snapshot.resources.get(type_url, {})
+        return [
+            present[name]
+            for name in sorted(names)
+            if name in present
+            and (state.names is None or name in state.names)
+            and state.known.get(name) == present[name].digest
+        ]
 
     @staticmethod
     def _compare(

@@ -1,7 +1,8 @@
 """Per VirtualService: how many selected proxies run its current resources, which ones, and who rejected them.
 
 Pure: it reads what the server knows of each proxy (its current and its last fully ACKed
-snapshot, and any NACK text) and what the cache holds. Proxies that are alike (same labels,
+snapshot, any NACK text and the VirtualServices whose resources that text names) and what the
+cache holds. Proxies that are alike (same labels,
 same snapshots, same error) are counted together, so the cost follows groups, not proxies.
 ProgressTracker answers per VirtualService and says which ones a proxy change touched, so a
 status pass after one change costs that change, not every VirtualService.
@@ -39,7 +40,7 @@ def summarize(proxies: Iterable[ProxyProgress], services: Mapping[Key, VirtualSe
 
 
 LabelSet = frozenset[tuple[str, str]]
-Shape = tuple[LabelSet, Snapshot | None, Snapshot | None, str | None]
+Shape = tuple[LabelSet, Snapshot | None, Snapshot | None, str | None, frozenset[Key]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -50,26 +51,39 @@ class Alike:
     current: Snapshot | None  # what they should run
     applied: Snapshot | None  # the latest snapshot they ACKed in full
     rejection: str | None
+    # The VirtualServices owning a listener or cluster Envoy's NACK names (see ProxyProgress.rejected).
+    rejected: frozenset[Key]
     nodes: tuple[str, ...]
 
     def runs(self, key: Key) -> bool:
         """Whether they ACKed this VirtualService's current resources."""
         token = self.current.contents.get(key) if self.current is not None else None
-        return token is not None and self.applied is not None and self.applied.contents.get(key) == token
+        return (
+            token is not None
+            and self.applied is not None
+            and self.applied.contents.get(key) == token
+            and key not in self.rejected
+        )
 
     def blames(self, key: Key) -> bool:
-        """Whether their NACK is about this VirtualService: new or changed since the last snapshot they took.
+        """Whether their NACK is about this VirtualService.
 
-        If none is (they rejected something they never ran), every one they should run is blamed.
+        When Envoy's error text names resources of theirs, exactly the VirtualServices owning them
+        are blamed. Otherwise: the ones new or changed since the last snapshot they took, and if
+        none is (they rejected something they never ran), every one they should run.
         """
         if self.rejection is None or self.current is None or key not in self.current.contents:
             return False
+        if self.rejected:
+            return key in self.rejected
         return self._blames_all or not self.runs(key)
 
     def blamed(self) -> set[Key]:
         """Every VirtualService `blames` is True for (proportional to the change, unless they blame all)."""
         if self.rejection is None or self.current is None:
             return set()
+        if self.rejected:
+            return {key for key in self.rejected if key in self.current.contents}
         if self._blames_all:
             return set(self.current.contents)
         return {key for key in self._changed if self.blames(key)}
@@ -101,13 +115,14 @@ class ProgressTracker:
         grouped: dict[Shape, list[str]] = {}
         for proxy in proxies:
             if proxy.labels is not None:  # not identified yet: not selected by anything
-                shape = (frozenset(proxy.labels.items()), proxy.current, proxy.applied, proxy.rejection)
+                labels = frozenset(proxy.labels.items())
+                shape = (labels, proxy.current, proxy.applied, proxy.rejection, proxy.rejected)
                 grouped.setdefault(shape, []).append(proxy.node_id)
         old = self._classes
         if grouped.keys() == old.keys() and all(old[shape].nodes == tuple(grouped[shape]) for shape in grouped):
             return set(), []
         self._classes = {
-            shape: Alike(dict(shape[0]), shape[1], shape[2], shape[3], tuple(nodes)) for shape, nodes in grouped.items()
+            (labels, *rest): Alike(dict(labels), *rest, tuple(nodes)) for (labels, *rest), nodes in grouped.items()
         }
         old_by_labels, self._by_labels = self._by_labels, {}
         for shape, alike in self._classes.items():
@@ -154,7 +169,7 @@ def _by_node(alikes: list[Alike]) -> dict[str, Alike] | None:
 
 
 def _shape(alike: Alike) -> tuple:
-    return (alike.current, alike.applied, alike.rejection)
+    return (alike.current, alike.applied, alike.rejection, alike.rejected)
 
 
 def _affected(was: Alike, now: Alike) -> set[Key]:

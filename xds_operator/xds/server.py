@@ -18,6 +18,7 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
+from ..api import Key
 from ..logs import clip
 from ..net import split_host_port
 from .cache import SnapshotCache, Watch
@@ -77,6 +78,8 @@ class Connection:
     stream: ProxyStream
     watch: Watch
     applied: Snapshot | None = None  # the latest snapshot the proxy ACKed in full
+    # The VirtualServices its NACK names, for (its error text, its snapshot): looked up once per NACK.
+    attributed: tuple[str | None, Snapshot | None, frozenset[Key]] = (None, None, frozenset())
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,9 @@ class ProxyProgress:
     current: Snapshot | None
     applied: Snapshot | None
     rejection: str | None
+    # The VirtualServices owning a listener or cluster Envoy's NACK names. When not empty, `applied`
+    # is `current` if the proxy answered all of it (it runs everything else: Envoy applies the rest).
+    rejected: frozenset[Key] = frozenset()
 
 
 class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -144,10 +150,20 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
 
     def progress(self) -> list[ProxyProgress]:
         """Per connected proxy, what status needs: the snapshot it should run, the one it runs, its NACK."""
-        return [
-            ProxyProgress(c.stream.node_id, c.watch.labels, c.watch.snapshot, c.applied, c.stream.rejection())
-            for c in self._connections.values()
-        ]
+        return [self._progress_of(c) for c in self._connections.values()]
+
+    def _progress_of(self, connection: Connection) -> ProxyProgress:
+        stream, snapshot, applied = connection.stream, connection.watch.snapshot, connection.applied
+        rejection = stream.rejection()
+        if rejection is None:
+            return ProxyProgress(stream.node_id, connection.watch.labels, snapshot, applied, None)
+        text, seen, rejected = connection.attributed
+        if (text, seen) != (rejection, snapshot):
+            rejected = self._cache.owners_of(connection.watch.labels, stream.rejected_names())
+            connection.attributed = (rejection, snapshot, rejected)
+        if rejected and snapshot is not None and stream.has_applied(snapshot, but_rejected=True):
+            applied = snapshot
+        return ProxyProgress(stream.node_id, connection.watch.labels, snapshot, applied, rejection, rejected)
 
     def reidentify(self, node_ids: Iterable[str]) -> None:
         """The identity source learned something about these nodes: move their proxies to their labels' group."""

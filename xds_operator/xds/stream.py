@@ -15,13 +15,24 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from ..logs import clip, shorten
-from .snapshot import CLUSTER, LISTENER, NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Selection, Snapshot
+from .snapshot import (
+    CLUSTER,
+    ENDPOINT,
+    LISTENER,
+    NAMED_TYPES,
+    PUSH_ORDER,
+    SHORT_NAMES,
+    Selection,
+    Snapshot,
+    version_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +47,14 @@ MAX_REPORTED_TYPES = 8  # distinct unsupported types logged per stream
 # snapshot), and no name longer than a cluster name can be.
 NAME_MARGIN = 1_024
 MAX_NAME_LENGTH = 200
+
+# What may be a listener or cluster name in Envoy's error text (names match this pattern: see api).
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+# How much of a NACK's text is searched for names: Envoy lists the rejected resources first.
+NAMES_SEARCHED = 64 * 1024
+NOTHING = version_of(())  # the version of an empty selection
+# The kind of claim (see cache.Translated.claims) a type's resources are named by.
+CLAIM_KIND = {LISTENER: "listener", CLUSTER: "cluster", ENDPOINT: "cluster"}
 
 
 @dataclass
@@ -129,8 +148,11 @@ class ProxyStream:
             if push is not None:
                 response, detail = push
                 responses.append(response)
-                state.awaiting = True
-                state.pushed_since = since
+                if self._taken_unanswered(type_url, state):
+                    state.acked_version = state.sent_version
+                else:
+                    state.awaiting = True
+                    state.pushed_since = since
                 self.observer.pushed(self, type_url, len(response))
                 pushed.append((SHORT_NAMES[type_url], state.sent_version or "", detail))
         if pushed and log.isEnabledFor(logging.INFO):
@@ -187,6 +209,10 @@ class ProxyStream:
         log), or None if the proxy needs nothing."""
         raise NotImplementedError
 
+    def _taken_unanswered(self, type_url: str, state: TypeState) -> bool:
+        """Whether the proxy takes the response just sent without answering it."""
+        return False
+
     def _next_nonce(self, state: TypeState) -> str:
         state.nonce = str(next(self._nonces))
         return state.nonce
@@ -239,13 +265,32 @@ class ProxyStream:
             clip(type_url, MAX_SHOWN_TYPE_URL),
         )
 
-    def has_applied(self, snapshot: Snapshot) -> bool:
-        """The proxy ACKed, for every type it subscribed to (clusters and listeners at least), this snapshot."""
+    def has_applied(self, snapshot: Snapshot, but_rejected: bool = False) -> bool:
+        """The proxy ACKed, for every type it subscribed to (clusters and listeners at least), this snapshot.
+
+        With `but_rejected`, a type may instead have NACKed exactly this snapshot's version: Envoy
+        applies every resource of a response except the ones its error names, so the proxy then runs
+        all of the snapshot but those (see rejected_names).
+        """
         subscribed = {type_url: state for type_url, state in self.types.items() if state.subscribed}
         if CLUSTER not in subscribed or LISTENER not in subscribed:
             return False
-        return all(
-            state.acked_version == self.wanted(type_url, snapshot).version for type_url, state in subscribed.items()
+        for type_url, state in subscribed.items():
+            version = self.wanted(type_url, snapshot).version
+            nacked = but_rejected and state.state == "NACKed" and state.nacked_version == version
+            if state.acked_version != version and not nacked:
+                return False
+        return True
+
+    def rejected_names(self) -> frozenset[tuple[str, str]]:
+        """What Envoy's NACK texts may name, as claims: ("listener", name) for LDS, ("cluster", name) for
+        CDS and EDS. Envoy lists what it rejected ("Error adding/updating listener(s) call-7-l: cannot
+        bind ..."); words that are no resource's name are found by nobody's claim."""
+        return frozenset(
+            (CLAIM_KIND[type_url], name)
+            for type_url, state in self.types.items()
+            if state.state == "NACKed" and state.error
+            for name in resource_names_in(state.error)
         )
 
     def rejection(self) -> str | None:
@@ -284,6 +329,8 @@ class SotwStream(ProxyStream):
             # and is sent nothing if that is still current.
             state.sent_version = state.acked_version = request.version_info or None
         elif request.response_nonce != state.nonce:
+            if self._unsubscribed_all(type_url, state, request):
+                return self.on_snapshot(snapshot, since)
             log.debug(
                 "proxy %s: stale %s nonce %s ignored",
                 self.shown,
@@ -303,6 +350,23 @@ class SotwStream(ProxyStream):
         # cluster it names. Send everything that differs, in push order.
         return self.on_snapshot(snapshot, since)
 
+    def _unsubscribed_all(self, type_url: str, state: TypeState, request: discovery_pb2.DiscoveryRequest) -> bool:
+        """A request naming nothing of a named type, with a stale nonce: Envoy dropped its last EDS cluster and
+        unsubscribed before it read the (empty) EDS response that crossed its request. It takes that response
+        without answering (it watches no name), so it runs it: the subscription change counts, and so does
+        the response if it was empty."""
+        if type_url not in NAMED_TYPES or request.resource_names or not state.names:
+            return False
+        state.names = frozenset()
+        if state.awaiting and state.sent_version == NOTHING:
+            self._acknowledge(type_url, state, None, None)
+        return True
+
+    def _taken_unanswered(self, type_url: str, state: TypeState) -> bool:
+        """Envoy takes a response for a named type whose names it all unsubscribed without answering it
+        (its gRPC mux: "No watches and no resources ... we'll accept this update")."""
+        return type_url in NAMED_TYPES and state.names == frozenset()
+
     def _respond(
         self, type_url: str, state: TypeState, wanted: Selection, snapshot: Snapshot
     ) -> tuple[bytes, str] | None:
@@ -311,6 +375,11 @@ class SotwStream(ProxyStream):
         state.sent_version = wanted.version
         state.nonce = wanted.nonce
         return wanted.sotw_response, f"{len(wanted.resources)} resources"
+
+
+def resource_names_in(error: str) -> set[str]:
+    """The words of Envoy's error text that may be resource names (the ones it rejected among them)."""
+    return set(_NAME.findall(error[:NAMES_SEARCHED]))
 
 
 def nack_text(request: discovery_pb2.DiscoveryRequest | discovery_pb2.DeltaDiscoveryRequest) -> str | None:
