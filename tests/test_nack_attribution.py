@@ -24,7 +24,7 @@ from xds_operator.api import Key
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.progress import Progress, summarize
 from xds_operator.xds.server import AggregatedDiscoveryService
-from xds_operator.xds.snapshot import CLUSTER, LISTENER
+from xds_operator.xds.snapshot import CLUSTER, LISTENER, SHORT_NAMES
 
 CALLS = [make_vs(f"call-{i}", [listener_spec(f"call-{i}-l", 3000 + i, f"call-{i}-c")]) for i in range(4)]
 
@@ -72,7 +72,14 @@ async def nacked_on_first_push(
             await envoy.nack(response, error)
         else:
             await envoy.ack(response)
-    await eventually(lambda: any(p.rejection for p in plane.service.progress()), "the NACK to arrive")
+    # Both answers handled by the server (the NACK alone would let a check run before the ACK arrived).
+    expected = {SHORT_NAMES[kind]: "NACKed" if kind == type_url else "ACKed" for kind in (CLUSTER, LISTENER)}
+
+    def answered() -> bool:
+        types = plane.service.proxies()[0]["types"]
+        return {kind: types[kind]["state"] for kind in expected if kind in types} == expected
+
+    await eventually(answered, "the NACK and the ACK to arrive")
     return envoy
 
 

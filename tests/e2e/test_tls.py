@@ -67,7 +67,9 @@ def assert_refused(envoy: Envoy, plane: ControlPlane) -> dict[str, int]:
         timeout=30,
     )
     stats = envoy.stats()
-    assert stats["control_plane.connected_state"] == 0
+    # Not `control_plane.connected_state`: Envoy sets it to 1 as each attempt opens its stream, before
+    # the server's TLS alert ends it (with TLS 1.3 the client's handshake completes first), so a sample
+    # can catch an attempt in flight. That it kept retrying and got nothing is the outcome that counts.
     assert stats["cluster_manager.cds.update_success"] == 0
     assert stats["listener_manager.lds.update_success"] == 0
     assert envoy.listeners() == {}
