@@ -271,7 +271,7 @@ def _check_cel_name(field: FieldDescriptor) -> None:
 CONDITION_TYPES = (
     "Accepted (the spec is valid), Programmed (every selected proxy runs it), Ready (programmed, and "
     "every cluster has a ready endpoint: the route is live), Conflicted (an older VirtualService claims "
-    "the same listener name, cluster name or port on a proxy)"
+    "the same listener name or port, or the same cluster name with another definition, on a proxy)"
 )
 
 
