@@ -65,7 +65,7 @@ from envoy_convergence import (
     start_envoy,
     wait_until,
 )
-from harness import Ports, cpu_seconds, kube_serve_command, memory_mb, one_endpoint_vs
+from harness import PortRange, Ports, cpu_seconds, kube_serve_command, memory_mb, one_endpoint_vs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
@@ -80,11 +80,14 @@ WHERE = (GROUP, VERSION, NS, PLURAL)  # where the calls' VirtualServices are, as
 INGRESS = {"app": "envoy-ingress"}
 INGRESS_POD = "ingress-0"
 WORKER_LABEL = "worker"  # each worker pod carries worker=<its name>: a call selects exactly one
-# Listener ports count up from here and are never reused in a run: below Linux's ephemeral range
-# (32768+), where Envoy's UDP proxy binds a socket per upstream session.
+# Listener ports count up from here, each checked free and never reused in a run: below Linux's
+# ephemeral range (32768+), where Envoy's UDP proxy binds a socket per upstream session. (A fixed
+# port per call collided with whatever else held it, e.g. another run of this benchmark.)
 FIRST_PORT = 10_000
 LAST_PORT = 32_767
 WITHIN = 10.0  # seconds: a call not Ready / not answered by then counts as such
+_PORT_RANGE = PortRange(FIRST_PORT, LAST_PORT + 1)
+_CALL_PORTS: dict[int, int] = {}  # call index → its port
 START_TIMEOUT = 60.0  # seconds for the control plane to be ready
 COLD_TIMEOUT = 180.0  # seconds for Envoy to run every listener and every status to be Ready at start
 PROBE_INTERVAL = 0.005  # seconds between datagrams to one pending port
@@ -134,7 +137,11 @@ class Call:
 
     @property
     def port(self) -> int:
-        return FIRST_PORT + self.index
+        """The call's listener port: a free one, the same for the call's index throughout the run."""
+        port = _CALL_PORTS.get(self.index)
+        if port is None:
+            port = _CALL_PORTS[self.index] = _PORT_RANGE.udp()
+        return port
 
     @property
     def worker(self) -> int:
@@ -462,8 +469,8 @@ def churn(
     count = max(1, round(rate * seconds))
     last = live[-1]
     new_calls = [Call(last.index + 1 + n, last.workers, last.by_address, shared=last.shared) for n in range(count)]
-    if new_calls[-1].port > LAST_PORT:
-        raise Failed(f"{len(live)} live + {count} new calls need ports up to {new_calls[-1].port} (> {LAST_PORT})")
+    for call in new_calls:  # every port taken before the churn starts: a range too small fails here, not midway
+        call.port  # noqa: B018 (taking the port is the point)
     objects = world.objects
     prober = Prober()
     since = world.request_count()
