@@ -62,7 +62,7 @@ from typing import Any, Protocol
 from envoy_convergence import Process, bootstrap_command, http_get, start_envoy, wait_until
 from harness import PortRange, Ports, cpu_seconds, memory_mb, one_endpoint_vs, raise_fd_limit, serve_command
 
-from xds_operator.echo import EchoWorker
+from xds_operator.demo.echo import EchoWorker
 
 SCENARIO = "calls"
 SOTW, DELTA, FLOOR = "sotw", "delta", "floor"

@@ -59,7 +59,7 @@ from google.protobuf.json_format import MessageToDict
 from harness import Ports, one_endpoint_vs, serve_command, stop, tail
 
 from xds_operator.api import parse_virtual_service
-from xds_operator.echo import EchoWorker
+from xds_operator.demo.echo import EchoWorker
 from xds_operator.translate import translate_virtual_service
 
 ENVOY = Path(sys.executable).parent / "envoy"  # never `import envoy`: xds-protos owns that package too
@@ -498,7 +498,7 @@ def watch_delay(edits: int, step: int) -> float:
     """
     from watchfiles import awatch
 
-    from xds_operator.files import DEBOUNCE_MS
+    from xds_operator.sources.directory import DEBOUNCE_MS
 
     delays: list[float] = []
     with tempfile.TemporaryDirectory(prefix="xds-watch-") as temporary:

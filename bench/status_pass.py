@@ -24,9 +24,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from xds_operator.api.model import NAMESPACE_LABEL
-from xds_operator.operator.pods import PodIndex
-from xds_operator.operator.reflector import Changed, Synced
-from xds_operator.operator.source import KubernetesSource
+from xds_operator.sources.kubernetes.pods import PodIndex
+from xds_operator.sources.kubernetes.reflector import Changed, Synced
+from xds_operator.sources.kubernetes.source import KubernetesSource
 from xds_operator.xds.cache import SnapshotCache, Watch
 from xds_operator.xds.server import ProxyProgress
 

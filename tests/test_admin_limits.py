@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from xds_operator import admin
-from xds_operator.admin import AdminServer
+from xds_operator.admin import server as admin
+from xds_operator.admin.server import AdminServer
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from bad_files import BAD_FILES, BadFile, listener, many_listeners, vs_yaml
 
 from xds_operator.api import ValidationError, parse_virtual_service
 from xds_operator.cli import main
-from xds_operator.files import MAX_FILE_BYTES, DirectorySource, read_file
+from xds_operator.sources.directory import MAX_FILE_BYTES, DirectorySource, read_file
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.snapshot import LISTENER
 
@@ -43,7 +43,7 @@ def test_a_bad_file_gets_one_error_naming_the_file_and_the_field(tmp_path: Path,
 def test_a_directory_of_bad_files_keeps_serving_the_good_one(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write_bad_files(tmp_path)
     cache = SnapshotCache()
-    with caplog.at_level(logging.ERROR, logger="xds_operator.files"):
+    with caplog.at_level(logging.ERROR, logger="xds_operator.sources.directory"):
         DirectorySource(tmp_path, cache).load()
     assert set(cache.virtual_services()) == {("default", "good")}
     assert set(cache.snapshot_for(INGRESS).resources[LISTENER]) == {"good-l"}

@@ -21,7 +21,7 @@ import grpc
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
-from xds_operator.shutdown import EXIT_DEADLINE_SECONDS
+from xds_operator.app.shutdown import EXIT_DEADLINE_SECONDS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 

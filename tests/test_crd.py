@@ -27,10 +27,10 @@ import yaml
 
 from xds_operator.api import ValidationError, crd, parse_virtual_service
 from xds_operator.api.schema import API_GROUP, API_VERSION, KIND, MAX_STATUS_ADDRESSES
-from xds_operator.operator.readiness import listener_states
-from xds_operator.operator.status import Observed, status_of
+from xds_operator.status.conditions import Observed, status_of
+from xds_operator.status.progress import Progress
+from xds_operator.status.readiness import listener_states
 from xds_operator.translate import resolve_virtual_service
-from xds_operator.xds.progress import Progress
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = sorted(p for p in (REPO / "config" / "samples").glob("*.yaml") if p.name != "kustomization.yaml")

@@ -29,7 +29,7 @@ import yaml
 from xds_operator import cli
 from xds_operator.api import API_GROUP, crd, parse_virtual_service
 from xds_operator.api.schema import PLURAL
-from xds_operator.bootstrap import ClientTls, envoy_bootstrap, render
+from xds_operator.commands.bootstrap import ClientTls, envoy_bootstrap, render
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config"

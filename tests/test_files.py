@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from ads_client import eventually
 
-from xds_operator.files import DirectorySource, FileContents, read_file
+from xds_operator.sources.directory import DirectorySource, FileContents, read_file
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.snapshot import LISTENER
 
@@ -110,7 +110,7 @@ def test_a_fifo_swapped_in_under_a_served_name_keeps_the_last_valid_version(
     os.mkfifo(tmp_path / "fifo")
     os.replace(tmp_path / "fifo", path)
     rescan = threading.Thread(target=src.rescan, daemon=True)
-    with caplog.at_level(logging.ERROR, logger="xds_operator.files"):
+    with caplog.at_level(logging.ERROR, logger="xds_operator.sources.directory"):
         rescan.start()
         rescan.join(timeout=10)
     assert not rescan.is_alive(), "the rescan blocked on the FIFO"
@@ -175,7 +175,7 @@ def test_invalid_document_is_reported_and_the_valid_ones_served(
     assert contents.errors == [
         f"{path}: document 2 (default/broken): spec.listeners[0].udp.port: must be at least 1, got 0"
     ]
-    with caplog.at_level(logging.ERROR, logger="xds_operator.files"):
+    with caplog.at_level(logging.ERROR, logger="xds_operator.sources.directory"):
         _, cache = source(tmp_path)
     assert ports(cache) == {"good": 2000, "also-good": 2001}
     assert any("document 2 (default/broken): spec.listeners[0].udp.port" in r.getMessage() for r in caplog.records)
@@ -185,7 +185,7 @@ def test_invalid_document_is_reported_and_the_valid_ones_served(
 def test_same_name_in_two_files_keeps_the_first(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     write(tmp_path / "a.yaml", vs_yaml("calls", port=2000))
     write(tmp_path / "b.yaml", vs_yaml("calls", port=3000))
-    with caplog.at_level(logging.ERROR, logger="xds_operator.files"):
+    with caplog.at_level(logging.ERROR, logger="xds_operator.sources.directory"):
         _, cache = source(tmp_path)
     assert ports(cache) == {"calls": 2000}
     assert cache.virtual_services()[("default", "calls")].origin == str(tmp_path / "a.yaml")
@@ -254,7 +254,7 @@ def test_a_document_that_stops_being_a_virtual_service_keeps_the_last_valid_vers
     """An invalid edit is not a deletion, even when it leaves the document without a kind or a name."""
     path = write(tmp_path / "vs.yaml", vs_yaml("calls", port=2000) + "---\n" + vs_yaml("other", port=2001))
     src, cache = source(tmp_path)
-    with caplog.at_level(logging.ERROR, logger="xds_operator.files"):
+    with caplog.at_level(logging.ERROR, logger="xds_operator.sources.directory"):
         write(path, edit(vs_yaml("calls", port=2000)) + "---\n" + vs_yaml("other", port=2002))
         src.rescan()
     assert ports(cache) == {"calls": 2000, "other": 2002}
@@ -303,14 +303,14 @@ def test_rescan_reads_only_changed_files(tmp_path: Path, caplog: pytest.LogCaptu
 
     write(b, vs_yaml("b", port=3001))
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="xds_operator.files"):
+    with caplog.at_level(logging.INFO, logger="xds_operator.sources.directory"):
         src.rescan()
     assert ports(cache) == {"a": 2000, "b": 3001}
     loaded = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loaded ")]
     assert loaded == ["loaded b.yaml: 1 VirtualService(s), 0 problem(s)"]  # a.yaml was not read again
 
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="xds_operator.files"):
+    with caplog.at_level(logging.INFO, logger="xds_operator.sources.directory"):
         src.rescan()  # nothing changed: nothing read
     assert [r for r in caplog.records if r.getMessage().startswith("loaded ")] == []
 
@@ -533,7 +533,7 @@ async def test_watch_waits_for_a_deleted_directory_to_come_back(
     directory.mkdir()
     write(directory / "calls.yaml", vs_yaml("calls", port=2000))
     src, cache = source(directory)
-    with caplog.at_level(logging.WARNING, logger="xds_operator.files"):
+    with caplog.at_level(logging.WARNING, logger="xds_operator.sources.directory"):
         async with watching(src) as task:
             shutil.rmtree(directory)
             await eventually(lambda: f"{directory} is gone" in caplog.text, "the removal to be noticed")

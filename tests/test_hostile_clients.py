@@ -31,8 +31,8 @@ from test_ads_protocol import (  # the VirtualService factories and the server f
     two_eds_clusters,
 )
 
-from xds_operator.logs import TEXT_FORMAT, TextFormatter, clip
-from xds_operator.metrics import Metrics
+from xds_operator.admin.logs import TEXT_FORMAT, TextFormatter, clip
+from xds_operator.admin.metrics import Metrics
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import (
     MAX_QUEUED_REQUESTS,

@@ -19,7 +19,7 @@ from test_operator import INGRESS, NS, Operator, pod_body, vs_body
 from vs_strategies import examples
 
 from xds_operator.api import parse_virtual_service
-from xds_operator.operator.pods import PodIndex
+from xds_operator.sources.kubernetes.pods import PodIndex
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.snapshot import CLUSTER, ENDPOINT, LISTENER
 

@@ -17,7 +17,7 @@ from fake_apiserver import FakeApiServer
 from kubernetes import client
 
 from xds_operator import cli
-from xds_operator.operator.leader import LeaderElector, LeaseConfig, Record, may_take
+from xds_operator.sources.kubernetes.leader import LeaderElector, LeaseConfig, Record, may_take
 
 NS = "xds-operator-system"
 LEASE = "xds-operator"

@@ -19,11 +19,11 @@ from test_ads_protocol import INGRESS as ADS_INGRESS
 from test_ads_protocol import listener_spec, vs_document
 from test_operator import INGRESS, NS, pod_body, subscribe, vs_body
 
-from xds_operator.files import DirectorySource
-from xds_operator.metrics import Metrics, for_directory, for_kubernetes
-from xds_operator.operator.pods import PodIndex
-from xds_operator.operator.source import KubernetesSource, start_watches
-from xds_operator.operator.status import StatusWriter
+from xds_operator.admin.metrics import Metrics, for_directory, for_kubernetes
+from xds_operator.sources.directory import DirectorySource
+from xds_operator.sources.kubernetes.pods import PodIndex
+from xds_operator.sources.kubernetes.source import KubernetesSource, start_watches
+from xds_operator.status.conditions import StatusWriter
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import AggregatedDiscoveryService, start_server
 from xds_operator.xds.snapshot import CLUSTER, LISTENER
@@ -225,7 +225,7 @@ async def end_both_watches(end) -> int:
 
 
 def test_virtualservice_conditions_without_a_status_count_as_unknown() -> None:
-    from xds_operator.metrics import condition_counts
+    from xds_operator.admin.metrics import condition_counts
 
     counts = condition_counts(
         [
@@ -240,7 +240,7 @@ def test_virtualservice_conditions_without_a_status_count_as_unknown() -> None:
 
 
 def test_histogram_buckets_count_a_value_at_a_bound_in_that_bucket_and_are_cumulative() -> None:
-    from xds_operator.metrics import Buckets
+    from xds_operator.admin.metrics import Buckets
 
     buckets = Buckets((0.01, 0.1, 1.0))
     for observed in (0.005, 0.01, 0.05, 2.0):

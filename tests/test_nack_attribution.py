@@ -21,8 +21,8 @@ from test_ads_protocol import (  # the VirtualService factories and the server f
 )
 
 from xds_operator.api import Key
+from xds_operator.status.progress import Progress, summarize
 from xds_operator.xds.cache import SnapshotCache
-from xds_operator.xds.progress import Progress, summarize
 from xds_operator.xds.server import AggregatedDiscoveryService
 from xds_operator.xds.snapshot import CLUSTER, LISTENER, SHORT_NAMES
 

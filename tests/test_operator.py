@@ -19,10 +19,10 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
-from xds_operator.operator.pods import PodIndex
-from xds_operator.operator.reflector import Reflector
-from xds_operator.operator.source import STATUS_INTERVAL_SECONDS, KubernetesSource, start_watches
-from xds_operator.operator.status import StatusWriter
+from xds_operator.sources.kubernetes.pods import PodIndex
+from xds_operator.sources.kubernetes.reflector import Reflector
+from xds_operator.sources.kubernetes.source import STATUS_INTERVAL_SECONDS, KubernetesSource, start_watches
+from xds_operator.status.conditions import StatusWriter
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import AggregatedDiscoveryService, start_server
 from xds_operator.xds.snapshot import CLUSTER, ENDPOINT, LISTENER

@@ -16,7 +16,7 @@ from bad_files import many_listeners
 from envoy.config.listener.v3 import listener_pb2
 from test_operator import GROUP, INGRESS, NS, PLURAL, VERSION, Operator, eventually, subscribe, vs_body
 
-from xds_operator.operator.status import MAX_MESSAGE
+from xds_operator.status.conditions import MAX_MESSAGE
 from xds_operator.xds.snapshot import LISTENER
 
 apiserver, operator = test_operator.apiserver, test_operator.operator  # the fixtures, shared

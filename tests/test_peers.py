@@ -10,8 +10,9 @@ import contextlib
 from ads_client import eventually
 from fake_apiserver import FakeApiServer
 
-from xds_operator.operator.leader import LeaseConfig
-from xds_operator.operator.peers import (
+from xds_operator.sources.kubernetes.leader import LeaseConfig
+from xds_operator.status.conditions import Observed, status_of
+from xds_operator.status.peers import (
     LABEL,
     MAX_REPORT,
     Entry,
@@ -22,8 +23,7 @@ from xds_operator.operator.peers import (
     merge,
     report_name,
 )
-from xds_operator.operator.status import Observed, status_of
-from xds_operator.xds.progress import Progress
+from xds_operator.status.progress import Progress
 
 CALLS, MEDIA = ("media", "calls"), ("media", "rtp")
 

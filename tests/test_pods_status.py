@@ -6,10 +6,10 @@ import random
 
 from xds_operator.api import parse_virtual_service
 from xds_operator.api.model import NAMESPACE_LABEL
-from xds_operator.operator.pods import PodIndex, SelectorIndex
-from xds_operator.operator.status import Observed, status_of
+from xds_operator.sources.kubernetes.pods import PodIndex, SelectorIndex
+from xds_operator.status.conditions import Observed, status_of
+from xds_operator.status.progress import Progress, summarize
 from xds_operator.xds.cache import SnapshotCache
-from xds_operator.xds.progress import Progress, summarize
 from xds_operator.xds.server import ProxyProgress
 
 

@@ -11,13 +11,13 @@ from typing import Any
 from test_pods_status import conditions, pod
 
 from xds_operator.api import parse_virtual_service
-from xds_operator.operator.dns import DnsCache
-from xds_operator.operator.pods import PodIndex
-from xds_operator.operator.readiness import listener_states
-from xds_operator.operator.status import Observed, status_of
+from xds_operator.sources.kubernetes.dns import DnsCache
+from xds_operator.sources.kubernetes.pods import PodIndex
+from xds_operator.status.conditions import Observed, status_of
+from xds_operator.status.progress import Progress, summarize
+from xds_operator.status.readiness import listener_states
 from xds_operator.translate import resolve_virtual_service
 from xds_operator.xds.cache import SnapshotCache
-from xds_operator.xds.progress import Progress, summarize
 from xds_operator.xds.server import ProxyProgress
 
 

@@ -22,7 +22,7 @@ import yaml
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from xds_operator.shutdown import EXIT_DEADLINE_SECONDS, GRACE_SECONDS
+from xds_operator.app.shutdown import EXIT_DEADLINE_SECONDS, GRACE_SECONDS
 from xds_operator.xds.snapshot import CLUSTER, LISTENER
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -32,7 +32,7 @@ from harness import Ports, serve_command  # noqa: E402
 
 CHILD = """
 import asyncio, os, sys
-from xds_operator import shutdown
+from xds_operator.app import shutdown
 shutdown.EXIT_DEADLINE_SECONDS = float(sys.argv[1])
 blocking_fifo = sys.argv[2] if len(sys.argv) > 2 else None
 

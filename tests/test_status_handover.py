@@ -18,10 +18,10 @@ from fake_apiserver import FakeApiServer
 from kubernetes import client
 from test_operator import GROUP, NS, PLURAL, VERSION, vs_body
 
-from xds_operator.operator.leader import LeaderElector, LeaseConfig
-from xds_operator.operator.pods import PodIndex
-from xds_operator.operator.source import KubernetesSource, start_watches
-from xds_operator.operator.status import StatusWriter
+from xds_operator.sources.kubernetes.leader import LeaderElector, LeaseConfig
+from xds_operator.sources.kubernetes.pods import PodIndex
+from xds_operator.sources.kubernetes.source import KubernetesSource, start_watches
+from xds_operator.status.conditions import StatusWriter
 from xds_operator.xds.cache import SnapshotCache
 
 

@@ -21,8 +21,8 @@ from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
 from xds_operator.api import parse_virtual_service
-from xds_operator.bootstrap import XDS_CLUSTER
 from xds_operator.cli import main
+from xds_operator.commands.bootstrap import XDS_CLUSTER
 from xds_operator.xds import transport
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import AggregatedDiscoveryService, start_server

@@ -9,11 +9,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import __version__
-from .bootstrap import DEFAULT_KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS, MIN_KEEPALIVE_SECONDS
-from .net import join_host_port, parse_address
-from .shutdown import EXIT_DEADLINE_SECONDS, GRACE_SECONDS
-from .xds.transport import (
+from xds_operator import __version__
+from xds_operator.app.shutdown import EXIT_DEADLINE_SECONDS, GRACE_SECONDS
+from xds_operator.commands.bootstrap import DEFAULT_KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS, MIN_KEEPALIVE_SECONDS
+from xds_operator.net import join_host_port, parse_address
+from xds_operator.xds.transport import (
     DEFAULT_POLICY,
     MIN_CLIENT_PING_INTERVAL_SECONDS,
     SERVER_PING_TIMEOUT_SECONDS,
@@ -28,7 +28,7 @@ DEFAULT_ADMIN_PORT = 19000  # the control plane's admin port (serve, status)
 DEFAULT_ENVOY_ADMIN_PORT = 9901  # Envoy's own (bootstrap)
 
 if TYPE_CHECKING:  # the kubernetes client loads only in Kubernetes mode
-    from .operator.leader import LeaseConfig
+    from xds_operator.sources.kubernetes.leader import LeaseConfig
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -359,7 +359,7 @@ def _add_bootstrap_transport_arguments(bootstrap: argparse.ArgumentParser) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .logs import configure
+    from xds_operator.admin.logs import configure
 
     args = build_parser().parse_args(argv)
     configure(args.log_level, args.log_format)
@@ -367,9 +367,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import serve_directory, serve_kubernetes
-    from .logs import native_log_lines
-    from .operator.kube import NoKubernetesConfig
+    from xds_operator.admin.logs import native_log_lines
+    from xds_operator.app.control_plane import serve_directory, serve_kubernetes
+    from xds_operator.sources.kubernetes.client import NoKubernetesConfig
 
     try:
         xds_host, xds_port = _host_and_port(args.xds_address, args.xds_port, "--xds", DEFAULT_XDS_PORT)
@@ -426,7 +426,7 @@ def _host_and_port(address: str, port: int | None, flags: str, default_port: int
 
 
 def _lease_config(args: argparse.Namespace) -> LeaseConfig | None:
-    from .operator.leader import LeaseConfig, default_identity, default_namespace
+    from xds_operator.sources.kubernetes.leader import LeaseConfig, default_identity, default_namespace
 
     if not args.leader_elect:
         return None
@@ -481,7 +481,7 @@ def _serve_transport(args: argparse.Namespace) -> tuple[ServerTls | None, Connec
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .render import conflicts, load
+    from xds_operator.commands.render import conflicts, load
 
     loaded = load(args.files)
     problems = list(loaded.errors)
@@ -506,7 +506,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from .render import render
+    from xds_operator.commands.render import render
 
     rendered = render(args.files, dict(args.label))
     for problem in rendered.errors:
@@ -532,7 +532,7 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .proxy_status import Unreachable, fetch, table
+    from xds_operator.commands.status import Unreachable, fetch, table
 
     try:
         host, port = parse_address(args.admin_address, flag="--admin-address")
@@ -554,8 +554,8 @@ def _status(args: argparse.Namespace) -> int:
 def _bootstrap(args: argparse.Namespace) -> int:
     import os
 
-    from .bootstrap import ClientTls, envoy_bootstrap, render
-    from .labels import labels_from_env
+    from xds_operator.commands.bootstrap import ClientTls, envoy_bootstrap, render
+    from xds_operator.commands.labels import labels_from_env
 
     if args.tls_ca is None and (args.tls_cert or args.tls_key or args.tls_server_name):
         print(

@@ -30,7 +30,7 @@ import yaml
 from certs import Pki, make_pki
 from fake_apiserver import FakeApiServer
 
-from xds_operator.echo import EchoWorker, TcpEchoWorker
+from xds_operator.demo.echo import EchoWorker, TcpEchoWorker
 
 if TYPE_CHECKING:
     from .kube import Cluster

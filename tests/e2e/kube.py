@@ -13,7 +13,7 @@ from typing import Any
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
-from xds_operator.echo import EchoWorker, TcpEchoWorker
+from xds_operator.demo.echo import EchoWorker, TcpEchoWorker
 
 from .conftest import virtual_service, wait_until
 

@@ -21,7 +21,7 @@ import pytest
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
-from xds_operator.shutdown import EXIT_DEADLINE_SECONDS
+from xds_operator.app.shutdown import EXIT_DEADLINE_SECONDS
 
 from .conftest import (
     ControlPlane,

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from xds_operator.shutdown import EXIT_DEADLINE_SECONDS
+from xds_operator.app.shutdown import EXIT_DEADLINE_SECONDS
 
 from .conftest import (
     ControlPlane,

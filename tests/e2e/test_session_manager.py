@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from fake_apiserver import FakeApiServer
 
-from xds_operator.echo import EchoWorker
+from xds_operator.demo.echo import EchoWorker
 
 from .conftest import ControlPlane, _register_log, assert_silent, free_udp_port, send_until_answer, wait_until
 from .kube import NS, PLURAL, Cluster

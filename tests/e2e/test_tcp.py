@@ -10,7 +10,7 @@ import socket
 
 import pytest
 
-from xds_operator.echo import EchoWorker, TcpEchoWorker
+from xds_operator.demo.echo import EchoWorker, TcpEchoWorker
 
 from .conftest import (
     answers,

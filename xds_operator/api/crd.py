@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from .schema import (
+from xds_operator.api.schema import (
     API_GROUP,
     API_VERSION,
     INTEGER_TYPES,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
-from . import virtualservice_pb2 as pb
+from xds_operator.api import virtualservice_pb2 as pb
 
 Key = tuple[str, str]  # (namespace, name): a VirtualService's identity everywhere
 Protocol = Literal["UDP", "TCP"]

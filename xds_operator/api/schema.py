@@ -10,7 +10,7 @@ from functools import cache
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
-from . import virtualservice_pb2 as pb
+from xds_operator.api import virtualservice_pb2 as pb
 
 API_GROUP = "servicemesh.l7mp.io"
 API_VERSION = "v1"

@@ -18,10 +18,9 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from ..net import is_ip
-from . import virtualservice_pb2 as pb
-from .model import VirtualService
-from .schema import (
+from xds_operator.api import virtualservice_pb2 as pb
+from xds_operator.api.model import VirtualService
+from xds_operator.api.schema import (
     API_GROUP,
     API_VERSION,
     INTEGER_TYPES,
@@ -33,6 +32,7 @@ from .schema import (
     message_rules,
     unique_label,
 )
+from xds_operator.net import is_ip
 
 # Kubernetes object names (DNS-1123 subdomain) and namespaces (DNS-1123 label).
 NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?")

@@ -23,7 +23,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from xds.type.matcher.v3 import matcher_pb2
 
-from ..api import VirtualService, cluster_of, pb, protocol_of
+from xds_operator.api import VirtualService, cluster_of, pb, protocol_of
 
 UDP_PROXY_FILTER = "envoy.filters.udp_listener.udp_proxy"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"

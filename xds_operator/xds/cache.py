@@ -18,10 +18,16 @@ from functools import cached_property
 
 import immutables
 
-from ..api import Key, VirtualService, cluster_of, port_of, protocol_of
-from ..translate import Resolved, SelectorResolver, no_pods, resolve_virtual_service, translate_virtual_service
-from . import lineage
-from .snapshot import (
+from xds_operator.api import Key, VirtualService, cluster_of, port_of, protocol_of
+from xds_operator.translate import (
+    Resolved,
+    SelectorResolver,
+    no_pods,
+    resolve_virtual_service,
+    translate_virtual_service,
+)
+from xds_operator.xds import lineage
+from xds_operator.xds.snapshot import (
     CLUSTER,
     EMPTY,
     ENDPOINT,

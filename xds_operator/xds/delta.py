@@ -17,9 +17,16 @@ from collections.abc import Mapping
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from ..logs import clip
-from .snapshot import NAMED_TYPES, SHORT_NAMES, Resource, Selection, Snapshot
-from .stream import MAX_SHOWN_TYPE_URL, ProxyStream, StreamObserver, TypeState, nack_text, resource_names_in
+from xds_operator.admin.logs import clip
+from xds_operator.xds.snapshot import NAMED_TYPES, SHORT_NAMES, Resource, Selection, Snapshot
+from xds_operator.xds.stream import (
+    MAX_SHOWN_TYPE_URL,
+    ProxyStream,
+    StreamObserver,
+    TypeState,
+    nack_text,
+    resource_names_in,
+)
 
 log = logging.getLogger(__name__)
 

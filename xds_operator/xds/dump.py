@@ -12,7 +12,7 @@ from collections.abc import Mapping
 
 from google.protobuf import any_pb2, json_format
 
-from .snapshot import NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Snapshot
+from xds_operator.xds.snapshot import NAMED_TYPES, PUSH_ORDER, SHORT_NAMES, Snapshot
 
 
 def resources_json(snapshot: Snapshot, subscriptions: Mapping[str, frozenset[str] | None] | None = None) -> dict:

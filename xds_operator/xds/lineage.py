@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 
-from .snapshot import Snapshot
+from xds_operator.xds.snapshot import Snapshot
 
 MAX_DEPTH = 64  # a longer chain starts again from a root: a walk stays short; crossing a root costs a full compare
 

@@ -18,14 +18,14 @@ import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 
-from ..api import Key
-from ..logs import clip
-from ..net import split_host_port
-from .cache import SnapshotCache, Watch
-from .delta import DeltaStream
-from .snapshot import Snapshot
-from .stream import ProxyStream, SotwStream, StreamObserver
-from .transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
+from xds_operator.admin.logs import clip
+from xds_operator.api import Key
+from xds_operator.net import split_host_port
+from xds_operator.xds.cache import SnapshotCache, Watch
+from xds_operator.xds.delta import DeltaStream
+from xds_operator.xds.snapshot import Snapshot
+from xds_operator.xds.stream import ProxyStream, SotwStream, StreamObserver
+from xds_operator.xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
 
 log = logging.getLogger(__name__)
 

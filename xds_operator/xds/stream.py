@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from envoy.service.discovery.v3 import discovery_pb2
 
-from ..logs import clip, shorten
-from .snapshot import (
+from xds_operator.admin.logs import clip, shorten
+from xds_operator.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
     LISTENER,

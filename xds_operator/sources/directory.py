@@ -23,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from .api import API_GROUP, KIND, Key, ValidationError, VirtualService, key_of, parse_virtual_service
-from .api.validate import shortened
-from .xds.cache import SnapshotCache
+from xds_operator.api import API_GROUP, KIND, Key, ValidationError, VirtualService, key_of, parse_virtual_service
+from xds_operator.api.validate import shortened
+from xds_operator.xds.cache import SnapshotCache
 
 if TYPE_CHECKING:
-    from .inotify_watch import Event, Watches
+    from xds_operator.sources.inotify_watch import Event, Watches
 
 # libyaml's parser (PyYAML's C extension) when present: 8.5× faster (0.33 s vs 2.81 s for 1,000 documents).
 SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -300,7 +300,7 @@ class DirectorySource:
         raise OSError(f"stopped watching {self.directory}: it was removed or can no longer be read")
 
     async def _watch_inotify(self) -> None:
-        from .inotify_watch import Watches
+        from xds_operator.sources.inotify_watch import Watches
 
         loop = asyncio.get_running_loop()
         watches = Watches(self.directory)

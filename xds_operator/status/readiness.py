@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..api import VirtualService, cluster_of, pb, port_of, protocol_of
-from ..translate import Resolved
+from xds_operator.api import VirtualService, cluster_of, pb, port_of, protocol_of
+from xds_operator.translate import Resolved
 
 # Whether a host resolves: True, False, or None while it is not known yet.
 AddressCheck = Callable[[str], bool | None]

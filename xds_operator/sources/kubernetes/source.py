@@ -22,7 +22,7 @@ from typing import Any
 from envoy.config.core.v3 import base_pb2
 from kubernetes import client
 
-from ..api import (
+from xds_operator.api import (
     API_GROUP,
     API_VERSION,
     Key,
@@ -32,18 +32,18 @@ from ..api import (
     key_of,
     parse_virtual_service,
 )
-from ..api.schema import PLURAL
-from ..net import address_order, is_ip
-from ..translate import Resolved
-from ..xds.cache import SnapshotCache
-from ..xds.progress import Progress, ProgressTracker
-from ..xds.server import AggregatedDiscoveryService
-from .dns import DnsCache
-from .peers import PeerReport, ProgressReports, changed_entries, encode, merge_one
-from .pods import PodChange, PodIndex, Selector, SelectorIndex
-from .readiness import ListenerState, listener_states
-from .reflector import Changed, Event, Reflector, Synced
-from .status import Observed, StatusWriter, WarningEvent, now_rfc3339, settling, status_of
+from xds_operator.api.schema import PLURAL
+from xds_operator.net import address_order, is_ip
+from xds_operator.sources.kubernetes.dns import DnsCache
+from xds_operator.sources.kubernetes.pods import PodChange, PodIndex, Selector, SelectorIndex
+from xds_operator.sources.kubernetes.reflector import Changed, Event, Reflector, Synced
+from xds_operator.status.conditions import Observed, StatusWriter, WarningEvent, now_rfc3339, settling, status_of
+from xds_operator.status.peers import PeerReport, ProgressReports, changed_entries, encode, merge_one
+from xds_operator.status.progress import Progress, ProgressTracker
+from xds_operator.status.readiness import ListenerState, listener_states
+from xds_operator.translate import Resolved
+from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.server import AggregatedDiscoveryService
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 
-from .xds.snapshot import PUSH_ORDER, SHORT_NAMES
+from xds_operator.xds.snapshot import PUSH_ORDER, SHORT_NAMES
 
 TYPES = tuple(SHORT_NAMES[type_url] for type_url in PUSH_ORDER)  # CDS, EDS, LDS
 TIMEOUT_SECONDS = 5.0

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from ..api import Key, VirtualService
-from .lineage import changed_between
-from .server import ProxyProgress
-from .snapshot import EMPTY, Snapshot
+from xds_operator.api import Key, VirtualService
+from xds_operator.xds.lineage import changed_between
+from xds_operator.xds.server import ProxyProgress
+from xds_operator.xds.snapshot import EMPTY, Snapshot
 
 
 @dataclass

@@ -28,10 +28,10 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ..api import API_GROUP, API_VERSION, KIND, Key
-from ..api.schema import MAX_STATUS_ADDRESSES, PLURAL
-from ..xds.progress import Progress
-from .readiness import ListenerState
+from xds_operator.api import API_GROUP, API_VERSION, KIND, Key
+from xds_operator.api.schema import MAX_STATUS_ADDRESSES, PLURAL
+from xds_operator.status.progress import Progress
+from xds_operator.status.readiness import ListenerState
 
 log = logging.getLogger(__name__)
 

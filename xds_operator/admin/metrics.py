@@ -19,16 +19,16 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from .xds.cache import SnapshotCache
-from .xds.delta import DeltaStream
-from .xds.server import AggregatedDiscoveryService, Connection
-from .xds.snapshot import PUSH_ORDER, SHORT_NAMES
-from .xds.stream import ProxyStream, SotwStream, StreamObserver
+from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.delta import DeltaStream
+from xds_operator.xds.server import AggregatedDiscoveryService, Connection
+from xds_operator.xds.snapshot import PUSH_ORDER, SHORT_NAMES
+from xds_operator.xds.stream import ProxyStream, SotwStream, StreamObserver
 
 if TYPE_CHECKING:  # the sources are imported only by the mode that runs them
-    from .files import DirectorySource
-    from .operator.reflector import Reflector
-    from .operator.source import KubernetesSource
+    from xds_operator.sources.directory import DirectorySource
+    from xds_operator.sources.kubernetes.reflector import Reflector
+    from xds_operator.sources.kubernetes.source import KubernetesSource
 
 PREFIX = "xds_operator_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 
-from .admin import Handler, Payload, WithQuery
-from .metrics import CONTENT_TYPE, Metrics
-from .xds.dump import resources_json
-from .xds.server import AggregatedDiscoveryService, group_name
+from xds_operator.admin.metrics import CONTENT_TYPE, Metrics
+from xds_operator.admin.server import Handler, Payload, WithQuery
+from xds_operator.xds.dump import resources_json
+from xds_operator.xds.server import AggregatedDiscoveryService, group_name
 
 MAX_LISTED = 20  # node ids named in a 404
 

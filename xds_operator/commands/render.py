@@ -13,11 +13,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .api.model import Key, VirtualService
-from .files import FileContents, expand, read_file
-from .xds import cache as cache_module
-from .xds.cache import SnapshotCache
-from .xds.dump import resources_json
+from xds_operator.api.model import Key, VirtualService
+from xds_operator.sources.directory import FileContents, expand, read_file
+from xds_operator.xds import cache as cache_module
+from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.dump import resources_json
 
 # validate looks for conflicts on the proxies any two distinct selectors select together: beyond
 # this many selectors (pairs grow as their square) only on the proxies each selector selects.

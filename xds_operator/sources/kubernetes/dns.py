@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from ..net import is_ip
+from xds_operator.net import is_ip
 
 log = logging.getLogger(__name__)
 

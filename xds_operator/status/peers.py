@@ -32,9 +32,9 @@ from datetime import UTC, datetime
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from ..api import Key
-from ..xds.progress import Progress
-from .leader import LeaseConfig
+from xds_operator.api import Key
+from xds_operator.sources.kubernetes.leader import LeaseConfig
+from xds_operator.status.progress import Progress
 
 log = logging.getLogger(__name__)
 

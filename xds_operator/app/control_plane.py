@@ -11,19 +11,20 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from . import __version__, debug
-from .admin import AdminServer, Handler, WithQuery
-from .files import DirectorySource
-from .metrics import Metrics, for_directory, for_kubernetes
-from .net import join_host_port
-from .shutdown import GRACE_SECONDS, Shutdown
-from .xds.cache import SnapshotCache
-from .xds.server import AggregatedDiscoveryService, start_server
-from .xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
+from xds_operator import __version__
+from xds_operator.admin import debug
+from xds_operator.admin.metrics import Metrics, for_directory, for_kubernetes
+from xds_operator.admin.server import AdminServer, Handler, WithQuery
+from xds_operator.app.shutdown import GRACE_SECONDS, Shutdown
+from xds_operator.net import join_host_port
+from xds_operator.sources.directory import DirectorySource
+from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.server import AggregatedDiscoveryService, start_server
+from xds_operator.xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
 
 if TYPE_CHECKING:  # the kubernetes client is imported only in Kubernetes mode
-    from .operator.leader import LeaseConfig
-    from .operator.source import KubernetesSource
+    from xds_operator.sources.kubernetes.leader import LeaseConfig
+    from xds_operator.sources.kubernetes.source import KubernetesSource
 
 log = logging.getLogger(__name__)
 
@@ -72,12 +73,12 @@ async def serve_kubernetes(
 
     With `election`, every replica serves xDS and only the Lease holder writes status and Events.
     """
-    from .operator.kube import api_client
-    from .operator.leader import LeaderElector
-    from .operator.peers import ProgressReports
-    from .operator.pods import PodIndex
-    from .operator.source import KubernetesSource, start_watches
-    from .operator.status import StatusWriter
+    from xds_operator.sources.kubernetes.client import api_client
+    from xds_operator.sources.kubernetes.leader import LeaderElector
+    from xds_operator.sources.kubernetes.pods import PodIndex
+    from xds_operator.sources.kubernetes.source import KubernetesSource, start_watches
+    from xds_operator.status.conditions import StatusWriter
+    from xds_operator.status.peers import ProgressReports
 
     api = api_client(kubeconfig, connections=2 * max(1, len(namespaces)) + 4)
     if election is not None:  # tells replicas apart in the API server's audit log

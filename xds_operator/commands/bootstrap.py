@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import yaml
 
-from .net import is_ip, split_host_port
-from .xds.transport import MIN_CLIENT_PING_INTERVAL_SECONDS
+from xds_operator.net import is_ip, split_host_port
+from xds_operator.xds.transport import MIN_CLIENT_PING_INTERVAL_SECONDS
 
 XDS_CLUSTER = "xds_cluster"
 DEFAULT_KEEPALIVE_SECONDS = 30.0  # Envoy pings the control plane this often: a dead one is noticed, not waited on

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Generic, TypeVar
 
-from ..api.model import NAMESPACE_LABEL
+from xds_operator.api.model import NAMESPACE_LABEL
 
 
 @dataclass(frozen=True)

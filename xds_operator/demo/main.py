@@ -37,12 +37,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .api import VirtualService, protocol_of
-from .bootstrap import envoy_bootstrap, render
-from .echo import EchoWorker
-from .echo import send as send_datagram
-from .files import read_file, virtual_service_files
-from .net import split_host_port
+from xds_operator.api import VirtualService, protocol_of
+from xds_operator.commands.bootstrap import envoy_bootstrap, render
+from xds_operator.demo.echo import EchoWorker
+from xds_operator.demo.echo import send as send_datagram
+from xds_operator.net import split_host_port
+from xds_operator.sources.directory import read_file, virtual_service_files
 
 NODE_ID = "demo-envoy"
 LOCAL_HOST = "127.0.0.1"

@@ -1,0 +1,1 @@
+"""Operations: the admin HTTP server, debug views, metrics, logs."""

@@ -1,0 +1,1 @@
+"""The CLI commands other than `serve`: render, status, bootstrap, labels."""

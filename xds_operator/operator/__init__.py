@@ -1,1 +1,0 @@
-"""The Kubernetes side: VirtualService and Pod watches, proxy identity from pods, status."""

@@ -1,0 +1,1 @@
+"""Where VirtualServices come from: a directory of files, or the Kubernetes API."""

@@ -1,0 +1,1 @@
+"""Kubernetes mode: VirtualService and Pod watches, proxy identity from pods, leader election."""

@@ -1,0 +1,1 @@
+"""What each VirtualService's status says: proxies' progress, readiness, conditions, replicas' reports."""
