@@ -210,7 +210,7 @@ def test_send_without_a_listener_says_no_answer(tmp_path: Path) -> None:
 
 def test_the_demo_plan_skips_tcp_listeners_with_a_warning(tmp_path: Path) -> None:
     """The demo drives UDP: a TCP listener in the directory is named in a warning, not a crash."""
-    from xds_operator.demo import make_plan
+    from xds_operator.demo.main import make_plan
 
     shutil.copy(SAMPLES / "ingress-calls.yaml", tmp_path / "ingress-calls.yaml")
     (tmp_path / "signaling.yaml").write_text(
