@@ -154,6 +154,18 @@ def test_load_names_a_missing_file_and_a_fifo_for_what_they_are(tmp_path: Path) 
     ]
 
 
+def test_load_of_a_directory_reads_its_files_as_serve_does(tmp_path: Path) -> None:
+    (tmp_path / "good.yml").write_text(vs_yaml("good"))
+    os.mkfifo(tmp_path / "fifo.yaml")  # listed, then refused by name, as serve --dir does
+    (tmp_path / "sub.yaml").mkdir()  # not a file at all
+    (tmp_path / "dangling.yaml").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "notes.txt").write_text(vs_yaml("ignored"))
+    loaded = load([tmp_path])
+    assert [path.name for path, _ in loaded.files] == ["fifo.yaml", "good.yml"]
+    assert names(loaded) == ["good"]
+    assert loaded.errors == [f"{tmp_path / 'fifo.yaml'}: not a regular file but a FIFO; skipped"]
+
+
 # -- the demo's plan: the control plane's cache decides -----------------------------------------
 
 

@@ -37,8 +37,17 @@ MAX_DOCUMENTS = 1000  # per file: a file with more is refused (split it)
 
 
 def virtual_service_files(directory: Path) -> list[Path]:
-    """The VirtualService files (*.yaml, *.yml) of a directory, in name order."""
-    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file())
+    """The VirtualService files of a directory, in name order: each *.yaml and *.yml name that leads to
+    something other than a directory, as `serve --dir` reads them. So a FIFO or a device under such a
+    name is listed, for read_file to refuse by name, rather than left out without a word."""
+    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and _leads_to_a_non_directory(p))
+
+
+def _leads_to_a_non_directory(path: Path) -> bool:
+    try:
+        return not stat.S_ISDIR(path.stat().st_mode)
+    except OSError:  # a dangling symlink, or gone meanwhile
+        return False
 
 
 def expand(paths: Iterable[Path]) -> list[Path]:
