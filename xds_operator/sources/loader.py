@@ -4,8 +4,8 @@ Every reader of files goes through here: `serve --dir` (sources/directory.py, on
 `validate` and `render` (commands/), and the demo. So all of them have the same limits and say the
 same thing about a bad file. Nothing here raises for bad content: each problem is a message that
 starts with the file's path (then the document number, its name and the field path), and the file's
-other documents still count. Only `read_file` does I/O; `parse_file` and `load`'s bookkeeping are
-pure.
+other documents still count. `parse_file` (bytes to contents) and `add_file` (a file's contents
+into what was loaded) are pure; `read_file`, `load` and the directory listings do the I/O around them.
 """
 
 from __future__ import annotations
