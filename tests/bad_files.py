@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from dataclasses import dataclass
 
-from xds_operator.sources.directory import MAX_DOCUMENTS, MAX_FILE_BYTES
+from xds_operator.sources.loader import MAX_DOCUMENTS, MAX_FILE_BYTES
 
 
 def vs_yaml(name: str, *, port: int = 2000, listeners: str | None = None, namespace: str = "default") -> str:

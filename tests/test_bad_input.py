@@ -16,7 +16,8 @@ from bad_files import BAD_FILES, BadFile, listener, many_listeners, vs_yaml
 
 from xds_operator.api import ValidationError, parse_virtual_service
 from xds_operator.cli import main
-from xds_operator.sources.directory import MAX_FILE_BYTES, DirectorySource, read_file
+from xds_operator.sources.directory import DirectorySource
+from xds_operator.sources.loader import MAX_FILE_BYTES, read_file
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.snapshot import LISTENER
 

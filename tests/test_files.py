@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from ads_client import eventually
 
-from xds_operator.sources.directory import DirectorySource, FileContents, read_file
+from xds_operator.sources.directory import DirectorySource
+from xds_operator.sources.loader import FileContents, read_file
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.snapshot import LISTENER
 

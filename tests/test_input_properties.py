@@ -20,7 +20,7 @@ from vs_strategies import examples, listener_block, mutated, virtual_services
 
 from xds_operator.api import ValidationError, parse_virtual_service
 from xds_operator.api.validate import MAX_REPORTED_ERRORS
-from xds_operator.sources.directory import read_file
+from xds_operator.sources.loader import read_file
 from xds_operator.translate import translate_virtual_service
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.snapshot import LISTENER

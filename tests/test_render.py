@@ -14,7 +14,7 @@ from google.protobuf import any_pb2, json_format
 from test_ads_protocol import listener_spec, vs_document
 from test_cli import SAMPLES, run
 
-from xds_operator.sources.directory import read_file
+from xds_operator.sources.loader import read_file
 from xds_operator.translate import translate_virtual_service
 
 LABELS = ["--label", "app=ingress", "--label", "zone=a"]

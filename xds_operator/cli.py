@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from xds_operator import __version__
 from xds_operator.app.shutdown import EXIT_DEADLINE_SECONDS, GRACE_SECONDS
 from xds_operator.commands.bootstrap import DEFAULT_KEEPALIVE_SECONDS, KEEPALIVE_TIMEOUT_SECONDS, MIN_KEEPALIVE_SECONDS
-from xds_operator.net import join_host_port, parse_address
+from xds_operator.commands.labels import parse_label
+from xds_operator.net import join_host_port, parse_address, parse_port
 from xds_operator.xds.transport import (
     DEFAULT_POLICY,
     MIN_CLIENT_PING_INTERVAL_SECONDS,
@@ -32,10 +33,10 @@ if TYPE_CHECKING:  # the kubernetes client loads only in Kubernetes mode
 
 
 def _label(text: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE")
-    return key, value
+    try:
+        return parse_label(text)
+    except ValueError as error:  # argparse names the flag: "argument --label: 'x' is not KEY=VALUE (no '=')"
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _seconds(text: str) -> float:
@@ -50,12 +51,9 @@ def _seconds(text: str) -> float:
 
 def _port(text: str) -> int:
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a port in 0..65535 (0 picks a free one)")
-    return value
+        return parse_port(text, allow_zero=True)
+    except ValueError as error:  # argparse names the flag
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,7 +252,8 @@ def _add_render(commands: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a label of the proxy; repeatable (a VirtualService applies if its selector is contained in them)",
+        help="a label of the proxy; repeatable (a VirtualService applies if its selector is contained in them). "
+        "Whitespace around the key and the value is dropped; the value may be empty (k=)",
     )
     render.add_argument("--output", "-o", choices=["json", "yaml"], default="json", help="default: json")
     render.set_defaults(run=_render)
@@ -291,13 +290,19 @@ def _add_bootstrap(commands: argparse._SubParsersAction) -> None:
     )
     bootstrap.add_argument("--node-id", required=True, help="the proxy's node id (unique per Envoy)")
     bootstrap.add_argument(
-        "--label", type=_label, action="append", default=[], metavar="KEY=VALUE", help="a proxy label; repeatable"
+        "--label",
+        type=_label,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a proxy label; repeatable. Whitespace around the key and the value is dropped; the value may be "
+        "empty (k=)",
     )
     bootstrap.add_argument(
         "--labels-from-env",
         metavar="VAR",
-        help="also take proxy labels from environment variable VAR, written k1=v1,k2=v2 (whitespace around items "
-        "is ignored, a value may be empty: k=); on the same key an explicit --label wins",
+        help="also take proxy labels from environment variable VAR, written k1=v1,k2=v2: each item as --label "
+        "reads it, empty items skipped, no key twice; on the same key an explicit --label wins",
     )
     bootstrap.add_argument(
         "--xds-address",
@@ -481,7 +486,8 @@ def _serve_transport(args: argparse.Namespace) -> tuple[ServerTls | None, Connec
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from xds_operator.commands.render import conflicts, load
+    from xds_operator.commands.render import conflicts
+    from xds_operator.sources.loader import load
 
     loaded = load(args.files)
     problems = list(loaded.errors)

@@ -11,7 +11,7 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime
 from functools import cache
 from typing import Any
 
@@ -32,6 +32,7 @@ from xds_operator.api.schema import (
     message_rules,
     unique_label,
 )
+from xds_operator.api.timestamps import datetime_nanoseconds, parse_rfc3339
 from xds_operator.net import is_ip
 
 # Kubernetes object names (DNS-1123 subdomain) and namespaces (DNS-1123 label).
@@ -346,11 +347,8 @@ def _check_cross_field_rules(spec: pb.VirtualServiceSpec, path: str, errors: lis
                     )
 
 
-# RFC 3339 date-time (section 5.6): what Kubernetes writes, e.g. 2024-01-02T15:04:05Z or ...05.5+02:00.
-RFC3339 = re.compile(r"(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(?:\.(\d+))?(?:[Zz]|([+-])(\d\d):(\d\d))")
 TIMESTAMP_PATH = "metadata.creationTimestamp"
 RFC3339_EXAMPLE = "expected for example 2024-01-02T15:04:05Z"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _creation_time(value: Any, errors: list[FieldError]) -> int | None:
@@ -361,10 +359,11 @@ def _creation_time(value: Any, errors: list[FieldError]) -> int | None:
     if value is None:
         return None
     if isinstance(value, datetime):
-        if value.tzinfo is None:
+        try:
+            return datetime_nanoseconds(value)
+        except ValueError:
             errors.append(FieldError(TIMESTAMP_PATH, "the date-time has no time zone offset (add Z for UTC)"))
             return None
-        return (value - EPOCH) // timedelta(microseconds=1) * 1000
     if isinstance(value, date):
         errors.append(FieldError(TIMESTAMP_PATH, f"{value} is a date without a time; {RFC3339_EXAMPLE}"))
         return None
@@ -372,27 +371,10 @@ def _creation_time(value: Any, errors: list[FieldError]) -> int | None:
         errors.append(FieldError(TIMESTAMP_PATH, f"expected a timestamp, got {_type_name(value)}"))
         return None
     try:
-        return _rfc3339_nanoseconds(value)
+        return parse_rfc3339(value)
     except ValueError:
         errors.append(FieldError(TIMESTAMP_PATH, f"{_shown(value)} is not an RFC 3339 date-time; {RFC3339_EXAMPLE}"))
         return None
-
-
-def _rfc3339_nanoseconds(text: str) -> int:
-    """Nanoseconds since the epoch of an RFC 3339 date-time; ValueError if it is not one (or names no real
-    instant: month 13, 25 o'clock)."""
-    match = RFC3339.fullmatch(text)
-    if match is None:
-        raise ValueError(text)
-    year, month, day, hour, minute, second, fraction, sign, offset_hours, offset_minutes = match.groups()
-    local = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second), tzinfo=UTC)
-    offset = 0
-    if sign is not None:
-        if int(offset_hours) > 23 or int(offset_minutes) > 59:
-            raise ValueError(text)
-        offset = (-1 if sign == "-" else 1) * (int(offset_hours) * 3600 + int(offset_minutes) * 60)
-    seconds = (local - EPOCH) // timedelta(seconds=1) - offset
-    return seconds * 10**9 + int((fraction or "").ljust(9, "0")[:9])
 
 
 NOT_UNICODE = "not valid Unicode text (it holds a lone surrogate)"

@@ -1,4 +1,5 @@
-"""Proxy labels written as one line of text, `k1=v1,k2=v2`: what `bootstrap --labels-from-env` reads.
+"""Proxy labels written as text: `--label KEY=VALUE` (bootstrap, render) and `k1=v1,k2=v2` (what
+`bootstrap --labels-from-env` reads). One rule for both, `parse_label`.
 
 Pure functions: the environment is passed in, so tests need not change the process's own.
 """
@@ -8,24 +9,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 
-def parse_labels(text: str, where: str) -> dict[str, str]:
-    """Labels from `k1=v1,k2=v2`; `where` names the text's source in every error (a ValueError).
+def parse_label(item: str) -> tuple[str, str]:
+    """One label written KEY=VALUE, the rule for every label given as text.
 
-    Whitespace around items, keys and values is dropped and empty items are skipped (a trailing
-    comma, or an empty text: no labels). A value may be empty (`k=`) and may contain `=`; a key
-    may not be empty or repeated.
+    Whitespace around the key and around the value is dropped (label keys and values hold none, so a
+    space there is a slip, never meant); the first `=` ends the key, so a value may contain `=`; a
+    value may be empty (`k=`), a key may not. Raises ValueError naming the item."""
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise ValueError(f"{item.strip()!r} is not KEY=VALUE (no '=')")
+    if not key.strip():
+        raise ValueError(f"{item.strip()!r} has an empty key")
+    return key.strip(), value.strip()
+
+
+def parse_labels(text: str, where: str) -> dict[str, str]:
+    """Labels from `k1=v1,k2=v2`, each item as `parse_label` reads it; `where` names the text's source in
+    every error (a ValueError).
+
+    Empty items are skipped (a trailing comma, or an empty text: no labels); a key may not repeat.
     """
     labels: dict[str, str] = {}
-    for raw in text.split(","):
-        item = raw.strip()
-        if not item:
+    for item in text.split(","):
+        if not item.strip():
             continue
-        key, sep, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep:
-            raise ValueError(f"{where}: {item!r} is not KEY=VALUE (no '=')")
-        if not key:
-            raise ValueError(f"{where}: {item!r} has an empty key")
+        try:
+            key, value = parse_label(item)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from None
         if key in labels:
             raise ValueError(f"{where}: key {key!r} appears twice")
         labels[key] = value

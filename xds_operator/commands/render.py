@@ -1,8 +1,9 @@
 """`xds-operator render` and `validate`'s conflict check: VirtualService files without a server.
 
-The files go through the same validation, translation and cache as when served: `render` prints the
-snapshot a proxy with given labels would get, in the shape of /debug/config_dump, and `conflicts`
-asks the cache which VirtualServices it would leave out of some proxy (as `serve` does, with a warning).
+The files go through the same loader (sources/loader.py), validation, translation and cache as when
+served: `render` prints the snapshot a proxy with given labels would get, in the shape of
+/debug/config_dump, and `conflicts` asks the cache which VirtualServices it would leave out of some
+proxy (as `serve` does, with a warning). The demo asks the cache the same way (`left_out`).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from xds_operator.api.model import Key, VirtualService
-from xds_operator.sources.directory import FileContents, expand, read_file
+from xds_operator.sources.loader import Loaded, load
 from xds_operator.xds import cache as cache_module
-from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.cache import SnapshotCache, Watch
 from xds_operator.xds.dump import resources_json
 
 # validate looks for conflicts on the proxies any two distinct selectors select together: beyond
@@ -24,38 +26,25 @@ from xds_operator.xds.dump import resources_json
 MAX_SELECTORS_PAIRED = 100
 
 
-@dataclass
-class Loaded:
-    """Files read into a cache: their VirtualServices, and the problems as `validate` prints them."""
+def cache_of(loaded: Loaded) -> SnapshotCache:
+    """The cache `serve` would fill with these VirtualServices: it decides conflicts as when served."""
+    cache = SnapshotCache()
+    for vs in loaded.services.values():
+        cache.upsert(vs)
+    cache.commit()
+    return cache
 
-    cache: SnapshotCache = field(default_factory=SnapshotCache)
-    services: dict[Key, VirtualService] = field(default_factory=dict)
-    files: list[tuple[Path, FileContents]] = field(default_factory=list)  # each file read, in order
-    errors: list[str] = field(default_factory=list)  # missing files, invalid documents, a name defined twice
 
-
-def load(paths: Iterable[Path]) -> Loaded:
-    loaded = Loaded()
-    for path in dict.fromkeys(expand(paths)):  # a file given twice (also through its directory) is read once
-        if not path.is_file():
-            loaded.errors.append(f"{path}: no such file")
-            continue
-        contents = read_file(path)
-        loaded.files.append((path, contents))
-        loaded.errors += contents.errors
-        for vs in contents.services:
-            if (first := loaded.services.get(vs.key)) is not None:
-                loaded.errors.append(f"{path}: VirtualService {vs} is already defined in {first.origin}")
-                continue
-            loaded.services[vs.key] = vs
-            loaded.cache.upsert(vs)
-    loaded.cache.commit()
-    return loaded
+def served_quietly(cache: SnapshotCache, labels: Mapping[str, str]) -> Watch:
+    """A proxy with these labels joins the cache; the conflicts it meets are left for the caller to report
+    (cache.conflicts) with the files, rather than logged as the server's warnings."""
+    with _quiet(cache_module.log):
+        return cache.watch(dict(labels), lambda: None)
 
 
 @dataclass
 class Rendered:
-    resources: dict = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)  # invalid files and documents, as `validate` prints them
     selected: int = 0  # valid VirtualServices whose selector the labels contain
     selectors: list[str] = field(default_factory=list)  # of the valid VirtualServices, distinct, as k=v,k=v
@@ -70,7 +59,7 @@ def render(paths: Iterable[Path], labels: Mapping[str, str]) -> Rendered:
     )
     # A watch makes the proxy's group a real one: a VirtualService left out because it conflicts
     # is logged (a warning naming both) as when served.
-    snapshot = loaded.cache.watch(dict(labels), lambda: None).snapshot
+    snapshot = cache_of(loaded).watch(dict(labels), lambda: None).snapshot
     assert snapshot is not None  # known labels always give a snapshot
     result.resources = resources_json(snapshot)
     return result
@@ -89,17 +78,24 @@ def conflicts(loaded: Loaded) -> list[str]:
                 merged = dict(first)
                 if all(merged.setdefault(key, value) == value for key, value in second):
                     label_sets.append(merged)
-    with _quiet(cache_module.log):  # reported here, with the files, instead of as the server's warning
-        for labels in label_sets:
-            loaded.cache.watch(labels, lambda: None)
+    cache = cache_of(loaded)
+    for labels in label_sets:
+        served_quietly(cache, labels)
+    return [
+        f"{vs.origin}: VirtualService {vs} conflicts: {reason}; serve would leave it out"
+        for vs, reason in left_out(loaded, cache)
+    ]
+
+
+def left_out(loaded: Loaded, cache: SnapshotCache) -> list[tuple[VirtualService, str]]:
+    """Each VirtualService the cache leaves out of a proxy that joined it, and why, in namespace/name
+    order; the reason names the older VirtualService that won, and the file that defines it."""
     found = []
-    for key, reason in sorted(loaded.cache.conflicts.items()):
-        vs = loaded.services[key]
+    for key, reason in sorted(cache.conflicts.items()):
         # The cache's reason ends with the winner: "... by the older VirtualService NAMESPACE/NAME".
         namespace, _, name = reason.rpartition(" VirtualService ")[2].partition("/")
         older = loaded.services.get((namespace, name))
-        where = f" (in {older.origin})" if older is not None else ""
-        found.append(f"{vs.origin}: VirtualService {vs} conflicts: {reason}{where}; serve would leave it out")
+        found.append((loaded.services[key], reason + (f" (in {older.origin})" if older is not None else "")))
     return found
 
 

@@ -37,12 +37,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from xds_operator.api import VirtualService, protocol_of
+from xds_operator.api import protocol_of
 from xds_operator.commands.bootstrap import envoy_bootstrap, render
+from xds_operator.commands.render import cache_of, left_out, served_quietly
 from xds_operator.demo.echo import EchoWorker
 from xds_operator.demo.echo import send as send_datagram
-from xds_operator.net import split_host_port
-from xds_operator.sources.directory import read_file, virtual_service_files
+from xds_operator.net import parse_port, split_host_port
+from xds_operator.sources.loader import load
 
 NODE_ID = "demo-envoy"
 LOCAL_HOST = "127.0.0.1"
@@ -95,29 +96,31 @@ class Plan:
 
 
 def make_plan(directory: Path) -> Plan:
-    """Read the sample files: the proxy labels, listeners to wait for and workers to start."""
+    """Read the sample files: the proxy labels, listeners to wait for and workers to start.
+
+    The files are read by the control plane's own loader, and what the demo Envoy gets is asked of
+    the control plane's own cache, so conflicts are decided exactly as `serve` decides them."""
     if not directory.is_dir():
         raise DemoError(f"--dir {directory}: not a directory")
     plan = Plan()
-    services: list[VirtualService] = []
-    seen: set[tuple[str, str]] = set()
-    for path in virtual_service_files(directory):
-        contents = read_file(path)
-        plan.warnings.extend(f"{problem} (the control plane skips it too)" for problem in contents.errors)
-        for vs in contents.services:
-            if vs.key not in seen:  # the control plane keeps the first file's definition
-                seen.add(vs.key)
-                services.append(vs)
+    loaded = load([directory])
+    plan.warnings.extend(f"{problem} (the control plane skips it too)" for problem in loaded.errors)
+    services = sorted(loaded.services.values(), key=lambda vs: vs.key)
     if not services:
         raise DemoError(f"no valid VirtualService in {directory}/*.yaml: nothing to demonstrate")
-    services.sort(key=lambda vs: vs.key)  # conflicts between equally new objects go by namespace/name
 
     for vs in services:
         for key, value in sorted(vs.spec.selector.items()):
             plan.labels.setdefault(key, value)
+    cache = cache_of(loaded)
+    snapshot = served_quietly(cache, plan.labels).snapshot
+    served = set(snapshot.contents) if snapshot is not None else set()
+    for vs, reason in left_out(loaded, cache):
+        plan.warnings.append(
+            f"{Path(vs.origin).name}: VirtualService {vs} conflicts: {reason}; the control plane leaves it out "
+            "of the demo Envoy"
+        )
     workers: dict[int, WorkerSpec] = {}
-    names: set[str] = set()
-    ports: set[int] = set()
     for vs in services:
         file = Path(vs.origin).name
         if not vs.selects(plan.labels):
@@ -126,6 +129,8 @@ def make_plan(directory: Path) -> Plan:
                 f"selector; the demo Envoy (labels {_labels_text(plan.labels)}) does not get it"
             )
             continue
+        if vs.key not in served:
+            continue  # a conflict, warned about above
         for listener in vs.spec.listeners:
             if protocol_of(listener) != "UDP":
                 plan.warnings.append(
@@ -134,14 +139,6 @@ def make_plan(directory: Path) -> Plan:
                 )
                 continue
             udp = listener.udp
-            if listener.name in names or udp.port in ports:
-                plan.warnings.append(
-                    f"{file}: listener {listener.name} (port {udp.port}) conflicts with an earlier sample; "
-                    "the control plane serves the earlier one"
-                )
-                continue
-            names.add(listener.name)
-            ports.add(udp.port)
             local: list[str] = []
             for endpoint in udp.cluster.endpoints:
                 if not (endpoint.host.HasField("address") and endpoint.host.address == LOCAL_HOST):
@@ -633,9 +630,10 @@ def send(args: argparse.Namespace) -> int:
 
 
 def _port(text: str) -> int:
-    if not text.isdigit() or not 1 <= int(text) <= 65535:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a port number 1..65535")
-    return int(text)
+    try:
+        return parse_port(text)
+    except ValueError as error:  # argparse names the flag
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _count(text: str) -> int:

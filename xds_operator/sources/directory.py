@@ -1,9 +1,9 @@
 """The directory source: VirtualService YAML files in a directory, watched live.
 
-Every `*.yaml` / `*.yml` file (multi-document files allowed) is read; a document that is
-not a valid VirtualService is logged with its file, document index and field path, and
-skipped, while everything else keeps being served. The directory is watched with inotify
-(watchfiles), not polled: only files that changed are read again.
+Every `*.yaml` / `*.yml` file (multi-document files allowed) is read (by sources/loader.py, with
+its limits); a document that is not a valid VirtualService is logged with its file, document index
+and field path, and skipped, while everything else keeps being served. The directory is watched with
+inotify (watchfiles), not polled: only files that changed are read again.
 """
 
 from __future__ import annotations
@@ -12,213 +12,26 @@ import asyncio
 import bisect
 import contextlib
 import logging
-import os
 import stat
 import sys
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import yaml
-
-from xds_operator.api import API_GROUP, KIND, Key, ValidationError, VirtualService, key_of, parse_virtual_service
-from xds_operator.api.validate import shortened
+from xds_operator.api import Key, VirtualService
+from xds_operator.sources.loader import SUFFIXES, FileContents, read_file
 from xds_operator.xds.cache import SnapshotCache
 
 if TYPE_CHECKING:
     from xds_operator.sources.inotify_watch import Event, Watches
 
-# libyaml's parser (PyYAML's C extension) when present: 8.5× faster (0.33 s vs 2.81 s for 1,000 documents).
-SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 log = logging.getLogger(__name__)
 
-SUFFIXES = (".yaml", ".yml")
-# Limits, so a file cannot exhaust memory or flood the log. 1 MiB is what a ConfigMap (the usual way
-# to mount this directory) can hold in all; a larger file is refused without being read past the limit.
-MAX_FILE_BYTES = 1024 * 1024
-MAX_DOCUMENTS = 1000  # per file: a file with more is refused (split it)
 DEBOUNCE_MS = 20  # watchfiles (off Linux): editors write in bursts; one reload per burst
 BURST_SECONDS = 0.0  # inotify: a yield to the loop, so events already queued join one reload
 MISSING_RETRY_SECONDS = 1.0  # while the directory is missing, how often it is looked for besides the watches
-
-
-def virtual_service_files(directory: Path) -> list[Path]:
-    """The VirtualService files (*.yaml, *.yml) of a directory, in name order."""
-    return sorted(p for p in directory.iterdir() if p.suffix in SUFFIXES and p.is_file())
-
-
-def expand(paths: Iterable[Path]) -> list[Path]:
-    """Files as given; a directory stands for its VirtualService files (for `validate` and `render`)."""
-    expanded: list[Path] = []
-    for path in paths:
-        expanded.extend(virtual_service_files(path) if path.is_dir() else [path])
-    return expanded
-
-
-@dataclass
-class FileContents:
-    """What one file holds: its valid VirtualServices and the problems of the rest."""
-
-    services: list[VirtualService] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    unreadable: bool = False  # nothing in the file could be read (YAML syntax, encoding, size)
-    invalid_keys: set[Key] = field(default_factory=set)  # named documents that failed validation
-    unnamed_invalid: bool = False  # a document failed validation before its name could be read
-    rejected: int = 0  # documents that failed validation
-    other_kinds: int = 0  # documents of other kinds, skipped (a Kustomization, a ConfigMap)
-
-    def keeping_last_good(self, previous: FileContents) -> FileContents:
-        """Keep serving the previous valid version of what this read could not validate.
-
-        A VirtualService that vanished from the file is kept when the file could not be read, when a
-        document of its name is invalid, or when an invalid document has no readable name (a typo in
-        `metadata`, a list in place of a mapping): that document may be it, so it is not a deletion."""
-        defined = {vs.key for vs in self.services}
-        kept = [vs for vs in previous.services if vs.key not in defined and self._may_hide(vs.key)]
-        for vs in kept:
-            log.warning("%s: keeping the last valid version of %s until the file is fixed", vs.origin, vs)
-        return replace(self, services=self.services + kept)
-
-    def _may_hide(self, key: Key) -> bool:
-        """Whether what this read failed on may be the VirtualService `key`."""
-        return self.unreadable or self.unnamed_invalid or key in self.invalid_keys
-
-
-def read_file(path: Path) -> FileContents:
-    """Parse one file. Never raises for bad content: problems are returned as messages."""
-    contents = FileContents()
-    text = _read_text(path, contents)
-    if text is None:
-        contents.unreadable = True
-        return contents
-    documents = _documents(path, text, contents)
-    if documents is None:
-        contents.unreadable = True
-        return contents
-    for index, document in enumerate(documents):
-        where = f"{path}: document {index + 1}"
-        if document is None:
-            continue
-        if _of_another_kind(document):
-            log.debug("%s: skipping kind %s", where, shortened(document["kind"]))
-            contents.other_kinds += 1
-            continue
-        key = key_of(document)
-        if key is not None:
-            where += f" ({shortened(key[0])}/{shortened(key[1])})"
-        try:
-            contents.services.append(parse_virtual_service(document, origin=str(path)))
-        except ValidationError as error:
-            contents.errors.extend(f"{where}: {problem}" for problem in error.errors)
-            contents.rejected += 1
-            if key is not None:
-                contents.invalid_keys.add(key)
-            else:
-                contents.unnamed_invalid = True
-    return contents
-
-
-def _of_another_kind(document: Any) -> bool:
-    """Whether a document is of a kind this source skips (a ConfigMap, a Kustomization). A near miss of
-    VirtualService (`VirtualServic`, `virtualservice`, `VirtualServices`) or any kind of the API group
-    servicemesh.l7mp.io is not skipped: it is an invalid VirtualService, reported as one."""
-    kind = document.get("kind") if isinstance(document, dict) else None
-    if not isinstance(kind, str) or kind == KIND:
-        return False
-    api_version = document.get("apiVersion")
-    if isinstance(api_version, str) and api_version.split("/")[0] == API_GROUP:
-        return False
-    return not _near_miss(kind.casefold(), KIND.casefold())
-
-
-def _near_miss(text: str, target: str, limit: int = 2) -> bool:
-    """Whether `text` is at most `limit` single-character edits (Levenshtein) away from `target`."""
-    if abs(len(text) - len(target)) > limit:
-        return False  # also keeps the work small for a long text
-    row = list(range(len(target) + 1))
-    for i, char in enumerate(text, 1):
-        previous, row[0] = row[0], i
-        for j, wanted in enumerate(target, 1):
-            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (char != wanted))
-    return row[-1] <= limit
-
-
-class NotARegularFile(OSError):
-    """A name that holds a FIFO, a device, a socket or a directory instead of a file."""
-
-
-FILE_TYPES = {stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
-FILE_TYPES |= {stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
-
-
-def _read_regular_file(path: Path, limit: int) -> bytes:
-    """At most `limit` bytes of a regular file (symlinks followed: a ConfigMap volume's files are links).
-
-    Anything else is refused before it is read: opening a FIFO would block (the event loop, with it
-    everything) until a writer comes, and a device may never end. The name is looked at first, so a
-    device is not even opened; then what was opened is checked again (fstat), since the name may have
-    been swapped meanwhile, and it is opened non-blocking so that such a swap cannot block either."""
-    _check_regular(os.stat(path).st_mode)
-    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    with open(descriptor, "rb") as stream:
-        _check_regular(os.fstat(descriptor).st_mode)
-        return stream.read(limit)
-
-
-def _check_regular(mode: int) -> None:
-    if not stat.S_ISREG(mode):
-        raise NotARegularFile(f"not a regular file but {FILE_TYPES.get(stat.S_IFMT(mode), 'something else')}")
-
-
-def _read_text(path: Path, contents: FileContents) -> str | None:
-    """The file as text, or None (with the problem recorded); never reads more than MAX_FILE_BYTES + 1 bytes."""
-    try:
-        data = _read_regular_file(path, MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            contents.errors.append(f"{path}: file is larger than the limit of {MAX_FILE_BYTES} bytes; skipped")
-            return None
-        return data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        contents.errors.append(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); skipped")
-    except NotARegularFile as error:
-        contents.errors.append(f"{path}: {error}; skipped")
-    except OSError as error:
-        contents.errors.append(f"{path}: cannot read: {error.strerror}")
-    return None
-
-
-def _documents(path: Path, text: str, contents: FileContents) -> list[Any] | None:
-    """The file's YAML documents, or None (with the problem recorded) if any cannot be read."""
-    documents: list[Any] = []
-    try:
-        for document in yaml.load_all(text, Loader=SAFE_LOADER):
-            if len(documents) == MAX_DOCUMENTS:
-                contents.errors.append(
-                    f"{path}: more than {MAX_DOCUMENTS} YAML documents, the limit per file; "
-                    "the whole file is skipped (split it)"
-                )
-                return None
-            documents.append(document)
-    except yaml.YAMLError as error:
-        contents.errors.append(f"{path}: invalid YAML: {_yaml_problem(error)}; the whole file is skipped")
-        return None
-    except (ValueError, OverflowError, RecursionError) as error:
-        # PyYAML's constructors raise these for scalars they cannot convert (a date like 2024-13-45,
-        # an integer of 5,000 digits) and its pure-Python parser for nesting too deep.
-        problem = "nesting too deep" if isinstance(error, RecursionError) else str(error)
-        contents.errors.append(
-            f"{path}: document {len(documents) + 1}: invalid YAML value: {problem}; the whole file is skipped"
-        )
-        return None
-    return documents
-
-
-def _yaml_problem(error: yaml.YAMLError) -> str:
-    mark = getattr(error, "problem_mark", None)
-    problem = getattr(error, "problem", None) or str(error)
-    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" if mark else problem
 
 
 Stamp = tuple[int, ...]  # (file type, device, inode, size, mtime_ns, ctime_ns)
@@ -441,7 +254,10 @@ class DirectorySource:
             log.error("%s", problem, extra={"file": str(path)})
         self.errors["invalid_document"] += contents.rejected
         self.errors["unreadable_file"] += contents.unreadable
-        return contents if previous is None else contents.keeping_last_good(previous)
+        kept = [] if previous is None else contents.may_still_define(previous)
+        for vs in kept:
+            log.warning("%s: keeping the last valid version of %s until the file is fixed", vs.origin, vs)
+        return replace(contents, services=contents.services + kept) if kept else contents
 
     def _track_link(self, path: Path) -> None:
         """Remember where `path` points now if it is a symlink (and forget where it pointed before)."""

@@ -22,7 +22,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -30,6 +29,7 @@ from kubernetes.client.exceptions import ApiException
 
 from xds_operator.api import API_GROUP, API_VERSION, KIND, Key
 from xds_operator.api.schema import MAX_STATUS_ADDRESSES, PLURAL
+from xds_operator.api.timestamps import now_rfc3339 as now_rfc3339  # also for sources/kubernetes/source.py
 from xds_operator.status.progress import Progress
 from xds_operator.status.readiness import ListenerState
 
@@ -162,10 +162,6 @@ def _condition(
         "lastTransitionTime": since or now,
         "observedGeneration": generation,
     }
-
-
-def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class NotLeading(Exception):
