@@ -1,6 +1,6 @@
 """VirtualService (+ resolved endpoint addresses) → Envoy v3 Listener / Cluster / ClusterLoadAssignment.
 
-Pure functions: no I/O, no state. The table in DESIGN.md ("Translation to Envoy") is the
+Pure functions: no I/O, no state. The table in README.md ("How it becomes Envoy configuration") is the
 contract; the golden tests in tests/golden/ pin the exact output.
 """
 
