@@ -27,6 +27,7 @@ from xds_operator.translate import (
 )
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.snapshot import CLUSTER, ENDPOINT, LISTENER
+from xds_operator.xds.stream import resource_names_in
 
 INGRESS = {"app": "envoy-ingress"}
 
@@ -239,3 +240,10 @@ def test_two_tcp_listeners_with_different_limits_still_share_their_cluster() -> 
     cache = cache_of(first, copy.deepcopy(second))
     assert cache.conflicts == {}
     assert set(cache.snapshot_for(INGRESS).resources[CLUSTER]) == {"worker-c"}
+
+
+def test_a_nack_naming_a_private_copy_names_it_alone() -> None:
+    """Envoy's error text names `<cluster>@<listener>`: that copy is blamed, not the shared cluster it copies."""
+    names = resource_names_in("Error adding/updating cluster(s) worker-c@call-2-l: something is wrong")
+    assert "worker-c@call-2-l" in names
+    assert "worker-c" not in names

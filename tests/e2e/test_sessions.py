@@ -83,10 +83,11 @@ def sockets() -> Iterator[list[socket.socket]]:
 
 def test_a_udp_listener_admits_max_sessions_clients_and_drops_the_next(envoy, workers, vs_files, sockets):
     """Two sessions on a listener limited to two; a third client's datagrams are dropped while another
-    listener on the same worker cluster (a call without a limit) keeps taking new clients."""
+    listener on the same worker cluster (a call without a limit) keeps taking new clients. (An eds
+    cluster: the limited listener's private copy gets its endpoints over EDS under its own name.)"""
     worker = workers("media-a")
     limited, shared = free_udp_port(), free_udp_port()
-    cluster = cluster_doc("media-c", [worker])
+    cluster = cluster_doc("media-c", [worker], service_discovery="eds")
     vs_files.write(
         "limited.yaml", vs_doc("limited", listener_doc("limited-l", "udp", limited, cluster, max_sessions=2))
     )
