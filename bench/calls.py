@@ -33,7 +33,7 @@ every 2 ms, then every 5 % of the call's age, at most every 50 ms, so slow calls
 - Floor only: Envoy's time from receiving an LDS response to ACKing it, and from that ACK to
   the new listener's first answer (negative: it answered before the ACK arrived).
 
-Envoy keeps a socket per UDP session (udp_proxy's idle timeout is 60 s) besides one per listener,
+Envoy keeps a socket per UDP session (a listener's idle_timeout, 120 s by default) besides one per listener,
 so answering every live call needs about twice L descriptors; where the hard limit is lower the
 last check waits for early sessions to expire instead of counting their calls as silent.
 """
@@ -63,6 +63,7 @@ from envoy_convergence import Process, bootstrap_command, http_get, start_envoy,
 from harness import PortRange, Ports, cpu_seconds, memory_mb, one_endpoint_vs, raise_fd_limit, serve_command
 
 from xds_operator.demo.echo import EchoWorker
+from xds_operator.translate import DEFAULT_UDP_IDLE_TIMEOUT_S
 
 SCENARIO = "calls"
 SOTW, DELTA, FLOOR = "sotw", "delta", "floor"
@@ -77,7 +78,9 @@ CLOSE_FIRST, CLOSE_LAST = 0.01, 0.1
 # The last check measures no time: it sends every silent live call a datagram per round, this many
 # a second, so that thousands of calls neither flood Envoy nor overflow receive buffers.
 FINAL_RATE, FINAL_BATCH, FINAL_PAUSE = 5_000, 100, 0.3
-UDP_SESSION_IDLE = 60.0  # udp_proxy's default idle_timeout: until then a session holds an Envoy socket
+UDP_SESSION_IDLE = float(
+    DEFAULT_UDP_IDLE_TIMEOUT_S
+)  # the listeners' idle_timeout: until then a session holds an Envoy socket
 START_BOUND = 30.0  # seconds for a process to come up
 
 

@@ -370,6 +370,11 @@ SCHEMA_REJECTIONS: dict[str, Callable[[Doc], object]] = {
     "missing endpoint name": lambda d: endpoint(d).pop("name"),
     "missing host": lambda d: endpoint(d).pop("host"),
     "address of 254 characters": lambda d: endpoint(d).update(host={"address": "a" * 254}),
+    "udp idle_timeout 0": lambda d: block(d).update(idle_timeout=0),
+    "tcp idle_timeout of more than a day": lambda d: block(d, 1).update(idle_timeout=86_401),
+    "udp max_sessions 0": lambda d: block(d).update(max_sessions=0),
+    "tcp max_sessions past a million": lambda d: block(d, 1).update(max_sessions=1_000_001),
+    "unknown hash_by": lambda d: cluster(d, 1).update(hash_by="source_port"),
     "unknown spec field": lambda d: d["spec"].update(extra=1),
     "unknown endpoint field": lambda d: endpoint(d).update(weight=1),
 }
@@ -497,6 +502,11 @@ CEL_REJECTIONS: dict[str, tuple[Callable[[Doc], object], tuple[str, str], tuple[
             "duplicate cluster name: every item of listeners needs its own udp.cluster.name or tcp.cluster.name",
         ),
         ("spec.listeners[1].tcp.cluster.name", "duplicate cluster name 'rtp-c' (also in spec.listeners[0])"),
+    ),
+    "hash_key and hash_by": (
+        lambda d: cluster(d).update(hash_key="callid", hash_by="source_ip"),
+        ("spec.listeners[0].udp.cluster", "set at most one of hash_key, hash_by"),
+        ("spec.listeners[0].udp.cluster", "set at most one of hash_key, hash_by"),
     ),
     "duplicate endpoint name": (
         lambda d: endpoint(d, 1).update(name="a"),

@@ -51,8 +51,10 @@ def test_valid_documents_are_accepted_and_translate(document: dict) -> None:
     resources = translate_virtual_service(vs, resolve_pods)
     spec_listeners = document["spec"]["listeners"]
     assert [listener.name for listener in resources.listeners] == [item["name"] for item in spec_listeners]
+    # A UDP listener with a session limit gets a private copy of its cluster (translate.envoy_cluster_name).
     assert [cluster.name for cluster in resources.clusters] == [
-        listener_block(item)["cluster"]["name"] for item in spec_listeners
+        listener_block(item)["cluster"]["name"] + (f"@{item['name']}" if "max_sessions" in item.get("udp", {}) else "")
+        for item in spec_listeners
     ]
     eds = [item for item in spec_listeners if listener_block(item)["cluster"].get("service_discovery") == "eds"]
     assert len(resources.load_assignments) == len(eds)

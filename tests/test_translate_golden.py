@@ -18,6 +18,7 @@ import pytest
 import yaml
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2
+from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.filters.udp.udp_proxy.v3 import route_pb2, udp_proxy_pb2
@@ -26,6 +27,7 @@ from google.protobuf.message import Message
 
 from xds_operator.api import VirtualService, cluster_of, parse_virtual_service, port_of, protocol_of
 from xds_operator.translate import (
+    CONNECTION_LIMIT_FILTER,
     HASH_KEY_STATE,
     HASHABLE_STRING_FACTORY,
     SET_FILTER_STATE_FILTER,
@@ -86,7 +88,11 @@ def tcp_filters(listener: Message) -> list[tuple[str, Message]]:
     """The network filters of a TCP listener's only filter chain, unpacked, in order."""
     assert list(listener.listener_filters) == []
     [chain] = listener.filter_chains
-    kinds = {SET_FILTER_STATE_FILTER: set_filter_state_pb2.Config, TCP_PROXY_FILTER: tcp_proxy_pb2.TcpProxy}
+    kinds = {
+        SET_FILTER_STATE_FILTER: set_filter_state_pb2.Config,
+        TCP_PROXY_FILTER: tcp_proxy_pb2.TcpProxy,
+        CONNECTION_LIMIT_FILTER: connection_limit_pb2.ConnectionLimit,
+    }
     unpacked = []
     for network_filter in chain.filters:
         config = kinds[network_filter.name]()
@@ -193,6 +199,8 @@ def test_maglev_and_hash_policy_only_with_hash_key() -> None:
     for case in CASES:
         for spec_listener, listener, cluster in listener_pairs(case):
             spec_cluster = cluster_of(spec_listener)
+            if spec_cluster.HasField("hash_by"):
+                continue  # hashing by source IP: tests/test_sessions_translate.py
             has_key = spec_cluster.HasField("hash_key")
             seen.add((protocol_of(spec_listener), has_key))
             if protocol_of(spec_listener) == "UDP":

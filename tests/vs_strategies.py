@@ -81,8 +81,11 @@ def clusters(draw: st.DrawFn) -> dict[str, Any]:
     }
     if discovery is not None:
         cluster["service_discovery"] = discovery
-    if draw(st.booleans()):
+    hashing = draw(st.sampled_from([None, "hash_key", "hash_by"]))  # at most one of the two
+    if hashing == "hash_key":
         cluster["hash_key"] = draw(st.text(min_size=1, max_size=256))
+    elif hashing == "hash_by":
+        cluster["hash_by"] = "source_ip"
     if draw(st.booleans()):
         check: dict[str, Any] = {"interval": draw(st.integers(500, 3_600_000))}
         if draw(st.booleans()):
@@ -95,12 +98,12 @@ def _name(item: dict[str, Any]) -> Any:
     return item["name"]
 
 
-listeners = st.one_of(
-    *(
-        st.fixed_dictionaries({"name": names, protocol: st.fixed_dictionaries({"port": ports, "cluster": clusters()})})
-        for protocol in ("udp", "tcp")
-    )
+# A listener block: port and cluster, and maybe its session controls.
+blocks = st.fixed_dictionaries(
+    {"port": ports, "cluster": clusters()},
+    optional={"idle_timeout": st.integers(1, 86_400), "max_sessions": st.integers(1, 1_000_000)},
 )
+listeners = st.one_of(*(st.fixed_dictionaries({"name": names, protocol: blocks}) for protocol in ("udp", "tcp")))
 
 
 def listener_block(item: dict[str, Any]) -> dict[str, Any]:

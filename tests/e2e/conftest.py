@@ -105,8 +105,9 @@ def wait_until(check: Callable[[], object], what: str, timeout: float = WAIT, in
 
 
 # Source ports used in this test. Envoy's UDP proxy keeps a session per 4-tuple (to the host it
-# picked first) until it is idle for a minute: a datagram from a reused source port would join an
-# old session instead of being balanced anew, and the kernel does hand out recently used ports.
+# picked first) until it is idle for the listener's idle_timeout (120 s by default): a datagram from
+# a reused source port would join an old session instead of being balanced anew, and the kernel
+# does hand out recently used ports.
 _used_sources: set[int] = set()
 
 

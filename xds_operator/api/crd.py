@@ -3,7 +3,8 @@
 The spec schema is a walk over VirtualServiceSpec and the rules in its custom options (see
 schema.py), the same ones the validator reads: types, required fields, ranges, enums,
 defaults, patterns, lengths, item limits, descriptions. What an OpenAPI schema cannot say
-becomes CEL (x-kubernetes-validations): MessageRules.exactly_one_of and FieldRules.unique_by.
+becomes CEL (x-kubernetes-validations): MessageRules.exactly_one_of and at_most_one_of, and
+FieldRules.unique_by.
 Only the status (the standard Kubernetes condition shape) and the printer columns are written
 here by hand.
 
@@ -214,6 +215,15 @@ def _message_validations(message: Descriptor) -> list[Schema]:
             {
                 "rule": f"[{flags}].exists_one(b, b)",
                 "message": f"set exactly one of {', '.join(choices)}",
+            }
+        )
+    exclusive = list(message_rules(message).at_most_one_of)
+    if exclusive:
+        flags = ", ".join(_present("self", message.fields_by_name[name]) for name in exclusive)
+        rules.append(
+            {
+                "rule": f"[{flags}].filter(b, b).size() <= 1",
+                "message": f"set at most one of {', '.join(exclusive)}",
             }
         )
     return rules

@@ -182,6 +182,9 @@ def _fill(message: Message, data: Any, path: str, errors: list[FieldError]) -> N
             errors.append(FieldError(path, f"set exactly one of {', '.join(choices)}"))
             for name in choices:  # so later checks (uniqueness) do not blame other items for this one
                 message.ClearField(name)
+    exclusive = list(message_rules(descriptor).at_most_one_of)
+    if len([name for name in exclusive if _is_set(data.get(name))]) > 1:
+        errors.append(FieldError(path, f"set at most one of {', '.join(exclusive)}"))
 
 
 def _fill_field(message: Message, field: FieldDescriptor, value: Any, path: str, errors: list[FieldError]) -> None:

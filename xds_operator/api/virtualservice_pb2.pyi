@@ -36,12 +36,14 @@ class FieldRules(_message.Message):
     def __init__(self, required: _Optional[bool] = ..., minimum: _Optional[int] = ..., maximum: _Optional[int] = ..., enum: _Optional[_Iterable[str]] = ..., default: _Optional[str] = ..., unique_by: _Optional[_Iterable[str]] = ..., pattern: _Optional[str] = ..., max_length: _Optional[int] = ..., description: _Optional[str] = ..., max_items: _Optional[int] = ...) -> None: ...
 
 class MessageRules(_message.Message):
-    __slots__ = ("exactly_one_of", "description")
+    __slots__ = ("exactly_one_of", "description", "at_most_one_of")
     EXACTLY_ONE_OF_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    AT_MOST_ONE_OF_FIELD_NUMBER: _ClassVar[int]
     exactly_one_of: _containers.RepeatedScalarFieldContainer[str]
     description: str
-    def __init__(self, exactly_one_of: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ...) -> None: ...
+    at_most_one_of: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, exactly_one_of: _Optional[_Iterable[str]] = ..., description: _Optional[str] = ..., at_most_one_of: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class VirtualServiceSpec(_message.Message):
     __slots__ = ("selector", "listeners")
@@ -69,34 +71,44 @@ class Listener(_message.Message):
     def __init__(self, name: _Optional[str] = ..., udp: _Optional[_Union[UdpListener, _Mapping]] = ..., tcp: _Optional[_Union[TcpListener, _Mapping]] = ...) -> None: ...
 
 class UdpListener(_message.Message):
-    __slots__ = ("port", "cluster")
+    __slots__ = ("port", "cluster", "idle_timeout", "max_sessions")
     PORT_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     port: int
     cluster: Cluster
-    def __init__(self, port: _Optional[int] = ..., cluster: _Optional[_Union[Cluster, _Mapping]] = ...) -> None: ...
+    idle_timeout: int
+    max_sessions: int
+    def __init__(self, port: _Optional[int] = ..., cluster: _Optional[_Union[Cluster, _Mapping]] = ..., idle_timeout: _Optional[int] = ..., max_sessions: _Optional[int] = ...) -> None: ...
 
 class TcpListener(_message.Message):
-    __slots__ = ("port", "cluster")
+    __slots__ = ("port", "cluster", "idle_timeout", "max_sessions")
     PORT_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     port: int
     cluster: Cluster
-    def __init__(self, port: _Optional[int] = ..., cluster: _Optional[_Union[Cluster, _Mapping]] = ...) -> None: ...
+    idle_timeout: int
+    max_sessions: int
+    def __init__(self, port: _Optional[int] = ..., cluster: _Optional[_Union[Cluster, _Mapping]] = ..., idle_timeout: _Optional[int] = ..., max_sessions: _Optional[int] = ...) -> None: ...
 
 class Cluster(_message.Message):
-    __slots__ = ("name", "service_discovery", "hash_key", "health_check", "endpoints")
+    __slots__ = ("name", "service_discovery", "hash_key", "health_check", "endpoints", "hash_by")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SERVICE_DISCOVERY_FIELD_NUMBER: _ClassVar[int]
     HASH_KEY_FIELD_NUMBER: _ClassVar[int]
     HEALTH_CHECK_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    HASH_BY_FIELD_NUMBER: _ClassVar[int]
     name: str
     service_discovery: str
     hash_key: str
     health_check: HealthCheck
     endpoints: _containers.RepeatedCompositeFieldContainer[Endpoint]
-    def __init__(self, name: _Optional[str] = ..., service_discovery: _Optional[str] = ..., hash_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ...) -> None: ...
+    hash_by: str
+    def __init__(self, name: _Optional[str] = ..., service_discovery: _Optional[str] = ..., hash_key: _Optional[str] = ..., health_check: _Optional[_Union[HealthCheck, _Mapping]] = ..., endpoints: _Optional[_Iterable[_Union[Endpoint, _Mapping]]] = ..., hash_by: _Optional[str] = ...) -> None: ...
 
 class HealthCheck(_message.Message):
     __slots__ = ("protocol", "interval")

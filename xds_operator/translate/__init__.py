@@ -1,6 +1,6 @@
 """VirtualService (+ resolved endpoint addresses) → Envoy v3 Listener / Cluster / ClusterLoadAssignment.
 
-Pure functions: no I/O, no state. The table in DESIGN.md ("Translation to Envoy") is the
+Pure functions: no I/O, no state. The table in README.md ("How it becomes Envoy configuration") is the
 contract; the golden tests in tests/golden/ pin the exact output.
 """
 
@@ -15,6 +15,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import address_pb2, config_source_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
+from envoy.extensions.filters.network.connection_limit.v3 import connection_limit_pb2
 from envoy.extensions.filters.network.set_filter_state.v3 import set_filter_state_pb2
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
 from envoy.extensions.filters.udp.udp_proxy.v3 import route_pb2, udp_proxy_pb2
@@ -28,6 +29,7 @@ from xds_operator.api import VirtualService, cluster_of, pb, protocol_of
 UDP_PROXY_FILTER = "envoy.filters.udp_listener.udp_proxy"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
 SET_FILTER_STATE_FILTER = "envoy.filters.network.set_filter_state"
+CONNECTION_LIMIT_FILTER = "envoy.filters.network.connection_limit"
 # The connection's filter-state object that carries a TCP listener's hash_key to tcp_proxy's hash
 # policy. Its factory must build an Envoy::Hashable (envoy.string does not: no hash, no pinning);
 # envoy.hashable_string hashes the value with xxHash64, as udp_proxy hashes its key.
@@ -36,6 +38,13 @@ HASHABLE_STRING_FACTORY = "envoy.hashable_string"
 # A short connect timeout for the TCP check, so a dead worker is seen within one interval.
 MAX_HEALTH_CHECK_TIMEOUT_MS = 1000
 CONNECT_TIMEOUT_MS = 1000
+# Idle timeouts when a listener sets none, in seconds. UDP: media servers (rtpengine, rtpproxy) call
+# RTP dead after 60 s of silence; twice that, so Envoy is never the one to end a session they keep
+# (a new session may pick another upstream). TCP: Envoy's own default, written out.
+DEFAULT_UDP_IDLE_TIMEOUT_S = 120
+DEFAULT_TCP_IDLE_TIMEOUT_S = 3600
+# A UDP listener with max_sessions gets a copy of its cluster under this name (see private_cluster_name).
+PRIVATE_CLUSTER_SEPARATOR = "@"
 
 
 class UpstreamAddress(NamedTuple):
@@ -102,24 +111,50 @@ def translate_virtual_service(
     resources = EnvoyResources()
     for listener, addresses in zip(vs.spec.listeners, resolved, strict=True):
         cluster = cluster_of(listener)
+        name = envoy_cluster_name(listener)
         resources.listeners.append(translate_listener(listener))
-        resources.clusters.append(translate_cluster(cluster, addresses))
+        resources.clusters.append(translate_cluster(cluster, addresses, name=name, max_sessions=_udp_limit(listener)))
         if cluster.service_discovery == "eds":
-            resources.load_assignments.append(translate_load_assignment(cluster.name, addresses))
+            resources.load_assignments.append(translate_load_assignment(name, addresses))
     return resources
+
+
+def envoy_cluster_name(listener: pb.Listener) -> str:
+    """The name of the Envoy cluster a listener proxies to: its cluster's, or a private copy's.
+
+    Envoy limits UDP sessions only with a cluster's max_connections circuit breaker, and a cluster
+    may be shared by many listeners (calls to one worker). So a UDP listener with max_sessions gets a
+    copy of its cluster named `<cluster>@<listener>`: unique per proxy, as listener names are, and
+    never a declared cluster's name (those cannot hold "@").
+    """
+    cluster = cluster_of(listener)
+    if _udp_limit(listener) is None:
+        return cluster.name
+    return f"{cluster.name}{PRIVATE_CLUSTER_SEPARATOR}{listener.name}"
+
+
+def _udp_limit(listener: pb.Listener) -> int | None:
+    """A UDP listener's max_sessions (TCP listeners limit theirs in the listener: connection_limit)."""
+    if protocol_of(listener) == "UDP" and listener.udp.HasField("max_sessions"):
+        return listener.udp.max_sessions
+    return None
 
 
 def translate_listener(listener: pb.Listener) -> listener_pb2.Listener:
     if protocol_of(listener) == "TCP":
         return _tcp_listener(listener.name, listener.tcp)
-    return _udp_listener(listener.name, listener.udp)
+    return _udp_listener(listener.name, listener.udp, envoy_cluster_name(listener))
 
 
-def _udp_listener(name: str, udp: pb.UdpListener) -> listener_pb2.Listener:
+def _udp_listener(name: str, udp: pb.UdpListener, cluster_name: str) -> listener_pb2.Listener:
     """A UDP socket whose udp_proxy listener filter sends every datagram to the cluster."""
-    config = udp_proxy_pb2.UdpProxyConfig(stat_prefix=name, matcher=_route_to(udp.cluster.name))
+    config = udp_proxy_pb2.UdpProxyConfig(stat_prefix=name, matcher=_route_to(cluster_name))
+    idle = udp.idle_timeout if udp.HasField("idle_timeout") else DEFAULT_UDP_IDLE_TIMEOUT_S
+    config.idle_timeout.seconds = idle
     if udp.cluster.HasField("hash_key"):
         config.hash_policies.add(key=udp.cluster.hash_key)
+    elif udp.cluster.hash_by == "source_ip":
+        config.hash_policies.add(source_ip=True)
     result = _bound_listener(name, address_pb2.SocketAddress.UDP, udp.port)
     listener_filter = result.listener_filters.add(name=UDP_PROXY_FILTER)
     _pack_into(listener_filter.typed_config, config)
@@ -134,8 +169,15 @@ def _tcp_listener(name: str, tcp: pb.TcpListener) -> listener_pb2.Listener:
     alike and Maglev pins them all to one upstream, on every Envoy replica.
     """
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=tcp.cluster.name)
+    proxy.idle_timeout.seconds = tcp.idle_timeout if tcp.HasField("idle_timeout") else DEFAULT_TCP_IDLE_TIMEOUT_S
     result = _bound_listener(name, address_pb2.SocketAddress.TCP, tcp.port)
     chain = result.filter_chains.add()
+    if tcp.HasField("max_sessions"):
+        # First in the chain: a connection past the limit is closed before anything else runs.
+        limit = connection_limit_pb2.ConnectionLimit(stat_prefix=name, max_connections={"value": tcp.max_sessions})
+        _pack_into(chain.filters.add(name=CONNECTION_LIMIT_FILTER).typed_config, limit)
+    if tcp.cluster.hash_by == "source_ip":
+        proxy.hash_policy.append(hash_policy_pb2.HashPolicy(source_ip={}))
     if tcp.cluster.HasField("hash_key"):
         state = set_filter_state_pb2.Config()
         value = state.on_new_connection.add(object_key=HASH_KEY_STATE, factory_key=HASHABLE_STRING_FACTORY)
@@ -164,9 +206,13 @@ _EDS_OVER_ADS = config_source_pb2.ConfigSource(
 )
 
 
-def translate_cluster(cluster: pb.Cluster, addresses: Sequence[UpstreamAddress]) -> cluster_pb2.Cluster:
+def translate_cluster(
+    cluster: pb.Cluster, addresses: Sequence[UpstreamAddress], *, name: str = "", max_sessions: int | None = None
+) -> cluster_pb2.Cluster:
+    """The Envoy cluster; `name` and `max_sessions` make a listener's private copy (see envoy_cluster_name)."""
+    name = name or cluster.name
     result = cluster_pb2.Cluster(
-        name=cluster.name,
+        name=name,
         connect_timeout=_millis(CONNECT_TIMEOUT_MS),
         # An endpoint we remove (pod gone or not Ready) gets no new sessions, even while healthy.
         ignore_health_on_host_removal=True,
@@ -176,17 +222,19 @@ def translate_cluster(cluster: pb.Cluster, addresses: Sequence[UpstreamAddress])
     result.common_lb_config.update_merge_window.SetInParent()
     # Every UDP session (and TCP connection) counts against the cluster's max_connections circuit
     # breaker, 1,024 by default: a worker cluster shared by many calls would silently drop the
-    # sessions past it. The bound that matters is the proxy's file descriptors.
-    result.circuit_breakers.thresholds.add(max_connections={"value": MAX_CONNECTIONS_PER_CLUSTER})
+    # sessions past it. The bound that matters is the proxy's file descriptors. A private copy's
+    # breaker is its listener's session limit.
+    limit = MAX_CONNECTIONS_PER_CLUSTER if max_sessions is None else max_sessions
+    result.circuit_breakers.thresholds.add(max_connections={"value": limit})
     if cluster.service_discovery == "eds":
         result.type = cluster_pb2.Cluster.EDS
         result.eds_cluster_config.eds_config.CopyFrom(_EDS_OVER_ADS)
     else:
         result.type = cluster_pb2.Cluster.STRICT_DNS
         result.dns_lookup_family = cluster_pb2.Cluster.V4_PREFERRED
-        _fill_load_assignment(result.load_assignment, cluster.name, addresses)
-    if cluster.HasField("hash_key"):
-        # Maglev: the same key picks the same upstream on every Envoy replica.
+        _fill_load_assignment(result.load_assignment, name, addresses)
+    if cluster.HasField("hash_key") or cluster.hash_by == "source_ip":
+        # Maglev: the same key (or client IP) picks the same upstream on every Envoy replica.
         result.lb_policy = cluster_pb2.Cluster.MAGLEV
     if cluster.HasField("health_check"):
         result.health_checks.append(_health_check(cluster.health_check.interval))

@@ -18,7 +18,7 @@ from functools import cached_property
 
 import immutables
 
-from xds_operator.api import Key, VirtualService, cluster_of, port_of, protocol_of
+from xds_operator.api import Key, VirtualService, port_of, protocol_of
 from xds_operator.translate import (
     Resolved,
     SelectorResolver,
@@ -89,16 +89,14 @@ def translate(vs: VirtualService, resolve_selector: SelectorResolver) -> Transla
     resolved = resolve_virtual_service(vs, resolve_selector)
     envoy = translate_virtual_service(vs, resolved=resolved)
     listeners = [
-        (listener.name, cluster_of(listener).name, (f"{protocol_of(listener)} port", port_of(listener)))
-        for listener in vs.spec.listeners
+        (listener.name, (f"{protocol_of(listener)} port", port_of(listener))) for listener in vs.spec.listeners
     ]
     eds = {a.cluster_name: Resource.of(a.cluster_name, a) for a in envoy.load_assignments}
     own = f"{vs.namespace}/{vs.name}"
     resources: list[Resource] = []
     claims: dict[Claim, str] = {}
-    for (listener_name, cluster_name, port_claim), listener, cluster in zip(
-        listeners, envoy.listeners, envoy.clusters, strict=True
-    ):
+    for (listener_name, port_claim), listener, cluster in zip(listeners, envoy.listeners, envoy.clusters, strict=True):
+        cluster_name = cluster.name  # the declared one, or a listener's private copy (translate.envoy_cluster_name)
         resources.append(Resource.of(listener_name, listener, requires=[(CLUSTER, cluster_name)]))
         cluster_resource = Resource.of(
             cluster_name, cluster, requires=[(ENDPOINT, cluster_name)] if cluster_name in eds else ()

@@ -44,12 +44,14 @@ MAX_KEPT_ERROR = 8_192  # a NACK's text kept for /debug/proxies and status
 MAX_REPORTED_TYPES = 8  # distinct unsupported types logged per stream
 # Named subscriptions (EDS): a proxy can only use the names of clusters it was sent. A stream keeps at most
 # the number of such resources in its snapshot plus this margin (clusters it still holds from an earlier
-# snapshot), and no name longer than a cluster name can be.
+# snapshot), and no name longer than a cluster name can be: a declared one (200 characters), or a UDP
+# listener's private copy, <cluster>@<listener> (translate.envoy_cluster_name).
 NAME_MARGIN = 1_024
-MAX_NAME_LENGTH = 200
+MAX_NAME_LENGTH = 200 + 1 + 200
 
-# What may be a listener or cluster name in Envoy's error text (names match this pattern: see api).
-_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?")
+# What may be a listener or cluster name in Envoy's error text (names match this pattern: see api; "@"
+# joins a private cluster copy's two names, so it is blamed alone and not the cluster it copies).
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._@-]*[A-Za-z0-9])?")
 # How much of a NACK's text is searched for names: Envoy lists the rejected resources first.
 NAMES_SEARCHED = 64 * 1024
 NOTHING = version_of(())  # the version of an empty selection
