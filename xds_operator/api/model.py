@@ -5,11 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, NewType
 
 from xds_operator.api import virtualservice_pb2 as pb
 
 Key = tuple[str, str]  # (namespace, name): a VirtualService's identity everywhere
+# An instant as nanoseconds since the Unix epoch: instants compare as numbers (RFC 3339 text does not, across
+# time zone offsets and fractions of a second).
+EpochNanos = NewType("EpochNanos", int)
 Protocol = Literal["UDP", "TCP"]
 _PROTOCOLS: dict[str, Protocol] = {"udp": "UDP", "tcp": "TCP"}  # the Listener.protocol oneof's fields
 
@@ -21,16 +24,22 @@ def protocol_of(listener: pb.Listener) -> Protocol:
 
 def port_of(listener: pb.Listener) -> int:
     """The port a listener binds, whatever its protocol."""
-    return getattr(listener, _block_name(listener)).port
+    return _block(listener).port
 
 
 def cluster_of(listener: pb.Listener) -> pb.Cluster:
     """The cluster a listener proxies to, whatever its protocol."""
-    return getattr(listener, _block_name(listener)).cluster
+    return _block(listener).cluster
+
+
+def _block(listener: pb.Listener) -> pb.UdpListener | pb.TcpListener:
+    """The listener's protocol block: `udp` or `tcp`."""
+    block: pb.UdpListener | pb.TcpListener = getattr(listener, _block_name(listener))
+    return block
 
 
 def _block_name(listener: pb.Listener) -> str:
-    name = listener.WhichOneof("protocol")
+    name: str | None = listener.WhichOneof("protocol")  # protobuf's stub: Any
     if name is None:  # validation guarantees one; this is a programming error, said clearly
         raise ValueError(f"listener {listener.name!r} has neither a udp nor a tcp block")
     return name
@@ -57,7 +66,7 @@ class VirtualService:
     spec: pb.VirtualServiceSpec
     generation: int = 0
     # metadata.creationTimestamp as nanoseconds since the epoch (None: not given); the older one wins a conflict
-    created: int | None = None
+    created: EpochNanos | None = None
     uid: str = ""
     origin: str = ""  # where it came from, for messages: a file path, or "kubernetes"
 

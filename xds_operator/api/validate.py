@@ -19,12 +19,13 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from xds_operator.api import virtualservice_pb2 as pb
-from xds_operator.api.model import VirtualService
+from xds_operator.api.model import EpochNanos, VirtualService
 from xds_operator.api.schema import (
     API_GROUP,
     API_VERSION,
     INTEGER_TYPES,
     KIND,
+    descriptor_of,
     field_rules,
     integer_bounds,
     is_map,
@@ -165,7 +166,7 @@ def _check_metadata(metadata: Any, errors: list[FieldError]) -> Mapping[str, Any
 
 def _fill(message: Message, data: Any, path: str, errors: list[FieldError]) -> None:
     """Copy `data` into `message`, checking it against the descriptor and its rules."""
-    descriptor = message.DESCRIPTOR
+    descriptor = descriptor_of(message)
     if not isinstance(data, Mapping):
         errors.append(FieldError(path, f"expected an object, got {_type_name(data)}"))
         return
@@ -353,7 +354,7 @@ RFC3339_EXAMPLE = "expected for example 2024-01-02T15:04:05Z"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _creation_time(value: Any, errors: list[FieldError]) -> int | None:
+def _creation_time(value: Any, errors: list[FieldError]) -> EpochNanos | None:
     """metadata.creationTimestamp as nanoseconds since the epoch, so ages compare as instants, not as text.
 
     A string must be an RFC 3339 date-time; YAML turns an unquoted one into a datetime, accepted
@@ -364,7 +365,7 @@ def _creation_time(value: Any, errors: list[FieldError]) -> int | None:
         if value.tzinfo is None:
             errors.append(FieldError(TIMESTAMP_PATH, "the date-time has no time zone offset (add Z for UTC)"))
             return None
-        return (value - EPOCH) // timedelta(microseconds=1) * 1000
+        return EpochNanos((value - EPOCH) // timedelta(microseconds=1) * 1000)
     if isinstance(value, date):
         errors.append(FieldError(TIMESTAMP_PATH, f"{value} is a date without a time; {RFC3339_EXAMPLE}"))
         return None
@@ -378,7 +379,7 @@ def _creation_time(value: Any, errors: list[FieldError]) -> int | None:
         return None
 
 
-def _rfc3339_nanoseconds(text: str) -> int:
+def _rfc3339_nanoseconds(text: str) -> EpochNanos:
     """Nanoseconds since the epoch of an RFC 3339 date-time; ValueError if it is not one (or names no real
     instant: month 13, 25 o'clock)."""
     match = RFC3339.fullmatch(text)
@@ -392,7 +393,7 @@ def _rfc3339_nanoseconds(text: str) -> int:
             raise ValueError(text)
         offset = (-1 if sign == "-" else 1) * (int(offset_hours) * 3600 + int(offset_minutes) * 60)
     seconds = (local - EPOCH) // timedelta(seconds=1) - offset
-    return seconds * 10**9 + int((fraction or "").ljust(9, "0")[:9])
+    return EpochNanos(seconds * 10**9 + int((fraction or "").ljust(9, "0")[:9]))
 
 
 NOT_UNICODE = "not valid Unicode text (it holds a lone surrogate)"
