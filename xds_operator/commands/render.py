@@ -17,7 +17,7 @@ from xds_operator.api.model import Key, VirtualService
 from xds_operator.sources.directory import FileContents, expand, read_file
 from xds_operator.xds import cache as cache_module
 from xds_operator.xds.cache import SnapshotCache
-from xds_operator.xds.dump import resources_json
+from xds_operator.xds.dump import TypeDump, resources_json
 
 # validate looks for conflicts on the proxies any two distinct selectors select together: beyond
 # this many selectors (pairs grow as their square) only on the proxies each selector selects.
@@ -55,7 +55,7 @@ def load(paths: Iterable[Path]) -> Loaded:
 
 @dataclass
 class Rendered:
-    resources: dict = field(default_factory=dict)
+    resources: dict[str, TypeDump] = field(default_factory=dict)  # per type: CDS, EDS, LDS
     errors: list[str] = field(default_factory=list)  # invalid files and documents, as `validate` prints them
     selected: int = 0  # valid VirtualServices whose selector the labels contain
     selectors: list[str] = field(default_factory=list)  # of the valid VirtualServices, distinct, as k=v,k=v
