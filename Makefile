@@ -22,9 +22,11 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest -q
 
+# ruff, then mypy --strict over the package (configured in pyproject.toml: [tool.mypy]).
 lint: $(STAMP)
-	$(BIN)/ruff check xds_operator tests bench examples
-	$(BIN)/ruff format --check xds_operator tests bench examples
+	$(BIN)/ruff check xds_operator tests bench examples stubs
+	$(BIN)/ruff format --check xds_operator tests bench examples stubs
+	$(BIN)/mypy
 
 # The benchmark suite (not part of `make test`): a table, bench/results/latest.json and fanout.png.
 bench: $(VENV)/.bench-installed

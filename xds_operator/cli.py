@@ -88,7 +88,7 @@ def _add_global_options(parser: argparse.ArgumentParser | argparse._ArgumentGrou
     )
 
 
-def _add_serve(commands: argparse._SubParsersAction) -> None:
+def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`serve`: the control plane (directory or Kubernetes mode)."""
     serve = commands.add_parser(
         "serve",
@@ -220,7 +220,7 @@ def _add_leader_election_arguments(serve: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_validate(commands: argparse._SubParsersAction) -> None:
+def _add_validate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`validate`: check VirtualService files."""
     validate = commands.add_parser(
         "validate",
@@ -234,7 +234,7 @@ def _add_validate(commands: argparse._SubParsersAction) -> None:
     validate.set_defaults(run=_validate)
 
 
-def _add_render(commands: argparse._SubParsersAction) -> None:
+def _add_render(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`render`: the Envoy resources files give a proxy, without a server."""
     render = commands.add_parser(
         "render",
@@ -259,7 +259,7 @@ def _add_render(commands: argparse._SubParsersAction) -> None:
     render.set_defaults(run=_render)
 
 
-def _add_status(commands: argparse._SubParsersAction) -> None:
+def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`status`: the proxies of a running control plane."""
     status = commands.add_parser(
         "status",
@@ -280,7 +280,7 @@ def _add_status(commands: argparse._SubParsersAction) -> None:
     status.set_defaults(run=_status)
 
 
-def _add_bootstrap(commands: argparse._SubParsersAction) -> None:
+def _add_bootstrap(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`bootstrap`: an Envoy bootstrap pointing at the control plane."""
     bootstrap = commands.add_parser(
         "bootstrap",
@@ -368,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     configure(args.log_level, args.log_format)
-    return args.run(args)
+    status: int = args.run(args)
+    return status
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -101,11 +101,11 @@ def native_log_lines() -> Iterator[None]:
 
     Python's own output keeps going to the real stderr. Does nothing when sys.stderr is not the process's
     (under a test runner's capture)."""
-    if sys.stderr is not sys.__stderr__ or sys.__stderr__ is None:
+    python_stderr = sys.stderr
+    if python_stderr is not sys.__stderr__ or python_stderr is None:
         yield
         return
-    sys.stderr.flush()
-    python_stderr = sys.stderr
+    python_stderr.flush()
     saved = os.dup(2)
     read_end, write_end = os.pipe()
     sys.stderr = open(saved, "w", buffering=1, errors="backslashreplace", closefd=False)  # noqa: SIM115

@@ -62,17 +62,17 @@ class Metrics(StreamObserver):
 
     # -- hot path (StreamObserver) -------------------------------------------------------------
 
-    def pushed(self, stream: ProxyStream, type_url: str, size: int) -> None:
+    def pushed(self, stream: ProxyStream[Any], type_url: str, size: int) -> None:
         self.pushes[type_url] += 1
         self.pushed_bytes[type_url] += size
 
-    def acked(self, stream: ProxyStream, type_url: str, since: float) -> None:
+    def acked(self, stream: ProxyStream[Any], type_url: str, since: float) -> None:
         self.ack_latency[type_url].observe(time.monotonic() - since)
 
-    def nacked(self, stream: ProxyStream, type_url: str) -> None:
+    def nacked(self, stream: ProxyStream[Any], type_url: str) -> None:
         self.nacks[type_url] += 1
 
-    def limited(self, stream: ProxyStream, limit: str) -> None:
+    def limited(self, stream: ProxyStream[Any], limit: str) -> None:
         self.limits[limit] += 1
 
     def observe_build(self, seconds: float) -> None:
@@ -218,7 +218,7 @@ class Buckets:
 
     def cumulative(self) -> list[tuple[str, float]]:
         """(upper bound, observations at or below it), ending with +Inf: the Prometheus bucket form."""
-        total, result = 0, []
+        total, result = 0, list[tuple[str, float]]()
         for bound, count in zip([*map(floatToGoString, self.bounds), "+Inf"], self.counts, strict=True):
             total += count
             result.append((bound, total))
@@ -241,8 +241,8 @@ def condition_counts(statuses: Iterable[Mapping[str, Any] | None]) -> dict[tuple
     """
     counts = {(condition, status): 0 for condition in CONDITIONS for status in CONDITION_STATUSES}
     for status in statuses:
-        found = {
-            c.get("type"): c.get("status")
+        found: dict[object, str] = {
+            c.get("type"): str(c.get("status"))  # one of CONDITION_STATUSES
             for c in (status or {}).get("conditions") or ()
             if isinstance(c, Mapping) and c.get("status") in CONDITION_STATUSES
         }

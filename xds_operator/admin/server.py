@@ -68,7 +68,8 @@ class AdminServer:
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._serve, host, port, limit=MAX_LINE)
-        return self._server.sockets[0].getsockname()[1]
+        bound: int = self._server.sockets[0].getsockname()[1]  # (host, port) for IPv4, more for IPv6
+        return bound
 
     async def stop(self) -> None:
         if self._server is not None:

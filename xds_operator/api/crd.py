@@ -34,6 +34,7 @@ from xds_operator.api.schema import (
     integer_bounds,
     is_map,
     is_repeated,
+    message_of,
     message_rules,
     unique_alternatives,
     unique_label,
@@ -137,7 +138,7 @@ def field_schema(field: FieldDescriptor) -> Schema:
     schema: Schema
     if is_map(field):
         schema = {"description": rules.description, "type": "object"}
-        schema["additionalProperties"] = _value_schema(field.message_type.fields_by_name["value"])
+        schema["additionalProperties"] = _value_schema(message_of(field).fields_by_name["value"])
         if rules.required:
             schema["minProperties"] = 1
         return _without_empty(schema)
@@ -160,12 +161,12 @@ def field_schema(field: FieldDescriptor) -> Schema:
 def _value_schema(field: FieldDescriptor, description: str = "") -> Schema:
     """The schema of one value of `field` (an item, for a repeated field)."""
     if field.type == FieldDescriptor.TYPE_MESSAGE:
-        return message_schema(field.message_type, description)
+        return message_schema(message_of(field), description)
     rules = field_rules(field)
     schema: Schema = {"description": description, "type": _json_type(field)}
     if field.type in INTEGER_TYPES:
         schema["minimum"], schema["maximum"] = integer_bounds(field)
-    elif field.type == FieldDescriptor.TYPE_STRING and not field.containing_type.GetOptions().map_entry:
+    elif field.type == FieldDescriptor.TYPE_STRING and not _in_map_entry(field):
         schema["minLength"] = 1  # the validator rejects empty strings (map values may be empty, like label values)
         if rules.max_length:
             schema["maxLength"] = rules.max_length
@@ -178,6 +179,11 @@ def _value_schema(field: FieldDescriptor, description: str = "") -> Schema:
                 raise ValueError(f"{field.full_name}: default {rules.default!r} is not one of its enum")
             schema["default"] = rules.default
     return _without_empty(schema)
+
+
+def _in_map_entry(field: FieldDescriptor) -> bool:
+    """Whether a field is the key or value of a map's entry."""
+    return field.containing_type is not None and field.containing_type.GetOptions().map_entry
 
 
 def _json_type(field: FieldDescriptor) -> str:
@@ -242,7 +248,7 @@ def _unique_rule(field: FieldDescriptor, key: str) -> Schema:
     A key of alternatives (udp.cluster.name|tcp.cluster.name) compares the value at whichever path
     an item has.
     """
-    paths = unique_alternatives(field.message_type, key)  # raises unless every path can be compared
+    paths = unique_alternatives(message_of(field), key)  # raises unless every path can be compared
 
     def has_path(variable: str, dotted: str) -> str:
         segments = dotted.split(".")

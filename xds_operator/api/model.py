@@ -8,6 +8,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from xds_operator.api import virtualservice_pb2 as pb
+from xds_operator.api.timestamps import EpochNanos as EpochNanos
 
 Key = tuple[str, str]  # (namespace, name): a VirtualService's identity everywhere
 Protocol = Literal["UDP", "TCP"]
@@ -21,16 +22,22 @@ def protocol_of(listener: pb.Listener) -> Protocol:
 
 def port_of(listener: pb.Listener) -> int:
     """The port a listener binds, whatever its protocol."""
-    return getattr(listener, _block_name(listener)).port
+    return _block(listener).port
 
 
 def cluster_of(listener: pb.Listener) -> pb.Cluster:
     """The cluster a listener proxies to, whatever its protocol."""
-    return getattr(listener, _block_name(listener)).cluster
+    return _block(listener).cluster
+
+
+def _block(listener: pb.Listener) -> pb.UdpListener | pb.TcpListener:
+    """The listener's protocol block: `udp` or `tcp`."""
+    block: pb.UdpListener | pb.TcpListener = getattr(listener, _block_name(listener))
+    return block
 
 
 def _block_name(listener: pb.Listener) -> str:
-    name = listener.WhichOneof("protocol")
+    name: str | None = listener.WhichOneof("protocol")  # protobuf's stub: Any
     if name is None:  # validation guarantees one; this is a programming error, said clearly
         raise ValueError(f"listener {listener.name!r} has neither a udp nor a tcp block")
     return name
@@ -57,7 +64,7 @@ class VirtualService:
     spec: pb.VirtualServiceSpec
     generation: int = 0
     # metadata.creationTimestamp as nanoseconds since the epoch (None: not given); the older one wins a conflict
-    created: int | None = None
+    created: EpochNanos | None = None
     uid: str = ""
     origin: str = ""  # where it came from, for messages: a file path, or "kubernetes"
 

@@ -7,16 +7,39 @@ neither keeps a copy of the schema.
 from __future__ import annotations
 
 from functools import cache
+from typing import TYPE_CHECKING, cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 
 from xds_operator.api import virtualservice_pb2 as pb
+
+if TYPE_CHECKING:
+    from google.protobuf.descriptor_pb2 import FieldOptions, MessageOptions
+    from google.protobuf.internal.extension_dict import _ExtensionFieldDescriptor
+
+
+def descriptor_of(message: Message | type[Message]) -> Descriptor:
+    """A message's descriptor. typeshed types `DESCRIPTOR` as either the Python class or upb's own one; upb's
+    is an instance of the Python class at run time (its metaclass says so), which narrows the type here."""
+    descriptor = message.DESCRIPTOR
+    if not isinstance(descriptor, Descriptor):
+        raise TypeError(f"{descriptor!r} is not a protobuf Descriptor")
+    return descriptor
+
+
+def message_of(field: FieldDescriptor) -> Descriptor:
+    """The message type of a message (or map) field."""
+    if field.message_type is None:
+        raise ValueError(f"{field.full_name} is not a message field")
+    return field.message_type
+
 
 API_GROUP = "servicemesh.l7mp.io"
 API_VERSION = "v1"
 KIND = "VirtualService"
 PLURAL = "virtualservices"  # the resource name in API paths (and the CRD's name: PLURAL.API_GROUP)
-SPEC = pb.VirtualServiceSpec.DESCRIPTOR
+SPEC = descriptor_of(pb.VirtualServiceSpec)
 # status.listeners[].addresses lists at most this many proxy IPs: the status of a VirtualService
 # served by thousands of proxies must stay far below the API server's object size limit.
 MAX_STATUS_ADDRESSES = 32
@@ -42,14 +65,20 @@ TYPE_BOUNDS = {
 }
 
 
+# protoc's stub declares the API's two options as plain FieldDescriptors; typeshed's `Extensions[...]` takes
+# them typed by the options they extend and the rules message they hold (which is what they are).
+_FIELD_RULES = cast("_ExtensionFieldDescriptor[FieldOptions, pb.FieldRules]", pb.field)
+_MESSAGE_RULES = cast("_ExtensionFieldDescriptor[MessageOptions, pb.MessageRules]", pb.message)
+
+
 @cache
 def field_rules(field: FieldDescriptor) -> pb.FieldRules:
-    return field.GetOptions().Extensions[pb.field]
+    return field.GetOptions().Extensions[_FIELD_RULES]
 
 
 @cache
 def message_rules(message: Descriptor) -> pb.MessageRules:
-    return message.GetOptions().Extensions[pb.message]
+    return message.GetOptions().Extensions[_MESSAGE_RULES]
 
 
 def is_map(field: FieldDescriptor) -> bool:
@@ -79,15 +108,16 @@ def unique_path(message: Descriptor, dotted: str) -> list[FieldDescriptor]:
     a data check: raises ValueError for a bad proto option). Items without a value are skipped.
     """
     fields: list[FieldDescriptor] = []
+    current: Descriptor | None = message  # None past a scalar field
     for name in dotted.split("."):
-        field = message.fields_by_name.get(name) if message is not None else None
-        if field is None:
+        field = current.fields_by_name.get(name) if current is not None else None
+        if current is None or field is None:
             raise ValueError(f"unique_by {dotted!r}: {name!r} is not a field here")
-        chosen = name in message_rules(message).exactly_one_of
+        chosen = name in message_rules(current).exactly_one_of
         if field.is_repeated or not (field_rules(field).required or chosen):
             raise ValueError(f"unique_by {dotted!r}: {field.full_name} must be singular, and required or a choice")
         fields.append(field)
-        message = field.message_type
+        current = field.message_type
     if fields[-1].message_type is not None:
         raise ValueError(f"unique_by {dotted!r}: must end at a scalar field")
     return fields

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta
+from typing import NewType
 
 # RFC 3339 date-time (section 5.6): what Kubernetes writes, e.g. 2024-01-02T15:04:05Z or ...05.5+02:00.
 # ASCII digits only: `\d` would also take other scripts' digits (２０２４), which int() reads.
@@ -19,7 +20,12 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 NANOSECONDS = 10**9
 
 
-def parse_rfc3339(text: str) -> int:
+# An instant as nanoseconds since the Unix epoch: instants compare as numbers (RFC 3339 text does not, across
+# time zone offsets and fractions of a second).
+EpochNanos = NewType("EpochNanos", int)
+
+
+def parse_rfc3339(text: str) -> EpochNanos:
     """Nanoseconds since the epoch of an RFC 3339 date-time; ValueError if it is not one, or names no real
     instant (month 13, 25 o'clock, an offset of 24 hours). Digits of a fraction past nanoseconds are
     dropped; a leap second (:60) is refused, as Kubernetes never writes one."""
@@ -37,15 +43,15 @@ def parse_rfc3339(text: str) -> int:
             raise ValueError(f"{text!r} has no real time zone offset")
         offset = (-1 if sign == "-" else 1) * (int(offset_hours) * 3600 + int(offset_minutes) * 60)
     seconds = (local - EPOCH) // timedelta(seconds=1) - offset
-    return seconds * NANOSECONDS + int((fraction or "").ljust(9, "0")[:9])
+    return EpochNanos(seconds * NANOSECONDS + int((fraction or "").ljust(9, "0")[:9]))
 
 
-def datetime_nanoseconds(value: datetime) -> int:
+def datetime_nanoseconds(value: datetime) -> EpochNanos:
     """Nanoseconds since the epoch of a datetime that says its time zone (YAML reads an unquoted
     timestamp into one); ValueError for a naive one, which names no instant."""
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError("the date-time has no time zone offset")
-    return (value - EPOCH) // timedelta(microseconds=1) * 1000
+    return EpochNanos((value - EPOCH) // timedelta(microseconds=1) * 1000)
 
 
 def now_rfc3339() -> str:

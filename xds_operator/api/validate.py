@@ -19,12 +19,13 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from xds_operator.api import virtualservice_pb2 as pb
-from xds_operator.api.model import VirtualService
+from xds_operator.api.model import EpochNanos, VirtualService
 from xds_operator.api.schema import (
     API_GROUP,
     API_VERSION,
     INTEGER_TYPES,
     KIND,
+    descriptor_of,
     field_rules,
     integer_bounds,
     is_map,
@@ -166,7 +167,7 @@ def _check_metadata(metadata: Any, errors: list[FieldError]) -> Mapping[str, Any
 
 def _fill(message: Message, data: Any, path: str, errors: list[FieldError]) -> None:
     """Copy `data` into `message`, checking it against the descriptor and its rules."""
-    descriptor = message.DESCRIPTOR
+    descriptor = descriptor_of(message)
     if not isinstance(data, Mapping):
         errors.append(FieldError(path, f"expected an object, got {_type_name(data)}"))
         return
@@ -354,7 +355,7 @@ TIMESTAMP_PATH = "metadata.creationTimestamp"
 RFC3339_EXAMPLE = "expected for example 2024-01-02T15:04:05Z"
 
 
-def _creation_time(value: Any, errors: list[FieldError]) -> int | None:
+def _creation_time(value: Any, errors: list[FieldError]) -> EpochNanos | None:
     """metadata.creationTimestamp as nanoseconds since the epoch, so ages compare as instants, not as text.
 
     A string must be an RFC 3339 date-time; YAML turns an unquoted one into a datetime, accepted

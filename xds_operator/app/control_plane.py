@@ -140,7 +140,7 @@ async def serve_kubernetes(
         api.close()
 
 
-def _records(source: KubernetesSource) -> dict:
+def _records(source: KubernetesSource) -> dict[str, object]:
     """/debug/virtualservices: per VirtualService, the generation seen and served, why it is rejected, its status."""
     return {
         f"{namespace}/{name}": {
@@ -245,9 +245,9 @@ async def _drain(server: grpc.aio.Server, service: AggregatedDiscoveryService) -
     await stopped
 
 
-def _raise_if_failed(tasks: Sequence[asyncio.Task]) -> None:
+def _raise_if_failed(tasks: Sequence[asyncio.Task[object]]) -> None:
     """A background task that ended on its own failed: raise why."""
     for task in tasks:
         if task.done() and not task.cancelled():
             task.result()
-            raise RuntimeError(f"{task.get_coro().__qualname__} stopped unexpectedly")
+            raise RuntimeError(f"{getattr(task.get_coro(), '__qualname__', task.get_name())} stopped unexpectedly")

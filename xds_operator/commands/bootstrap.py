@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import yaml
 
@@ -47,7 +48,7 @@ def envoy_bootstrap(
     delta: bool = True,
     tls: ClientTls | None = None,
     keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
-) -> dict:
+) -> dict[str, Any]:
     """The bootstrap as a dict: ADS over gRPC (HTTP/2) for CDS and LDS, EDS through ADS.
 
     delta: incremental xDS (DELTA_GRPC); False: state of the world (GRPC).
@@ -62,13 +63,13 @@ def envoy_bootstrap(
             f"--keepalive {keepalive:g}: expected 0 (off) or at least {MIN_KEEPALIVE_SECONDS:g} seconds "
             "(the control plane refuses more frequent pings)"
         )
-    http2: dict = {}
+    http2: dict[str, Any] = {}
     if keepalive:
         http2["connection_keepalive"] = {
             "interval": _duration(keepalive),
             "timeout": _duration(min(keepalive, KEEPALIVE_TIMEOUT_SECONDS)),
         }
-    xds_cluster: dict = {
+    xds_cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
         "type": discovery,
         "connect_timeout": "1s",
@@ -108,14 +109,14 @@ def envoy_bootstrap(
     }
 
 
-def transport_socket(tls: ClientTls, server_name: str) -> dict:
+def transport_socket(tls: ClientTls, server_name: str) -> dict[str, Any]:
     """Envoy's TLS transport socket for the xDS cluster.
 
     Envoy verifies nothing unless trusted_ca is set; with it, the chain is verified, and the SAN
     matcher pins the server's identity (any certificate from the CA would pass without it).
     """
     ip = is_ip(server_name)
-    common: dict = {
+    common: dict[str, Any] = {
         "alpn_protocols": ["h2"],  # gRPC runs over HTTP/2
         "validation_context": {
             "trusted_ca": {"filename": tls.ca},
@@ -128,7 +129,7 @@ def transport_socket(tls: ClientTls, server_name: str) -> dict:
         common["tls_certificates"] = [
             {"certificate_chain": {"filename": tls.certificate}, "private_key": {"filename": tls.key}}
         ]
-    context: dict = {
+    context: dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
         "common_tls_context": common,
     }
@@ -153,6 +154,6 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _Dumper.add_representer(str, _represent_str)
 
 
-def render(bootstrap: dict) -> str:
+def render(bootstrap: dict[str, Any]) -> str:
     """YAML whose strings stay strings for Envoy: a node id or label value `n` is not the boolean false."""
     return yaml.dump(bootstrap, Dumper=_Dumper, sort_keys=False)

@@ -13,13 +13,12 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from xds_operator.api.model import Key, VirtualService
 from xds_operator.sources.loader import Loaded, load
 from xds_operator.xds import cache as cache_module
 from xds_operator.xds.cache import SnapshotCache, Watch
-from xds_operator.xds.dump import resources_json
+from xds_operator.xds.dump import TypeDump, resources_json
 
 # validate looks for conflicts on the proxies any two distinct selectors select together: beyond
 # this many selectors (pairs grow as their square) only on the proxies each selector selects.
@@ -44,7 +43,7 @@ def served_quietly(cache: SnapshotCache, labels: Mapping[str, str]) -> Watch:
 
 @dataclass
 class Rendered:
-    resources: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, TypeDump] = field(default_factory=dict)  # per type: CDS, EDS, LDS
     errors: list[str] = field(default_factory=list)  # invalid files and documents, as `validate` prints them
     selected: int = 0  # valid VirtualServices whose selector the labels contain
     selectors: list[str] = field(default_factory=list)  # of the valid VirtualServices, distinct, as k=v,k=v

@@ -9,20 +9,23 @@ import http.client
 import json
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import TypeGuard, get_args
 
+from xds_operator.admin.views import ProxyView, StreamState, TypeStatus
 from xds_operator.xds.snapshot import PUSH_ORDER, SHORT_NAMES
 
 TYPES = tuple(SHORT_NAMES[type_url] for type_url in PUSH_ORDER)  # CDS, EDS, LDS
 TIMEOUT_SECONDS = 5.0
 STATES = {"ACKed": "ACKED", "NACKed": "NACKED", "pending": "PENDING", "waiting": "NOT SENT"}
+STREAM_STATES: tuple[StreamState, ...] = get_args(StreamState)
 
 
 class Unreachable(Exception):
     """The admin port did not answer, or answered something else than the proxy list."""
 
 
-def fetch(admin_address: str) -> list[dict]:
+def fetch(admin_address: str) -> list[ProxyView]:
     url = f"http://{admin_address}/debug/proxies"
     try:
         with urllib.request.urlopen(url, timeout=TIMEOUT_SECONDS) as response:
@@ -44,39 +47,87 @@ def fetch(admin_address: str) -> list[dict]:
         proxies = json.loads(body)
     except ValueError as error:
         raise Unreachable(f"{url} did not answer JSON; is that an xds-operator admin port?") from error
-    if not isinstance(proxies, list):
-        raise Unreachable(f"{url} did not answer a list of proxies; is that an xds-operator admin port?")
-    return proxies
+    try:
+        return proxy_views(proxies)
+    except ValueError as error:
+        raise Unreachable(
+            f"{url} did not answer a list of proxies ({error}); is that an xds-operator admin port?"
+        ) from None
 
 
-def cell(state: Mapping[str, object] | None) -> str:
+def proxy_views(answer: object) -> list[ProxyView]:
+    """The /debug/proxies answer, checked to have the shape the server writes (it comes over the network);
+    ValueError naming the first thing that does not."""
+    if not isinstance(answer, list):
+        raise ValueError("not a list")
+    return [_proxy_view(item, f"item {index}") for index, item in enumerate(answer)]
+
+
+def _proxy_view(item: object, where: str) -> ProxyView:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is not an object")
+    node_id, variant, group = (_text(item, field, where) for field in ("node_id", "variant", "group"))
+    labels, types = item.get("labels"), item.get("types")
+    if labels is not None and not (
+        isinstance(labels, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items())
+    ):
+        raise ValueError(f"{where}.labels is not a map of strings")
+    if not isinstance(types, dict):
+        raise ValueError(f"{where}.types is not an object")
+    return {
+        "node_id": node_id,
+        "variant": variant,
+        "labels": labels,
+        "group": group,
+        "types": {str(kind): _type_status(state, f"{where}.types.{kind}") for kind, state in types.items()},
+    }
+
+
+def _type_status(item: object, where: str) -> TypeStatus:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is not an object")
+    state = item.get("state")
+    if not _is_state(state):
+        raise ValueError(f"{where}.state is not one of {', '.join(STREAM_STATES)}")
+    version, acked, error = (_optional_text(item, field, where) for field in ("version", "acked_version", "error"))
+    return {"version": version, "state": state, "acked_version": acked, "error": error}
+
+
+def _is_state(value: object) -> TypeGuard[StreamState]:
+    return value in STREAM_STATES
+
+
+def _text(item: dict[object, object], field: str, where: str) -> str:
+    value = item.get(field)
+    if not isinstance(value, str):
+        raise ValueError(f"{where}.{field} is not a string")
+    return value
+
+
+def _optional_text(item: dict[object, object], field: str, where: str) -> str | None:
+    return None if item.get(field) is None else _text(item, field, where)
+
+
+def cell(state: TypeStatus | None) -> str:
     """One type of one proxy: `<version> <STATE>`, e.g. `3f2a9c01d4e5b6a7 ACKED`."""
     if not state:
         return "NOT SUBSCRIBED"
-    version = state.get("version") or "-"
-    return f"{version} {STATES.get(str(state.get('state')), str(state.get('state')).upper())}"
+    return f"{state['version'] or '-'} {STATES[state['state']]}"
 
 
-def table(proxies: Sequence[Mapping]) -> str:
+def table(proxies: Sequence[ProxyView]) -> str:
     """One line per proxy (sorted by node id), columns aligned; NACK errors below their proxy."""
     header = ["NODE", "GROUP", "VARIANT", *TYPES]
     rows: list[list[str]] = []
     errors: list[str] = []
-    for proxy in sorted(proxies, key=lambda p: (str(p.get("node_id")), str(p.get("group")))):
-        types = proxy.get("types") or {}
-        rows.append(
-            [
-                str(proxy.get("node_id")),
-                str(proxy.get("group") or ""),
-                str(proxy.get("variant") or ""),
-                *(cell(types.get(kind)) for kind in TYPES),
-            ]
-        )
+    for proxy in sorted(proxies, key=lambda p: (p["node_id"], p["group"])):
+        types = proxy["types"]
+        rows.append([proxy["node_id"], proxy["group"], proxy["variant"], *(cell(types.get(kind)) for kind in TYPES)])
         for kind in TYPES:
-            state = types.get(kind) or {}
-            if state.get("state") == "NACKed":
-                kept = state.get("acked_version") or "nothing"
-                errors.append(f"  {proxy.get('node_id')} {kind}: NACKED (runs {kept}): {state.get('error')}")
+            state = types.get(kind)
+            if state is not None and state["state"] == "NACKed":
+                kept = state["acked_version"] or "nothing"
+                errors.append(f"  {proxy['node_id']} {kind}: NACKED (runs {kept}): {state['error']}")
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines = [
         "  ".join(value.ljust(width) for value, width in zip(row, widths, strict=True)).rstrip()

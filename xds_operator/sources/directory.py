@@ -213,7 +213,7 @@ class DirectorySource:
             return False  # already gone: a temporary file renamed away, or an old ConfigMap data directory
         return stat.S_ISDIR(mode) or stat.S_ISLNK(mode)
 
-    def _apply(self, changes: set[tuple[object, str]]) -> None:
+    def _apply(self, changes: Iterable[tuple[object, str]]) -> None:
         relevant = {Path(path) for _, path in changes if Path(path).suffix in SUFFIXES}
         if relevant:
             self._reload(relevant)
@@ -261,11 +261,11 @@ class DirectorySource:
 
     def _track_link(self, path: Path) -> None:
         """Remember where `path` points now if it is a symlink (and forget where it pointed before)."""
-        for target in [self._links.pop(path)] if path in self._links else []:
-            self._linked[target].discard(path)
-            if not self._linked[target]:
-                del self._linked[target]
-            self._count_link_directory(target.parent, -1)
+        for previous in [self._links.pop(path)] if path in self._links else []:
+            self._linked[previous].discard(path)
+            if not self._linked[previous]:
+                del self._linked[previous]
+            self._count_link_directory(previous.parent, -1)
         target = _link_target(path)
         if target is not None:
             self._links[path] = target

@@ -22,7 +22,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -32,6 +32,9 @@ from xds_operator.api.schema import MAX_STATUS_ADDRESSES, PLURAL
 from xds_operator.api.timestamps import now_rfc3339 as now_rfc3339  # also for sources/kubernetes/source.py
 from xds_operator.status.progress import Progress
 from xds_operator.status.readiness import ListenerState
+
+if TYPE_CHECKING:
+    import urllib3
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +78,7 @@ SETTLING = frozenset({"Pending", "NoProxies"})  # Ready's reasons while the prox
 
 def settling(status: Mapping[str, Any]) -> bool:
     """Whether a status says no more than "not on every selected proxy yet" (Ready False, Pending or NoProxies)."""
-    ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
+    ready: Mapping[str, Any] = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
     return ready.get("status") == "False" and ready.get("reason") in SETTLING
 
 
@@ -149,7 +152,7 @@ def _conflicted(observed: Observed) -> tuple[str, str, str, str]:
 
 
 def _condition(
-    kind: str, status: str, reason: str, message: str, generation: int, earlier: Mapping | None, now: str
+    kind: str, status: str, reason: str, message: str, generation: int, earlier: Mapping[str, Any] | None, now: str
 ) -> dict[str, Any]:
     since = earlier.get("lastTransitionTime") if earlier and earlier.get("status") == status else None
     if len(message) > MAX_MESSAGE:
@@ -197,16 +200,16 @@ class StatusWriter:
         self._leading = leading
         self._objects = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
-        self._latest: dict[Key, dict] = {}  # the status last computed, written or not (for `resume`)
-        self._wanted: dict[Key, dict] = {}  # of those, the ones to write
-        self._written: dict[Key, dict] = {}  # what the object carries, as far as this replica knows
+        self._latest: dict[Key, dict[str, Any]] = {}  # the status last computed, written or not (for `resume`)
+        self._wanted: dict[Key, dict[str, Any]] = {}  # of those, the ones to write
+        self._written: dict[Key, dict[str, Any]] = {}  # what the object carries, as far as this replica knows
         self._warnings: list[WarningEvent] = []
         self._wake = asyncio.Event()
         self._retry_delay = retry_delay
         self.writes = 0  # status writes sent, for tests and /debug
         self.failures: Counter[str] = Counter()  # failed writes by kind ("status_write", "event_write"), for metrics
 
-    def written(self, key: Key) -> dict | None:
+    def written(self, key: Key) -> dict[str, Any] | None:
         return self._written.get(key)
 
     def observed(self, key: Key, status: Mapping[str, Any] | None) -> None:
@@ -214,7 +217,7 @@ class StatusWriter:
         if status and (key not in self._written or not self._leading()):
             self._written[key] = dict(status)  # a follower follows what the leader wrote
 
-    def want(self, key: Key, status: dict) -> None:
+    def want(self, key: Key, status: dict[str, Any]) -> None:
         self._latest[key] = status
         if self._written.get(key) == status:
             self._wanted.pop(key, None)
@@ -302,14 +305,16 @@ class StatusWriter:
             log.warning("cannot write %s: %s", what, error, extra={"error": str(error)})
         return False
 
-    def _patch(self, key: Key, status: dict) -> None:
+    def _patch(self, key: Key, status: dict[str, Any]) -> None:
         namespace, name = key
         if not self._leading():  # leadership can end while writes queue up
             raise NotLeading()
         response = self._objects.patch_namespaced_custom_object_status(
             API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False
         )
-        response.drain_conn()  # the object it returns is not needed: not decoding it saves client CPU per write
+        # Not decoding the object it returns saves client CPU per write. With _preload_content=False the client
+        # returns urllib3's response as it is (its signature says `object`).
+        cast("urllib3.BaseHTTPResponse", response).drain_conn()
         self.writes += 1
 
     def _emit(self, warning: WarningEvent) -> None:
@@ -318,7 +323,7 @@ class StatusWriter:
         now = now_rfc3339()
         self._core.create_namespaced_event(
             warning.namespace,
-            {
+            {  # type: ignore[arg-type]  # the client's validate_call turns the dict into the CoreV1Event it names
                 "apiVersion": "v1",
                 "kind": "Event",
                 "metadata": {"name": f"{warning.name}.{uuid.uuid4().hex[:16]}", "namespace": warning.namespace},

@@ -222,7 +222,7 @@ class ProgressReports:
         self._seen: dict[str, _Seen] = {}  # Lease name → what was read
         self._live: list[PeerReport] = []
         self.synced = asyncio.Event()  # set after the first read: before it, peers are unknown
-        self._withdrawing: asyncio.Future | None = None
+        self._withdrawing: asyncio.Future[None] | None = None
 
     def publish(self, report: str) -> None:
         self._report = report
@@ -304,7 +304,8 @@ class ProgressReports:
                 config.namespace, client.V1Lease(metadata=metadata, spec=spec), _request_timeout=config.request_timeout
             )
         else:
-            metadata.resource_version = current.metadata.resource_version  # only this replica writes it
+            current_version = current.metadata.resource_version if current.metadata else None
+            metadata.resource_version = current_version  # only this replica writes it
             self._leases.replace_namespaced_lease(
                 self.name,
                 config.namespace,
@@ -321,15 +322,16 @@ class ProgressReports:
         now = self._clock()
         seen: dict[str, _Seen] = {}
         for lease in listed.items:
-            name = lease.metadata.name
-            if name == self.name:
+            metadata = lease.metadata
+            # The API server gives every object a name and a resourceVersion (the client's model has them optional).
+            if metadata is None or not metadata.name or not metadata.resource_version or metadata.name == self.name:
                 continue
+            name, version = metadata.name, metadata.resource_version
             previous = self._seen.get(name)
-            version = lease.metadata.resource_version
             if previous is not None and previous.resource_version == version:
                 seen[name] = previous
                 continue
-            entries, partial = decode((lease.metadata.annotations or {}).get(ANNOTATION))
+            entries, partial = decode((metadata.annotations or {}).get(ANNOTATION))
             identity = (lease.spec.holder_identity if lease.spec else None) or name
             duration = float((lease.spec.lease_duration_seconds if lease.spec else None) or config.lease_duration)
             seen[name] = _Seen(version, now, PeerReport(identity, entries, partial), duration)

@@ -89,12 +89,13 @@ class Alike:
         return {key for key in self._changed if self.blames(key)}
 
     @cached_property
-    def _changed(self) -> set:
+    def _changed(self) -> set[Key]:
         return changed_between(self.applied or EMPTY, self.current) if self.current is not None else set()
 
     @cached_property
     def _blames_all(self) -> bool:
-        return not any(key in self.current.contents and not self.runs(key) for key in self._changed)
+        current = self.current
+        return current is not None and not any(key in current.contents and not self.runs(key) for key in self._changed)
 
 
 class ProgressTracker:
@@ -121,9 +122,7 @@ class ProgressTracker:
         old = self._classes
         if grouped.keys() == old.keys() and all(old[shape].nodes == tuple(grouped[shape]) for shape in grouped):
             return set(), []
-        self._classes = {
-            (labels, *rest): Alike(dict(labels), *rest, tuple(nodes)) for (labels, *rest), nodes in grouped.items()
-        }
+        self._classes = {shape: Alike(dict(shape[0]), *shape[1:], tuple(nodes)) for shape, nodes in grouped.items()}
         old_by_labels, self._by_labels = self._by_labels, {}
         for shape, alike in self._classes.items():
             self._by_labels.setdefault(shape[0], []).append(alike)
@@ -168,7 +167,7 @@ def _by_node(alikes: list[Alike]) -> dict[str, Alike] | None:
     return by_node if len(by_node) == sum(len(alike.nodes) for alike in alikes) else None
 
 
-def _shape(alike: Alike) -> tuple:
+def _shape(alike: Alike) -> tuple[Snapshot | None, Snapshot | None, str | None, frozenset[Key]]:
     return (alike.current, alike.applied, alike.rejection, alike.rejected)
 
 

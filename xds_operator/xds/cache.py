@@ -35,6 +35,7 @@ from xds_operator.xds.snapshot import (
     MAX_RESPONSE_BYTES,
     MODULUS,
     SHORT_NAMES,
+    Contents,
     Resource,
     Snapshot,
     weight_of,
@@ -326,7 +327,9 @@ class SnapshotCache:
             for claim, token in translated.claims.items():
                 held = group.owners.get(claim)
                 unchanged_holders = held is not None and not holders(group, claim) <= changing
-                if (unchanged_holders and held[0] != token) or claimed.setdefault(claim, token) != token:
+                if unchanged_holders and held is not None and held[0] != token:
+                    return None
+                if claimed.setdefault(claim, token) != token:
                     return None
         outgoing = {key: group.members[key] for key in keys if key in group.members}
         if outgoing.keys() == incoming.keys() and all(incoming[k] is t for k, t in outgoing.items()):
@@ -367,7 +370,7 @@ class SnapshotCache:
         group.owners, group.sharers = {}, {}
         for translated in included:
             _hold(group, translated.vs.key, translated)
-        contents = immutables.Map({t.vs.key: t.token for t in included})
+        contents: Contents = immutables.Map({t.vs.key: t.token for t in included})
         if signature == group.signature and contents == group.snapshot.contents:
             return False
         snapshot = self._shared(signature, contents)
@@ -381,7 +384,7 @@ class SnapshotCache:
         self._install(group, signature, snapshot)
         return True
 
-    def _shared(self, signature: Signature, contents: immutables.Map) -> Snapshot | None:
+    def _shared(self, signature: Signature, contents: Contents) -> Snapshot | None:
         """The snapshot another group built with the same members, if any: the signature finds it in O(1), and
         only then are the members (keys and tokens) compared, since sums of hashes can be made to collide
         (in Kubernetes mode that would hand one namespace's resources to another's proxies)."""

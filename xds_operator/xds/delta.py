@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 WILDCARD = "*"
 
 
-class DeltaStream(ProxyStream):
+class DeltaStream(ProxyStream[discovery_pb2.DeltaDiscoveryRequest]):
     variant = "delta"
 
     def __init__(self, node_id: str, observer: StreamObserver | None = None):
@@ -126,7 +126,7 @@ class DeltaStream(ProxyStream):
     ) -> list[Resource]:
         """The resources the last NACK named that are still wanted unchanged: they go with this response."""
         names = self._resend.pop(type_url, set()) - {resource.name for resource in changed}
-        present = snapshot.resources.get(type_url, {})
+        present: Mapping[str, Resource] = snapshot.resources.get(type_url, {})
         return [
             present[name]
             for name in sorted(names)

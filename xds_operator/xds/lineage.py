@@ -15,9 +15,10 @@ keyed), and the lineage nodes themselves hold only keys, never snapshots.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Hashable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 
+from xds_operator.api import Key
 from xds_operator.xds.snapshot import Snapshot
 
 MAX_DEPTH = 64  # a longer chain starts again from a root: a walk stays short; crossing a root costs a full compare
@@ -26,14 +27,14 @@ MAX_DEPTH = 64  # a longer chain starts again from a root: a walk stays short; c
 @dataclass(frozen=True, eq=False)
 class _Node:
     parent: _Node | None
-    changed: frozenset[Hashable]  # keys whose token differs from the parent's snapshot
+    changed: frozenset[Key]  # keys whose token differs from the parent's snapshot
     depth: int
 
 
 _nodes: weakref.WeakKeyDictionary[Snapshot, _Node] = weakref.WeakKeyDictionary()
 
 
-def record(snapshot: Snapshot, parent: Snapshot | None, changed: Iterable[Hashable]) -> None:
+def record(snapshot: Snapshot, parent: Snapshot | None, changed: Iterable[Key]) -> None:
     """`snapshot` was made from `parent` by changing (at most) the content tokens of `changed`."""
     if snapshot in _nodes or snapshot is parent:
         return  # already known (snapshots are shared between groups with equal content)
@@ -43,7 +44,7 @@ def record(snapshot: Snapshot, parent: Snapshot | None, changed: Iterable[Hashab
     _nodes[snapshot] = _Node(up, frozenset(changed), 0 if up is None else up.depth + 1)
 
 
-def changed_between(a: Snapshot, b: Snapshot) -> set[Hashable]:
+def changed_between(a: Snapshot, b: Snapshot) -> set[Key]:
     """The keys whose content token differs between a and b (possibly a few more, never fewer)."""
     if a is b:
         return set()
@@ -55,7 +56,7 @@ def changed_between(a: Snapshot, b: Snapshot) -> set[Hashable]:
     return {key for key, _ in set(a.contents.items()) ^ set(b.contents.items())}
 
 
-def _walk(node_a: _Node, node_b: _Node) -> set[Hashable] | None:
+def _walk(node_a: _Node, node_b: _Node) -> set[Key] | None:
     """The changes on both paths up to the nearest common ancestor (None: there is none)."""
     path: dict[int, int] = {}  # id of a node above a → its position on a's path (nodes are alive meanwhile)
     above_a: list[_Node] = []
@@ -64,7 +65,7 @@ def _walk(node_a: _Node, node_b: _Node) -> set[Hashable] | None:
         path[id(node)] = len(above_a)
         above_a.append(node)
         node = node.parent
-    keys: set[Hashable] = set()
+    keys: set[Key] = set()
     node = node_b
     while node is not None and id(node) not in path:
         keys |= node.changed

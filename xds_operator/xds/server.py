@@ -8,17 +8,19 @@ Requests and snapshot changes are handled in arrival order on the one event loop
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
-from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_operator.admin.logs import clip
+from xds_operator.admin.views import ProxyView
 from xds_operator.api import Key
 from xds_operator.net import split_host_port
 from xds_operator.xds.cache import SnapshotCache, Watch
@@ -45,9 +47,6 @@ MAX_STREAMS_PER_CONNECTION = 100
 # refused, beyond the second every new one (RESOURCE_EXHAUSTED; Envoy reconnects with backoff).
 MAX_PENDING_STREAMS, MAX_PENDING_STREAMS_HARD = 1_000, 3_000
 SLOT_WAIT_SECONDS = 1.0  # proxies that stop reading must not stall the others for longer
-_SNAPSHOT_CHANGED = object()
-_CLOSED = object()
-_DRAIN = object()  # the server is shutting down: end the stream so the proxy reconnects elsewhere
 DRAIN_DETAILS = "xds-operator is shutting down; reconnect"
 
 
@@ -70,12 +69,30 @@ def labels_from_metadata(node: base_pb2.Node) -> dict[str, str]:
     }
 
 
+class _Signal(enum.Enum):
+    """What a stream's handler is told besides its requests."""
+
+    SNAPSHOT_CHANGED = enum.auto()
+    CLOSED = enum.auto()
+    DRAIN = enum.auto()  # the server is shutting down: end the stream so the proxy reconnects elsewhere
+
+
+class _Request(Protocol):
+    """What the server reads of a request of either variant (DiscoveryRequest, DeltaDiscoveryRequest)."""
+
+    @property
+    def node(self) -> base_pb2.Node: ...
+
+
+Request = TypeVar("Request", bound=_Request)
+
+
 @dataclass(eq=False)
 class Connection:
     """One connected proxy: who it is, its protocol state, and its interest in the cache."""
 
     node: base_pb2.Node
-    stream: ProxyStream
+    stream: ProxyStream[Any]  # either variant
     watch: Watch
     applied: Snapshot | None = None  # the latest snapshot the proxy ACKed in full
     # The VirtualServices its NACK names, for (its error text, its snapshot): looked up once per NACK.
@@ -96,7 +113,9 @@ class ProxyProgress:
     rejected: frozenset[Key] = frozenset()
 
 
-class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+class AggregatedDiscoveryService:
+    """The ADS service's two RPCs (registered by _ads_handler) and what the rest of the control plane asks of it."""
+
     def __init__(
         self,
         cache: SnapshotCache,
@@ -109,12 +128,12 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._on_progress = on_progress  # called when a proxy connects, leaves, ACKs or NACKs
         self._observer = observer or StreamObserver()  # told of every push, ACK and NACK (metrics)
         self._connections: dict[int, Connection] = {}
-        self._inboxes: dict[int, _Inbox] = {}  # every open stream, identified or not
+        self._inboxes: dict[int, _Inbox[Any]] = {}  # every open stream, identified or not
         self._draining = False
         self._next_stream_id = 0
         self._sending = asyncio.Semaphore(MAX_RESPONSES_IN_FLIGHT)
 
-    def proxies(self) -> list[dict]:
+    def proxies(self) -> list[ProxyView]:
         """Per connected stream: node id, labels, group, and per type version and ACK/NACK state."""
         return [
             {
@@ -145,7 +164,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         """Shutting down: end every open stream (and any that opens from now on); return how many."""
         self._draining = True
         for inbox in self._inboxes.values():
-            inbox.items.put_nowait(_DRAIN)
+            inbox.items.put_nowait(_Signal.DRAIN)
         return len(self._inboxes)
 
     def progress(self) -> list[ProxyProgress]:
@@ -182,14 +201,18 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
                     self._cache.relabel(connection.watch, labels)
 
     async def StreamAggregatedResources(  # noqa: N802 (gRPC name)
-        self, request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, bytes],
     ) -> AsyncIterator[bytes]:
         """State-of-the-world ADS (responses pre-serialized: see SotwStream)."""
         async for response in self._serve(request_iterator, context, SotwStream):
             yield response
 
     async def DeltaAggregatedResources(  # noqa: N802 (gRPC name)
-        self, request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest], context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: grpc.aio.ServicerContext[discovery_pb2.DeltaDiscoveryRequest, bytes],
     ) -> AsyncIterator[bytes]:
         """Incremental (delta) ADS: the same snapshots, framed as per-resource changes (pre-serialized)."""
         async for response in self._serve(request_iterator, context, DeltaStream):
@@ -197,37 +220,37 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
 
     async def _serve(
         self,
-        request_iterator: AsyncIterator,
-        context: grpc.aio.ServicerContext,
-        make_stream: Callable[[str, StreamObserver], Any],
-    ) -> AsyncIterator:
+        request_iterator: AsyncIterator[Request],
+        context: grpc.aio.ServicerContext[Request, bytes],
+        make_stream: type[ProxyStream[Request]],
+    ) -> AsyncIterator[bytes]:
         """One stream of either variant: requests and snapshot changes, handled in arrival order."""
-        inbox = _Inbox()
+        inbox: _Inbox[Request] = _Inbox()
         pending_change = False
 
         def on_change() -> None:
             nonlocal pending_change
             if not pending_change:  # coalesce: the handler reads the latest snapshot anyway
                 pending_change = True
-                inbox.items.put_nowait(_SNAPSHOT_CHANGED)
+                inbox.items.put_nowait(_Signal.SNAPSHOT_CHANGED)
 
         reader = asyncio.create_task(inbox.read(request_iterator))
         connection: Connection | None = None
         stream_id = self._next_stream_id = self._next_stream_id + 1
         self._inboxes[stream_id] = inbox
         if self._draining:
-            inbox.items.put_nowait(_DRAIN)
+            inbox.items.put_nowait(_Signal.DRAIN)
         try:
             while True:
                 item = await inbox.items.get()
-                if item is _CLOSED:
+                if item is _Signal.CLOSED:
                     return
-                if item is _DRAIN:
+                if item is _Signal.DRAIN:
                     # UNAVAILABLE: the status gRPC clients (Envoy too) retry, here on another replica.
                     context.set_code(grpc.StatusCode.UNAVAILABLE)
                     context.set_details(DRAIN_DETAILS)
                     return
-                if item is _SNAPSHOT_CHANGED:
+                if item is _Signal.SNAPSHOT_CHANGED:
                     pending_change = False
                     responses = (
                         connection.stream.on_snapshot(connection.watch.snapshot, connection.watch.since)
@@ -256,11 +279,12 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
             del self._inboxes[stream_id]
             if connection is not None:
                 self._cache.cancel(connection.watch)
-            if self._connections.pop(stream_id, None) is not None:
+            gone = self._connections.pop(stream_id, None)
+            if gone is not None:
                 log.info(
                     "proxy %s disconnected",
-                    connection.stream.shown,
-                    extra={"node_id": connection.stream.shown, "variant": connection.stream.variant},
+                    gone.stream.shown,
+                    extra={"node_id": gone.stream.shown, "variant": gone.stream.variant},
                 )
                 self._on_progress()
 
@@ -269,7 +293,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         stream_id: int,
         node: base_pb2.Node,
         peer: str,
-        make_stream: Callable[[str, StreamObserver], Any],
+        make_stream: type[ProxyStream[Request]],
         on_change: Callable[[], None],
     ) -> Connection:
         """The stream's first request: its proxy's protocol state, and a watch on its group's snapshot."""
@@ -296,7 +320,7 @@ class AggregatedDiscoveryService(ads_pb2_grpc.AggregatedDiscoveryServiceServicer
         self._on_progress()
 
 
-def _log_connected(stream: ProxyStream, watch: Watch) -> None:
+def _log_connected(stream: ProxyStream[Any], watch: Watch) -> None:
     group = clip(group_name(watch.labels), MAX_SHOWN_GROUP)  # directory mode: labels are the client's text
     fields = {"node_id": stream.shown, "variant": stream.variant, "group": group}
     variant = f"{stream.variant} ADS"
@@ -306,7 +330,7 @@ def _log_connected(stream: ProxyStream, watch: Watch) -> None:
         log.info("proxy %s connected (%s, labels %s)", stream.shown, variant, group, extra=fields)
 
 
-class _Inbox:
+class _Inbox(Generic[Request]):
     """One stream's requests and snapshot-change notices, in arrival order, for its handler.
 
     At most MAX_QUEUED_REQUESTS requests wait here: beyond that the stream is not read, so gRPC's
@@ -314,11 +338,11 @@ class _Inbox:
     """
 
     def __init__(self) -> None:
-        self.items: asyncio.Queue[object] = asyncio.Queue()
+        self.items: asyncio.Queue[Request | _Signal] = asyncio.Queue()
         self.requests = 0  # read and not yet taken by the handler
         self._room = asyncio.Semaphore(MAX_QUEUED_REQUESTS)
 
-    async def read(self, requests: AsyncIterator) -> None:
+    async def read(self, requests: AsyncIterator[Request]) -> None:
         """Hand the stream's requests to its handler; wait (reading nothing) while the bound is reached."""
         try:
             await self._room.acquire()
@@ -329,7 +353,7 @@ class _Inbox:
         except (asyncio.CancelledError, grpc.aio.AioRpcError):
             pass
         finally:
-            self.items.put_nowait(_CLOSED)
+            self.items.put_nowait(_Signal.CLOSED)
 
     def taken(self) -> None:
         """The handler took a request: make room for the next one."""

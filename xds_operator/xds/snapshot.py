@@ -21,6 +21,8 @@ import immutables
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 
+from xds_operator.api import Key
+
 TYPE_PREFIX = "type.googleapis.com/"
 CLUSTER = TYPE_PREFIX + "envoy.config.cluster.v3.Cluster"
 ENDPOINT = TYPE_PREFIX + "envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -30,6 +32,9 @@ PUSH_ORDER = (CLUSTER, ENDPOINT, LISTENER)
 # Types whose requests name the resources wanted; the others are wildcard (all resources).
 NAMED_TYPES = frozenset({ENDPOINT})
 SHORT_NAMES = {CLUSTER: "CDS", ENDPOINT: "EDS", LISTENER: "LDS"}
+
+# What a snapshot was built from: VirtualService key → its content token (persistent: patched in O(log n)).
+Contents = immutables.Map[Key, str]
 
 # The most one response of one type may carry (the resources' encoded size; gRPC's send limit is 64 MiB).
 # The cache leaves out, newest first, the VirtualServices that would make a proxy's response larger.
@@ -165,7 +170,7 @@ class _RecentResponses:
             self._entries.popitem(last=False)
         return encoded
 
-    def _forget(self, key: int, reference: weakref.ref) -> None:
+    def _forget(self, key: int, reference: weakref.ref[Selection]) -> None:
         entry = self._entries.get(key)
         if entry is not None and entry[0] is reference:  # not a newer selection that reuses the id
             del self._entries[key]
@@ -229,9 +234,9 @@ class History:
 class Snapshot:
     """Everything one proxy group is served, by type URL then resource name. Immutable once built."""
 
-    resources: Mapping[str, Mapping[str, Resource]]
-    # What it was built from: source key → content token; tells which inputs a proxy runs.
-    contents: Mapping = field(default_factory=immutables.Map)
+    resources: Mapping[str, immutables.Map[str, Resource]]
+    # What it was built from (see Contents); tells which inputs a proxy runs.
+    contents: Contents = field(default_factory=immutables.Map)
     _totals: dict[str, int] = field(default_factory=dict, repr=False)  # per type: the sum of resource weights
     sizes: dict[str, int] = field(default_factory=dict, repr=False)  # per type: the resources' wire_size, summed
     _selections: dict[str, Selection] = field(default_factory=dict, repr=False)  # per type: all its resources
@@ -240,7 +245,7 @@ class Snapshot:
     number: int = 0
 
     @classmethod
-    def build(cls, by_type: Mapping[str, Iterable[Resource]], contents: Mapping | None = None) -> Snapshot:
+    def build(cls, by_type: Mapping[str, Iterable[Resource]], contents: Mapping[Key, str] | None = None) -> Snapshot:
         resources = {
             type_url: immutables.Map({r.name: r for r in by_type.get(type_url, ())}) for type_url in PUSH_ORDER
         }
@@ -259,7 +264,7 @@ class Snapshot:
             return None
         return self.history.changed_between(older.number, self.number, type_url)
 
-    def patched(self, removed: Iterable[Resource], added: Iterable[Resource], contents: Mapping) -> Snapshot:
+    def patched(self, removed: Iterable[Resource], added: Iterable[Resource], contents: Contents) -> Snapshot:
         """A new snapshot: this one without `removed`, with `added`, in time proportional to the change.
 
         Consistency is the caller's to keep (the cache adds and removes whole VirtualServices,

@@ -16,12 +16,15 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections.abc import Iterable
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 from envoy.service.discovery.v3 import discovery_pb2
 
 from xds_operator.admin.logs import clip, shorten
+from xds_operator.admin.views import StreamState, TypeStatus
 from xds_operator.xds.snapshot import (
     CLUSTER,
     ENDPOINT,
@@ -29,6 +32,7 @@ from xds_operator.xds.snapshot import (
     NAMED_TYPES,
     PUSH_ORDER,
     SHORT_NAMES,
+    Resource,
     Selection,
     Snapshot,
     version_of,
@@ -57,6 +61,8 @@ NAMES_SEARCHED = 64 * 1024
 NOTHING = version_of(())  # the version of an empty selection
 # The kind of claim (see cache.Translated.claims) a type's resources are named by.
 CLAIM_KIND = {LISTENER: "listener", CLUSTER: "cluster", ENDPOINT: "cluster"}
+# The request message of a protocol variant: DiscoveryRequest (state of the world) or DeltaDiscoveryRequest.
+Request = TypeVar("Request")
 
 
 @dataclass
@@ -81,7 +87,7 @@ class TypeState:
     selection: tuple[Snapshot, frozenset[str] | None, Selection] | None = None
 
     @property
-    def state(self) -> str:
+    def state(self) -> StreamState:
         if self.sent_version is None:
             return "waiting"
         if self.error is not None and self.nacked_version == self.sent_version:
@@ -94,20 +100,20 @@ class TypeState:
 class StreamObserver:
     """What a stream reports as it goes, for metrics: every push, ACK and NACK. The default ignores them."""
 
-    def pushed(self, stream: ProxyStream, type_url: str, size: int) -> None:
+    def pushed(self, stream: ProxyStream[Any], type_url: str, size: int) -> None:
         pass
 
-    def acked(self, stream: ProxyStream, type_url: str, since: float) -> None:
+    def acked(self, stream: ProxyStream[Any], type_url: str, since: float) -> None:
         """An ACK of a pushed version; `since`: the monotonic time its snapshot reached the proxy's watch."""
 
-    def nacked(self, stream: ProxyStream, type_url: str) -> None:
+    def nacked(self, stream: ProxyStream[Any], type_url: str) -> None:
         pass
 
-    def limited(self, stream: ProxyStream, limit: str) -> None:
+    def limited(self, stream: ProxyStream[Any], limit: str) -> None:
         """A client hit one of the limits on what it may send (`limit`: which, e.g. "resource_names")."""
 
 
-class ProxyStream:
+class ProxyStream(ABC, Generic[Request]):
     """The protocol state of one ADS stream for one proxy (shared by both variants)."""
 
     variant = ""
@@ -122,6 +128,10 @@ class ProxyStream:
         self._reported_limits: set[str] = set()  # limits already logged: once per stream each
         if len(node_id) > MAX_SHOWN_NODE_ID:
             self.limit_hit("node_id", f"its node id has {len(node_id)} characters; logged and shown cut")
+
+    @abstractmethod
+    def on_request(self, request: Request, snapshot: Snapshot | None, since: float | None = None) -> list[bytes]:
+        """Handle a request of the proxy's (`snapshot`: its current one); return the serialized responses to send."""
 
     def on_snapshot(self, snapshot: Snapshot | None, since: float | None = None) -> list[bytes]:
         """The proxy's snapshot changed (at monotonic time `since`): send what differs, clusters and
@@ -179,7 +189,7 @@ class ProxyStream:
 
         Costs the names given, once; what is kept is bounded by what the proxy could have been sent.
         """
-        of_type = snapshot.resources.get(type_url, {}) if snapshot is not None else {}
+        of_type: Mapping[str, Resource] = snapshot.resources.get(type_url, {}) if snapshot is not None else {}
         limit = len(of_type) + NAME_MARGIN
         given = dict.fromkeys(names)  # ordered: earlier subscriptions are kept first
         candidates = [name for name in given if len(name) <= MAX_NAME_LENGTH]
@@ -204,12 +214,12 @@ class ProxyStream:
                 "proxy %s: %s (logged once per stream)", self.shown, what, extra={"node_id": self.shown, "limit": limit}
             )
 
+    @abstractmethod
     def _respond(
         self, type_url: str, state: TypeState, wanted: Selection, snapshot: Snapshot
     ) -> tuple[bytes, str] | None:
         """The response that brings the proxy to `wanted` (of `snapshot`) and what it carries (for the
         log), or None if the proxy needs nothing."""
-        raise NotImplementedError
 
     def _taken_unanswered(self, type_url: str, state: TypeState) -> bool:
         """Whether the proxy takes the response just sent without answering it."""
@@ -300,7 +310,7 @@ class ProxyStream:
         errors = [f"{SHORT_NAMES[t]}: {state.error}" for t, state in self.types.items() if state.state == "NACKed"]
         return "; ".join(errors) or None
 
-    def status(self) -> dict[str, dict[str, str | None]]:
+    def status(self) -> dict[str, TypeStatus]:
         return {
             SHORT_NAMES[type_url]: {
                 "version": state.sent_version,
@@ -312,7 +322,7 @@ class ProxyStream:
         }
 
 
-class SotwStream(ProxyStream):
+class SotwStream(ProxyStream[discovery_pb2.DiscoveryRequest]):
     """State of the world: every response holds all the resources of its type the proxy wants."""
 
     variant = "sotw"

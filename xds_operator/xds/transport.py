@@ -11,8 +11,10 @@ import logging
 import re
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import grpc
 
@@ -67,9 +69,15 @@ class ServerTls:
                 root_certificates=self.client_ca,
                 require_client_auth=self.client_ca is not None,
             )
+        # gRPC documents that the fetcher returns None for "no change"; typeshed's stub leaves None out.
+        fetcher = cast(Callable[[], grpc.ServerCertificateConfiguration], CertificateReloader(self))
         return grpc.dynamic_ssl_server_credentials(
-            self.configuration(), CertificateReloader(self), require_client_authentication=self.client_ca is not None
+            self.configuration(), fetcher, require_client_authentication=self.client_ca is not None
         )
+
+
+# Per TLS file, (inode, mtime in ns, size), or None if absent: changes when a file is replaced or rewritten.
+_Signature = tuple[tuple[int, int, int] | None, ...]
 
 
 class CertificateReloader:
@@ -85,7 +93,7 @@ class CertificateReloader:
         self._files = current.files
         self._mtls = current.client_ca is not None
         self._signature = _signature(self._files)
-        self._refused: tuple | None = None  # the signature of the last set refused, so it is logged once
+        self._refused: _Signature | None = None  # the signature of the last set refused, so it is logged once
         self._next_check = 0.0
 
     def __call__(self) -> grpc.ServerCertificateConfiguration | None:
@@ -110,9 +118,9 @@ class CertificateReloader:
         return tls.configuration()
 
 
-def _signature(files: TlsFiles) -> tuple:
+def _signature(files: TlsFiles) -> _Signature:
     """What changes when a file is replaced or rewritten (stat follows a Secret volume's symlinks)."""
-    result = []
+    result: list[tuple[int, int, int] | None] = []
     for path in (files.certificate, files.key, files.client_ca):
         try:
             info = path.stat() if path is not None else None
@@ -169,7 +177,7 @@ def load_server_tls(certificate: Path, key: Path, client_ca: Path | None = None)
     ca = _read("--client-ca", client_ca) if client_ca is not None else None
     _check_certificates("--tls-cert", certificate, chain)
     _check_validity(certificate)
-    if ca is not None:
+    if client_ca is not None and ca is not None:
         _check_certificates("--client-ca", client_ca, ca)
     _check_key_matches(certificate, key)
     return ServerTls(chain, private_key, ca, TlsFiles(certificate, key, client_ca))

@@ -45,7 +45,7 @@ class DnsCache:
         self._resolve = resolve
         self._answers: dict[str, bool | None] = {}  # None: the first lookup has not answered yet
         self._executor: ThreadPoolExecutor | None = None
-        self._lookups: set[asyncio.Future] = set()
+        self._lookups: set[asyncio.Future[bool]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def resolves(self, host: str) -> bool | None:
@@ -65,8 +65,9 @@ class DnsCache:
             timer.cancel()
 
     def close(self) -> None:
-        for pending in [*self._lookups, *self._timers.values()]:
-            pending.cancel()
+        pending: list[asyncio.Future[bool] | asyncio.TimerHandle] = [*self._lookups, *self._timers.values()]
+        for each in pending:
+            each.cancel()
         self._lookups.clear()
         self._timers.clear()
         if self._executor is not None:
@@ -80,7 +81,7 @@ class DnsCache:
         self._lookups.add(future)
         future.add_done_callback(lambda done: self._answered(host, done))
 
-    def _answered(self, host: str, future: asyncio.Future) -> None:
+    def _answered(self, host: str, future: asyncio.Future[bool]) -> None:
         self._lookups.discard(future)
         if future.cancelled() or host not in self._answers:
             return  # closed, or forgotten meanwhile

@@ -127,7 +127,7 @@ class LeaderElector:
         self._observed_at = 0.0
         self._leading = False
         self._renewed_at = -float("inf")  # when the last successful renewal was sent
-        self._releasing: asyncio.Future | None = None
+        self._releasing: asyncio.Future[bool] | None = None
         self.transitions = 0  # times this replica started leading, for tests and /debug
 
     @property
@@ -147,7 +147,7 @@ class LeaderElector:
         """The holder this replica last saw in the Lease ('' when free or not read yet)."""
         return self._observed.holder if self._observed else ""
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, object]:
         return {"identity": self.identity, "leading": self.leading, "holder": self.holder, "lease": self._lease_ref()}
 
     async def run(self) -> None:
@@ -266,14 +266,15 @@ class LeaderElector:
         with self._lock:
             try:
                 lease = self._leases.read_namespaced_lease(config.name, config.namespace, _request_timeout=2.0)
-                if (lease.spec.holder_identity if lease.spec else None) != config.identity:
+                spec = lease.spec
+                if spec is None or spec.holder_identity != config.identity:
                     return False
                 now = datetime.now(UTC)
                 lease.spec = client.V1LeaseSpec(
                     lease_duration_seconds=1,
                     acquire_time=now,
                     renew_time=now,
-                    lease_transitions=lease.spec.lease_transitions or 0,
+                    lease_transitions=spec.lease_transitions or 0,
                 )
                 self._leases.replace_namespaced_lease(config.name, config.namespace, lease, _request_timeout=2.0)
             except Exception as error:  # it expires on its own; the next leader only waits longer

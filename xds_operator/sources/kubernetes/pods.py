@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from xds_operator.api.model import NAMESPACE_LABEL
 
@@ -28,7 +28,7 @@ class PodInfo:
     terminating: bool = False
 
     @classmethod
-    def from_object(cls, obj: Mapping) -> PodInfo:
+    def from_object(cls, obj: Mapping[str, Any]) -> PodInfo:
         metadata = obj.get("metadata") or {}
         status = obj.get("status") or {}
         ready = any(
@@ -90,7 +90,7 @@ class SelectorIndex(Generic[T]):
     def add(self, namespace: str, selector: Selector, value: T) -> None:
         bucket = self._bucket_of.get((namespace, selector))
         if bucket is None:
-            choices = [(namespace, key, label) for key, label in selector] or [(namespace,)]
+            choices: list[tuple[str, ...]] = [(namespace, key, label) for key, label in selector] or [(namespace,)]
             bucket = min(choices, key=lambda choice: len(self._buckets.get(choice, ())))
             self._bucket_of[(namespace, selector)] = bucket
         self._buckets.setdefault(bucket, {}).setdefault(selector, set()).add(value)
@@ -134,13 +134,13 @@ class PodIndex:
 
     # -- input -------------------------------------------------------------------------------
 
-    def upsert(self, obj: Mapping) -> PodChange | None:
+    def upsert(self, obj: Mapping[str, Any]) -> PodChange | None:
         return self._put(PodInfo.from_object(obj))
 
-    def delete(self, obj: Mapping) -> PodChange | None:
+    def delete(self, obj: Mapping[str, Any]) -> PodChange | None:
         return self._remove(PodInfo.from_object(obj).key)
 
-    def replace(self, objects: Iterable[Mapping], namespace: str | None = None) -> list[PodChange]:
+    def replace(self, objects: Iterable[Mapping[str, Any]], namespace: str | None = None) -> list[PodChange]:
         """A full relist (of one namespace, or of all): the pods not in it are gone."""
         listed = {pod.key: pod for pod in map(PodInfo.from_object, objects)}
         known = self._pods.values() if namespace is None else self._by_namespace.get(namespace, {}).values()
@@ -249,7 +249,7 @@ class PodIndex:
         return [pods[name] for name in names]
 
 
-def _as_endpoint(pod: PodInfo | None) -> tuple | None:
+def _as_endpoint(pod: PodInfo | None) -> tuple[str, tuple[tuple[str, str], ...]] | None:
     """The part of a pod that endpoint resolution sees."""
     if pod is None or not pod.serves_traffic:
         return None

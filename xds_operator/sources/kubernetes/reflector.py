@@ -142,10 +142,11 @@ class Reflector:
         self._sink(Synced(objects))
         return str(metadata.get("resourceVersion", ""))
 
-    def _request(self, **params: Any) -> dict:
+    def _request(self, **params: Any) -> dict[str, Any]:
         response = self._call(**params)
         try:
-            return json.loads(response.data)
+            body: dict[str, Any] = json.loads(response.data)
+            return body
         finally:
             response.release_conn()
 

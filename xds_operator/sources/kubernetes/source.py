@@ -203,8 +203,9 @@ class KubernetesSource:
 
     def _file_selectors(self, key: Key, vs: VirtualService | None) -> None:
         """Index the VirtualService by its endpoints' pod selectors: a pod change refreshes only those it matches."""
+        namespace = vs.namespace if vs is not None else ""
         selectors = frozenset(
-            (vs.namespace, frozenset(endpoint.host.selector.items()))
+            (namespace, frozenset(endpoint.host.selector.items()))
             for listener in (vs.spec.listeners if vs is not None else ())
             for endpoint in cluster_of(listener).endpoints
             if not endpoint.host.HasField("address")
@@ -520,7 +521,7 @@ def start_watches(
     objects = client.CustomObjectsApi(api_client)
     core = client.CoreV1Api(api_client)
     reflectors: list[Reflector] = []
-    for namespace in namespaces or [None]:
+    for namespace in namespaces if namespaces else [None]:
         if namespace is None:
             list_vs = functools.partial(objects.list_cluster_custom_object, API_GROUP, API_VERSION, PLURAL)
             list_pods: Callable[..., Any] = core.list_pod_for_all_namespaces
