@@ -106,7 +106,7 @@ def _kubernetes_routes(plane: KubernetesPlane) -> dict[str, Handler | WithQuery]
     return routes
 
 
-def _records(plane: KubernetesPlane) -> dict:
+def _records(plane: KubernetesPlane) -> dict[str, dict[str, Any]]:
     """/debug/virtualservices: per VirtualService, the generation seen and served, why it is rejected, its status."""
     return {
         f"{namespace}/{name}": {
@@ -211,9 +211,9 @@ async def _drain(server: grpc.aio.Server, service: AggregatedDiscoveryService) -
     await stopped
 
 
-def _raise_if_failed(tasks: Sequence[asyncio.Task]) -> None:
+def _raise_if_failed(tasks: Sequence[asyncio.Task[None]]) -> None:
     """A background task that ended on its own failed: raise why."""
     for task in tasks:
         if task.done() and not task.cancelled():
             task.result()
-            raise RuntimeError(f"{task.get_coro().__qualname__} stopped unexpectedly")
+            raise RuntimeError(f"{getattr(task.get_coro(), '__qualname__', task.get_name())} stopped unexpectedly")

@@ -63,7 +63,7 @@ SETTLING = frozenset({"Pending", "NoProxies"})  # Ready's reasons while the prox
 
 def settling(status: Mapping[str, Any]) -> bool:
     """Whether a status says no more than "not on every selected proxy yet" (Ready False, Pending or NoProxies)."""
-    ready = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
+    ready: Mapping[str, Any] = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
     return ready.get("status") == "False" and ready.get("reason") in SETTLING
 
 
@@ -137,7 +137,7 @@ def _conflicted(observed: Observed) -> tuple[str, str, str, str]:
 
 
 def _condition(
-    kind: str, status: str, reason: str, message: str, generation: int, earlier: Mapping | None, now: str
+    kind: str, status: str, reason: str, message: str, generation: int, earlier: Mapping[str, Any] | None, now: str
 ) -> dict[str, Any]:
     since = earlier.get("lastTransitionTime") if earlier and earlier.get("status") == status else None
     if len(message) > MAX_MESSAGE:

@@ -67,16 +67,16 @@ class StatusWriter:
         self._leading = leading
         self._objects = client.CustomObjectsApi(api_client)
         self._core = client.CoreV1Api(api_client)
-        self._latest: dict[Key, dict] = {}  # the status last computed, written or not (for `resume`)
-        self._wanted: dict[Key, dict] = {}  # of those, the ones to write
-        self._written: dict[Key, dict] = {}  # what the object carries, as far as this replica knows
+        self._latest: dict[Key, dict[str, Any]] = {}  # the status last computed, written or not (for `resume`)
+        self._wanted: dict[Key, dict[str, Any]] = {}  # of those, the ones to write
+        self._written: dict[Key, dict[str, Any]] = {}  # what the object carries, as far as this replica knows
         self._warnings: list[WarningEvent] = []
         self._wake = asyncio.Event()
         self._retry_delay = retry_delay
         self.writes = 0  # status writes sent, for tests and /debug
         self.failures: Counter[str] = Counter()  # failed writes by kind ("status_write", "event_write"), for metrics
 
-    def written(self, key: Key) -> dict | None:
+    def written(self, key: Key) -> dict[str, Any] | None:
         return self._written.get(key)
 
     def observed(self, key: Key, status: Mapping[str, Any] | None) -> None:
@@ -84,7 +84,7 @@ class StatusWriter:
         if status and (key not in self._written or not self._leading()):
             self._written[key] = dict(status)  # a follower follows what the leader wrote
 
-    def want(self, key: Key, status: dict) -> None:
+    def want(self, key: Key, status: dict[str, Any]) -> None:
         self._latest[key] = status
         if self._written.get(key) == status:
             self._wanted.pop(key, None)
@@ -171,11 +171,11 @@ class StatusWriter:
             log.warning("cannot write %s: %s", what, error, extra={"error": str(error)})
         return Attempt.FAILED
 
-    def _patch(self, key: Key, status: dict) -> None:
+    def _patch(self, key: Key, status: dict[str, Any]) -> None:
         namespace, name = key
         if not self._leading():  # leadership can end while writes queue up
             raise NotLeading()
-        response = self._objects.patch_namespaced_custom_object_status(
+        response: Any = self._objects.patch_namespaced_custom_object_status(  # the raw response
             API_GROUP, API_VERSION, namespace, PLURAL, name, {"status": status}, _preload_content=False
         )
         response.drain_conn()  # the object it returns is not needed: not decoding it saves client CPU per write
@@ -185,9 +185,9 @@ class StatusWriter:
         if not self._leading():
             return  # dropped: the leader reports it
         now = now_rfc3339()
-        self._core.create_namespaced_event(
+        self._core.create_namespaced_event(  # the client sends a dict as it is
             warning.namespace,
-            {
+            {  # type: ignore[arg-type]
                 "apiVersion": "v1",
                 "kind": "Event",
                 "metadata": {"name": f"{warning.name}.{uuid.uuid4().hex[:16]}", "namespace": warning.namespace},

@@ -46,7 +46,7 @@ class DnsCache:
         self._resolve = resolve
         self._answers: dict[str, Resolution] = {}
         self._executor: ThreadPoolExecutor | None = None
-        self._lookups: set[asyncio.Future] = set()
+        self._lookups: set[asyncio.Future[bool]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def resolves(self, host: str) -> Resolution:
@@ -66,8 +66,10 @@ class DnsCache:
             timer.cancel()
 
     def close(self) -> None:
-        for pending in [*self._lookups, *self._timers.values()]:
-            pending.cancel()
+        for lookup in self._lookups:
+            lookup.cancel()
+        for timer in self._timers.values():
+            timer.cancel()
         self._lookups.clear()
         self._timers.clear()
         if self._executor is not None:
@@ -81,7 +83,7 @@ class DnsCache:
         self._lookups.add(future)
         future.add_done_callback(lambda done: self._answered(host, done))
 
-    def _answered(self, host: str, future: asyncio.Future) -> None:
+    def _answered(self, host: str, future: asyncio.Future[bool]) -> None:
         self._lookups.discard(future)
         if future.cancelled() or host not in self._answers:
             return  # closed, or forgotten meanwhile

@@ -144,12 +144,14 @@ class KubernetesSource:
 
     def _file_selectors(self, key: Key, vs: VirtualService | None) -> None:
         """Index the VirtualService by its endpoints' pod selectors: a pod change refreshes only those it matches."""
-        selectors = frozenset(
-            (vs.namespace, frozenset(endpoint.host.selector.items()))
-            for listener in (vs.spec.listeners if vs is not None else ())
-            for endpoint in cluster_of(listener).endpoints
-            if not endpoint.host.HasField("address")
-        )
+        selectors: frozenset[tuple[str, Selector]] = frozenset()
+        if vs is not None:
+            selectors = frozenset(
+                (vs.namespace, frozenset(endpoint.host.selector.items()))
+                for listener in vs.spec.listeners
+                for endpoint in cluster_of(listener).endpoints
+                if not endpoint.host.HasField("address")
+            )
         before = self._selectors.pop(key, frozenset())
         if selectors:
             self._selectors[key] = selectors
@@ -218,7 +220,8 @@ def watches(
     objects = client.CustomObjectsApi(api_client)
     core = client.CoreV1Api(api_client)
     reflectors: list[Reflector] = []
-    for namespace in namespaces or [None]:
+    scopes: Sequence[str | None] = namespaces or [None]  # None: every namespace
+    for namespace in scopes:
         if namespace is None:
             list_vs = functools.partial(objects.list_cluster_custom_object, API_GROUP, API_VERSION, PLURAL)
             list_pods: Callable[..., Any] = core.list_pod_for_all_namespaces
