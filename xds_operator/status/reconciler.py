@@ -141,7 +141,10 @@ class StatusReconciler:
                 await self._due.wait()
                 await asyncio.sleep(self._interval)  # what arrives meanwhile joins this pass
                 self._due.clear()
-                self.reconcile()
+                try:
+                    self.reconcile()
+                except Exception:  # a bug in one pass: logged, and the next change brings another pass
+                    log.exception("status pass failed")
         finally:
             self.close()
 
