@@ -145,8 +145,8 @@ async def measure(
     writer = CountingWriter()
     service = FakeService(cache, lambda node: {**PROXY_LABELS, NAMESPACE_LABEL: NAMESPACE}, PROXIES)
     # Passes run when this benchmark calls reconcile(), not when `due` is set.
-    status = StatusReconciler(cache, pods, writer, service.progress, asyncio.Event())  # type: ignore[arg-type]
-    source = KubernetesSource(cache, pods, status, service.reidentify)
+    reconciler = StatusReconciler(cache, pods, writer, service.progress, asyncio.Event())  # type: ignore[arg-type]
+    source = KubernetesSource(cache, pods, reconciler, service.reidentify)
     source.on_pods(
         Synced(
             [
@@ -159,7 +159,7 @@ async def measure(
     source.on_virtual_services(Synced([call_vs(i) for i in range(count)]), watch="vs")
     _flush(source)
     service.ack()
-    status.reconcile()
+    reconciler.reconcile()
     writer.wanted.clear()
 
     event_ms: list[float] = []
@@ -173,9 +173,9 @@ async def measure(
         source.on_virtual_services(Changed("DELETED", call_vs(cycle)))
         _flush(source)
         flushed = time.process_time()
-        status.reconcile()  # the proxies have not ACKed yet
+        reconciler.reconcile()  # the proxies have not ACKed yet
         service.ack()
-        status.reconcile()
+        reconciler.reconcile()
         done = time.process_time()
         event_ms.append((flushed - started) * 1000)
         status_ms.append((done - flushed) * 1000)
@@ -186,16 +186,16 @@ async def measure(
         source.on_pods(Changed("MODIFIED", worker(count // 2 + cycle, ready=False)))  # a live call's worker
         _flush(source)
         service.ack()
-        status.reconcile()
+        reconciler.reconcile()
         source.on_pods(Changed("MODIFIED", worker(count // 2 + cycle)))
         _flush(source)
         service.ack()
-        status.reconcile()
+        reconciler.reconcile()
         pod_ms.append((time.process_time() - started) * 1000 / 2)
     if profile is not None:
         profile.disable()
     source.close()
-    status.close()
+    reconciler.close()
     calls = [(NAMESPACE, f"call-{count + cycle}") for cycle in range(cycles)]
     writes = [writer.wanted.get(key, 0) for key in calls]
     return {

@@ -412,7 +412,7 @@ async def test_a_closed_status_reconciler_computes_no_more_status(operator: Oper
     await subscribe(ads)
     await operator.wait_condition("calls", "Programmed", "True", "Programmed")
 
-    operator.plane.status.close()
+    operator.plane.reconciler.close()
     before = operator.status_writes()
     await ads.close()  # the proxy leaves: an open reconciler would write Programmed=False (NoProxies)
     await asyncio.sleep(4 * STATUS_INTERVAL_SECONDS)

@@ -68,7 +68,7 @@ class KubernetesPlane:
     cache: SnapshotCache
     service: AggregatedDiscoveryService
     writer: StatusWriter
-    status: StatusReconciler
+    reconciler: StatusReconciler
     source: KubernetesSource
     reflectors: list[Reflector]
     # With several replicas: the Lease election (only the leader writes) and the replicas' progress reports.
@@ -84,7 +84,7 @@ class KubernetesPlane:
 
     def background(self) -> list[Background]:
         """What runs beside the ADS server: the status writer and reconciler, the election and the reports."""
-        work = [self.writer.run(), self.status.run()]
+        work = [self.writer.run(), self.reconciler.run()]
         if self.elector is not None:
             work.append(self.elector.run())
         if self.reports is not None:
@@ -96,7 +96,7 @@ class KubernetesPlane:
         for reflector in self.reflectors:
             reflector.stop(timeout=reflector_timeout)
         self.source.close()
-        self.status.close()
+        self.reconciler.close()
         if self.elector is not None:
             await self.elector.stopped()  # the Lease is free before the process ends: a peer takes over at once
         if self.reports is not None:
@@ -150,7 +150,7 @@ def build_kubernetes_plane(
         reports = ProgressReports(api, election, on_change=status_due.set, leading=lambda: elected.leading)
         leading = leading or (lambda: elected.leading)
     writer = StatusWriter(api, retry_delay=status_retry_delay, leading=leading or (lambda: True))
-    status = StatusReconciler(
+    reconciler = StatusReconciler(
         cache,
         pods,
         writer,
@@ -160,9 +160,9 @@ def build_kubernetes_plane(
         first_status_hold=FIRST_STATUS_HOLD_SECONDS if first_status_hold is None else first_status_hold,
         startup_status_hold=STARTUP_STATUS_HOLD_SECONDS if startup_status_hold is None else startup_status_hold,
     )
-    source = KubernetesSource(cache, pods, status, service.reidentify)
+    source = KubernetesSource(cache, pods, reconciler, service.reidentify)
     reflectors = watches(source, api, namespaces, asyncio.get_running_loop())
     for_kubernetes(metrics, service, cache, source, writer, reflectors)
     return KubernetesPlane(
-        metrics, pods, cache, service, writer, status, source, reflectors, elector, reports, leadership_changed
+        metrics, pods, cache, service, writer, reconciler, source, reflectors, elector, reports, leadership_changed
     )

@@ -63,12 +63,12 @@ class StatusReconciler:
         `peers`: the other replicas' reports (several replicas only)."""
         self._cache = cache
         self._pods = pods
-        self.writer = writer
+        self._writer = writer
         self._proxies = proxies
         self._due = due
         self._peers = peers
         self._interval = interval
-        self.dns = DnsCache(self._on_dns)  # whether address endpoints resolve, for Ready
+        self._dns = DnsCache(self._on_dns)  # whether address endpoints resolve, for Ready
         self._records: dict[Key, VirtualServiceRecord] = {}  # every VirtualService the source knows
         self._started = False  # every watch has listed once: a status before that could be a partial view
         self._closed = False
@@ -101,7 +101,7 @@ class StatusReconciler:
         self._own.pop(key, None)
         self._holds.stop(key)
         self._use_hosts(key, frozenset())
-        self.writer.forget(key)
+        self._writer.forget(key)
 
     def changed(self, keys: Iterable[Key]) -> None:
         """These VirtualServices' inputs changed (a new generation, their endpoints): recomputed at the next pass."""
@@ -109,7 +109,7 @@ class StatusReconciler:
 
     def carried(self, key: Key, status: Mapping[str, Any] | None) -> None:
         """The status the object carries now (from the watch): what the writer compares against."""
-        self.writer.observed(key, status)
+        self._writer.observed(key, status)
 
     def start(self) -> None:
         """Every watch has listed once: passes may run."""
@@ -129,7 +129,7 @@ class StatusReconciler:
             message,
             extra={"virtualservice": f"{key[0]}/{key[1]}", "reason": reason, "generation": record.generation},
         )
-        self.writer.warn(WarningEvent(key[0], key[1], record.uid, reason, message))
+        self._writer.warn(WarningEvent(key[0], key[1], record.uid, reason, message))
         return True
 
     # -- passes ------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ class StatusReconciler:
         lookups would start a thread pool the exit then waits for); stop the hold timer and the lookups."""
         self._closed = True
         self._holds.close()
-        self.dns.close()
+        self._dns.close()
 
     def _on_dns(self, host: str) -> None:
         """A DNS name's answer changed: the VirtualServices using it may turn Ready or not."""
@@ -248,14 +248,14 @@ class StatusReconciler:
         )
         if self._observed.get(key) == observed:
             return  # what was wanted for it last time (written, or queued) still holds
-        status = status_of(observed, self.writer.written(key), now)
+        status = status_of(observed, self._writer.written(key), now)
         if self._holds.holding(key, settling(status)):
             return  # recomputed when its hold ends, or sooner if something changes
         self._observed[key] = observed
         if progress is not None and progress.rejections:
             node, error = progress.rejections[0]
             self.warn(key, record, "ProxyRejected", f"proxy {node} rejected its resources: {error}")
-        self.writer.want(key, status)
+        self._writer.want(key, status)
 
     def _listener_states(self, key: Key, vs: VirtualService | None) -> tuple[ListenerState, ...]:
         """Of the generation served (none if no generation is valid)."""
@@ -265,7 +265,7 @@ class StatusReconciler:
         kept = self._states.get(key)
         if kept is not None and kept[0] is vs and kept[1] is resolved:
             return kept[2]
-        states = listener_states(vs, resolved, self.dns.resolves)
+        states = listener_states(vs, resolved, self._dns.resolves)
         hosts = frozenset(upstream.host for upstreams in resolved for upstream in upstreams if not is_ip(upstream.host))
         self._use_hosts(key, hosts)
         if not hosts:
@@ -286,7 +286,7 @@ class StatusReconciler:
             users.discard(key)
             if not users:
                 self._host_users.pop(host, None)
-                self.dns.forget(host)
+                self._dns.forget(host)
 
     def _proxy_addresses(self, serving: Sequence[tuple[str, ...]]) -> tuple[str, ...]:
         """The pod IPs of these proxies, in address order."""

@@ -46,13 +46,13 @@ class KubernetesSource:
         self,
         cache: SnapshotCache,
         pods: PodIndex,
-        status: StatusReconciler,
+        reconciler: StatusReconciler,
         reidentify: Callable[[Iterable[str]], None],
     ) -> None:
         """`reidentify`: the ADS server's; moves the proxies of these node ids to their (new) labels' group."""
         self.cache = cache
         self.pods = pods
-        self._status = status
+        self._reconciler = reconciler
         self._reidentify = reidentify
         self.records: dict[Key, VirtualServiceRecord] = {}
         self._dirty_endpoints: set[Key] = set()  # VirtualServices whose pod selectors may resolve differently now
@@ -90,7 +90,7 @@ class KubernetesSource:
         self._pending_syncs.discard(watch)
         if not self._pending_syncs and not self._synced.is_set():
             self._synced.set()
-            self._status.start()  # statuses from now on: before, they could come from a partial list
+            self._reconciler.start()  # statuses from now on: before, they could come from a partial list
 
     # -- VirtualServices ---------------------------------------------------------------------
 
@@ -116,16 +116,16 @@ class KubernetesSource:
             if record is not None:  # deleted and created again while we were not watching
                 self._delete(key)
             record = self.records[key] = VirtualServiceRecord(generation, metadata.get("uid", ""))
-            self._status.added(key, record, at_startup=not self.is_synced)
+            self._reconciler.added(key, record, at_startup=not self.is_synced)
         record.generation = generation
-        self._status.changed([key])
-        self._status.carried(key, obj.get("status"))
+        self._reconciler.changed([key])
+        self._reconciler.carried(key, obj.get("status"))
         try:
             vs = parse_virtual_service(obj, origin="kubernetes")
         except ValidationError as error:
             record.rejected = str(error)
             kept = f"; still serving generation {record.serving_generation}" if record.serving_generation else ""
-            if self._status.warn(key, record, "Rejected", f"generation {generation} is invalid: {error}{kept}"):
+            if self._reconciler.warn(key, record, "Rejected", f"generation {generation} is invalid: {error}{kept}"):
                 self.errors["invalid_virtualservice"] += 1
         else:
             record.rejected = None
@@ -139,7 +139,7 @@ class KubernetesSource:
         self.cache.delete(key)
         if self.records.pop(key, None) is not None:
             log.info("VirtualService %s/%s deleted", *key)
-        self._status.removed(key)
+        self._reconciler.removed(key)
         self._file_selectors(key, None)
 
     def _file_selectors(self, key: Key, vs: VirtualService | None) -> None:
@@ -192,13 +192,13 @@ class KubernetesSource:
         if self._dirty_endpoints:
             keys, self._dirty_endpoints = self._dirty_endpoints, set()
             self.cache.refresh_endpoints(keys)
-            self._status.changed(keys)  # their ready endpoint counts may have changed
+            self._reconciler.changed(keys)  # their ready endpoint counts may have changed
         if self.cache.commit():
             self.commits += 1
         if self._dirty_nodes:
             nodes, self._dirty_nodes = self._dirty_nodes, set()
             self._reidentify(nodes)
-        self._status.request_pass()
+        self._reconciler.request_pass()
 
     def close(self) -> None:
         """Shutting down: no more flushes (the status reconciler stops with its task)."""
