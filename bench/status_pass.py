@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/status_pass.py [N [CYCLES]] [--profile] [--no-pods]
 
-In process, without an API server: a KubernetesSource with N live per-call VirtualServices
+In process, without an API server: a KubernetesSource and its StatusReconciler with N live per-call VirtualServices
 (one UDP listener each, its worker pod by the selector `session=<call>`), N worker pods and
 PROXIES proxies that ACK whatever they are given. Then, repeatedly, a call starts (its
 VirtualService is created), its proxies ACK, and another call ends (its VirtualService is
@@ -27,6 +27,7 @@ from xds_operator.api.model import NAMESPACE_LABEL
 from xds_operator.sources.kubernetes.pods import PodIndex
 from xds_operator.sources.kubernetes.reflector import Changed, Synced
 from xds_operator.sources.kubernetes.source import KubernetesSource
+from xds_operator.status.reconciler import StatusReconciler
 from xds_operator.xds.cache import SnapshotCache, Watch
 from xds_operator.xds.server import ProxyProgress
 
@@ -128,26 +129,12 @@ class FakeService:
         pass
 
 
-def _settle(source: KubernetesSource) -> None:
-    """Run what the source's timers would run, now (the benchmark drives it step by step)."""
-    for name in ("_flush_due", "_status_due"):
-        due = getattr(source, name)
-        if due is not None:
-            due.cancel()
-    source._flush_due = None
-
-
 def _flush(source: KubernetesSource) -> None:
-    _settle(source)
+    """Run the flush the source's timer would run, now (the benchmark drives it step by step)."""
+    if source._flush_due is not None:
+        source._flush_due.cancel()
+        source._flush_due = None
     source.flush()
-    _settle(source)
-    source._status_due = None
-
-
-def _status_pass(source: KubernetesSource) -> None:
-    _settle(source)
-    source._status_due = None
-    source.update_status()
 
 
 async def measure(
@@ -156,7 +143,10 @@ async def measure(
     pods = PodIndex()
     cache = SnapshotCache(pods.ready_ips)
     writer = CountingWriter()
-    source = KubernetesSource(cache, pods, writer)  # type: ignore[arg-type]  (the stub has the writer's interface)
+    service = FakeService(cache, lambda node: {**PROXY_LABELS, NAMESPACE_LABEL: NAMESPACE}, PROXIES)
+    # Passes run when this benchmark calls reconcile(), not when `due` is set.
+    reconciler = StatusReconciler(cache, pods, writer, service.progress, asyncio.Event())  # type: ignore[arg-type]
+    source = KubernetesSource(cache, pods, reconciler, service.reidentify)
     source.on_pods(
         Synced(
             [
@@ -167,11 +157,9 @@ async def measure(
         watch="pods",
     )
     source.on_virtual_services(Synced([call_vs(i) for i in range(count)]), watch="vs")
-    service = FakeService(cache, lambda node: {**PROXY_LABELS, NAMESPACE_LABEL: NAMESPACE}, PROXIES)
-    source.bind(service)  # type: ignore[arg-type]
     _flush(source)
     service.ack()
-    _status_pass(source)
+    reconciler.reconcile()
     writer.wanted.clear()
 
     event_ms: list[float] = []
@@ -185,9 +173,9 @@ async def measure(
         source.on_virtual_services(Changed("DELETED", call_vs(cycle)))
         _flush(source)
         flushed = time.process_time()
-        _status_pass(source)  # the proxies have not ACKed yet
+        reconciler.reconcile()  # the proxies have not ACKed yet
         service.ack()
-        _status_pass(source)
+        reconciler.reconcile()
         done = time.process_time()
         event_ms.append((flushed - started) * 1000)
         status_ms.append((done - flushed) * 1000)
@@ -198,15 +186,16 @@ async def measure(
         source.on_pods(Changed("MODIFIED", worker(count // 2 + cycle, ready=False)))  # a live call's worker
         _flush(source)
         service.ack()
-        _status_pass(source)
+        reconciler.reconcile()
         source.on_pods(Changed("MODIFIED", worker(count // 2 + cycle)))
         _flush(source)
         service.ack()
-        _status_pass(source)
+        reconciler.reconcile()
         pod_ms.append((time.process_time() - started) * 1000 / 2)
     if profile is not None:
         profile.disable()
     source.close()
+    reconciler.close()
     calls = [(NAMESPACE, f"call-{count + cycle}") for cycle in range(cycles)]
     writes = [writer.wanted.get(key, 0) for key in calls]
     return {

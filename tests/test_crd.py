@@ -29,7 +29,7 @@ from xds_operator.api import ValidationError, crd, parse_virtual_service
 from xds_operator.api.schema import API_GROUP, API_VERSION, KIND, MAX_STATUS_ADDRESSES
 from xds_operator.status.conditions import Observed, status_of
 from xds_operator.status.progress import Progress
-from xds_operator.status.readiness import listener_states
+from xds_operator.status.readiness import Resolution, listener_states
 from xds_operator.translate import resolve_virtual_service
 
 REPO = Path(__file__).resolve().parents[1]
@@ -305,7 +305,9 @@ def test_valid_document_passes_both() -> None:
 def test_status_as_the_operator_writes_it_passes() -> None:
     doc = valid_doc()
     vs = parse_virtual_service(doc)
-    listeners = listener_states(vs, resolve_virtual_service(vs, lambda ns, sel: ["10.1.0.1"]), lambda host: True)
+    listeners = listener_states(
+        vs, resolve_virtual_service(vs, lambda ns, sel: ["10.1.0.1"]), lambda host: Resolution.RESOLVES
+    )
     for progress, addresses in ((Progress(2, 2), ("10.0.0.1", "10.0.0.2")), (Progress(2, 1), ()), (Progress(), ())):
         observed = Observed(3, serving_generation=3, progress=progress, listeners=listeners, addresses=addresses)
         doc["status"] = status_of(observed, None, "2026-01-01T00:00:00Z")
@@ -323,7 +325,7 @@ def test_status_as_the_operator_writes_it_passes() -> None:
 def test_status_lists_at_most_as_many_proxy_addresses_as_the_schema_allows() -> None:
     doc = valid_doc()
     vs = parse_virtual_service(doc)
-    listeners = listener_states(vs, resolve_virtual_service(vs), lambda host: True)
+    listeners = listener_states(vs, resolve_virtual_service(vs), lambda host: Resolution.RESOLVES)
     many = tuple(f"10.0.{i // 256}.{i % 256}" for i in range(1000))
     doc["status"] = status_of(
         Observed(1, serving_generation=1, listeners=listeners, addresses=many), None, "2026-01-01T00:00:00Z"

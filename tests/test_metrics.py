@@ -5,7 +5,6 @@ ACKed and NACKed (an ADS client acting like Envoy), and after what the fake API 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -19,13 +18,9 @@ from test_ads_protocol import INGRESS as ADS_INGRESS
 from test_ads_protocol import listener_spec, vs_document
 from test_operator import INGRESS, NS, pod_body, subscribe, vs_body
 
-from xds_operator.admin.metrics import Metrics, for_directory, for_kubernetes
-from xds_operator.sources.directory import DirectorySource
-from xds_operator.sources.kubernetes.pods import PodIndex
-from xds_operator.sources.kubernetes.source import KubernetesSource, start_watches
-from xds_operator.status.conditions import StatusWriter
-from xds_operator.xds.cache import SnapshotCache
-from xds_operator.xds.server import AggregatedDiscoveryService, start_server
+from xds_operator.admin.metrics import Metrics
+from xds_operator.app.wiring import build_directory_plane, build_kubernetes_plane
+from xds_operator.xds.server import start_server
 from xds_operator.xds.snapshot import CLUSTER, LISTENER
 
 LABELS = ADS_INGRESS  # what test_ads_protocol's VirtualServices select
@@ -46,16 +41,12 @@ def value(metrics: Metrics, name: str, **labels: str) -> float:
 
 
 class Plane:
-    """A directory-mode control plane, wired as `serve --dir` wires it."""
+    """A directory-mode control plane, built as `serve --dir` builds it."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self.metrics = Metrics()
-        self.cache = SnapshotCache(on_commit=self.metrics.observe_build)
-        self.source = DirectorySource(directory, self.cache)
-        self.source.load()
-        self.service = AggregatedDiscoveryService(self.cache, observer=self.metrics)
-        for_directory(self.metrics, self.service, self.cache, self.source)
+        plane = build_directory_plane(directory)
+        self.metrics, self.source, self.service = plane.metrics, plane.source, plane.service
 
     def write(self, name: str, *documents: dict) -> None:
         (self.directory / name).write_text(yaml.safe_dump_all(documents))
@@ -131,25 +122,17 @@ def apiserver() -> AsyncIterator[FakeApiServer]:
 
 async def test_kubernetes_metrics_follow_conditions_source_errors_and_watch_restarts(apiserver: FakeApiServer):
     api = apiserver.api_client()
-    metrics = Metrics()
-    pods = PodIndex()
-    cache = SnapshotCache(pods.ready_ips, on_commit=metrics.observe_build)
-    writer = StatusWriter(api, retry_delay=0.1)
-    source = KubernetesSource(cache, pods, writer)
-    service = AggregatedDiscoveryService(
-        cache, identify=source.identify, on_progress=source.on_progress, observer=metrics
-    )
-    source.bind(service)
+    plane = build_kubernetes_plane(api, [], status_retry_delay=0.1)
+    metrics = plane.metrics
     apiserver.put(vs_body("calls"))
     apiserver.put(vs_body("bad", 2002, eds=True, host={"address": "worker.media.svc"}))  # EDS needs IPs
     apiserver.put(pod_body("envoy-0", INGRESS))
-    reflectors = start_watches(source, api, [], asyncio.get_running_loop())
-    for_kubernetes(metrics, service, cache, source, reflectors)
-    writer_task = asyncio.create_task(writer.run())
-    server, port = await start_server(service, "127.0.0.1:0")
+    plane.start_watches()
+    tasks = [asyncio.create_task(work) for work in plane.background()]
+    server, port = await start_server(plane.service, "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        await asyncio.wait_for(source.synced(), 5)
+        await asyncio.wait_for(plane.source.synced(), 5)
         ads = AdsClient(channel, f"{NS}/envoy-0", {})
         await subscribe(ads)
 
@@ -201,11 +184,10 @@ async def test_kubernetes_metrics_follow_conditions_source_errors_and_watch_rest
         )
         await ads.close()
     finally:
-        writer_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer_task
-        for reflector in reflectors:
-            reflector.stop(timeout=1.0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await plane.close(reflector_timeout=1.0)
         await channel.close()
         await server.stop(None)
         api.close()

@@ -19,10 +19,11 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from fake_apiserver import FakeApiServer
 from kubernetes import client
 
-from xds_operator.sources.kubernetes.pods import PodIndex
+from xds_operator.app.wiring import KubernetesPlane, build_kubernetes_plane
 from xds_operator.sources.kubernetes.reflector import Reflector
-from xds_operator.sources.kubernetes.source import STATUS_INTERVAL_SECONDS, KubernetesSource, start_watches
-from xds_operator.status.conditions import StatusWriter
+from xds_operator.sources.kubernetes.source import KubernetesSource
+from xds_operator.status.reconciler import STATUS_INTERVAL_SECONDS
+from xds_operator.status.writer import StatusWriter
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import AggregatedDiscoveryService, start_server
 from xds_operator.xds.snapshot import CLUSTER, ENDPOINT, LISTENER
@@ -107,15 +108,31 @@ def inline_ips(response, cluster_name: str) -> list[str]:
 @dataclass
 class Operator:
     apiserver: FakeApiServer
-    source: KubernetesSource
-    service: AggregatedDiscoveryService
-    cache: SnapshotCache
-    writer: StatusWriter
-    reflectors: list[Reflector]
+    plane: KubernetesPlane
     channel: grpc.aio.Channel
     objects: client.CustomObjectsApi
     core: client.CoreV1Api
     clients: list[AdsClient]
+
+    @property
+    def source(self) -> KubernetesSource:
+        return self.plane.source
+
+    @property
+    def service(self) -> AggregatedDiscoveryService:
+        return self.plane.service
+
+    @property
+    def cache(self) -> SnapshotCache:
+        return self.plane.cache
+
+    @property
+    def writer(self) -> StatusWriter:
+        return self.plane.writer
+
+    @property
+    def reflectors(self) -> list[Reflector]:
+        return self.plane.reflectors
 
     async def settle(self) -> None:
         """Wait until the operator has applied everything the API server holds now."""
@@ -160,30 +177,14 @@ class Operator:
 
 
 async def start_operator(apiserver: FakeApiServer, namespaces: Sequence[str] = (), **options: float) -> Operator:
-    """`options`: KubernetesSource's keyword arguments (how long first statuses may be held back)."""
+    """`options`: build_kubernetes_plane's keyword arguments (how long first statuses may be held back)."""
     api = apiserver.api_client()
-    pods = PodIndex()
-    cache = SnapshotCache(pods.ready_ips)
-    writer = StatusWriter(api, retry_delay=0.1)
-    source = KubernetesSource(cache, pods, writer, **options)
-    service = AggregatedDiscoveryService(cache, identify=source.identify, on_progress=source.on_progress)
-    source.bind(service)
-    reflectors = start_watches(source, api, namespaces, asyncio.get_running_loop())
-    await asyncio.wait_for(source.synced(), WAIT)
-    server, port = await start_server(service, "127.0.0.1:0")
+    plane = build_kubernetes_plane(api, namespaces, status_retry_delay=0.1, **options)
+    plane.start_watches()
+    await asyncio.wait_for(plane.source.synced(), WAIT)
+    server, port = await start_server(plane.service, "127.0.0.1:0")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    operator = Operator(
-        apiserver,
-        source,
-        service,
-        cache,
-        writer,
-        reflectors,
-        channel,
-        client.CustomObjectsApi(api),
-        client.CoreV1Api(api),
-        [],
-    )
+    operator = Operator(apiserver, plane, channel, client.CustomObjectsApi(api), client.CoreV1Api(api), [])
     operator._cleanup = (server, api)  # type: ignore[attr-defined]
     return operator
 
@@ -203,18 +204,16 @@ async def operator(apiserver: FakeApiServer) -> AsyncIterator[Operator]:
 @contextlib.asynccontextmanager
 async def running_operator(apiserver: FakeApiServer, **options: float) -> AsyncIterator[Operator]:
     running = await start_operator(apiserver, **options)
-    writer_task = asyncio.create_task(running.writer.run())
+    tasks = [asyncio.create_task(work) for work in running.plane.background()]
     try:
         yield running
     finally:
         for ads in running.clients:
             await ads.close()
-        writer_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer_task
-        running.source.dns.close()
-        for reflector in running.reflectors:
-            reflector.stop(timeout=1.0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await running.plane.close(reflector_timeout=1.0)
         server, api = running._cleanup  # type: ignore[attr-defined]
         await running.channel.close()
         await server.stop(None)
@@ -380,8 +379,7 @@ async def test_only_the_given_namespaces_are_watched(apiserver: FakeApiServer):
     try:
         assert set(running.source.records) == {("media", "here")}
     finally:
-        for reflector in running.reflectors:
-            reflector.stop()
+        await running.plane.close(reflector_timeout=1.0)
         server, api = running._cleanup  # type: ignore[attr-defined]
         await running.channel.close()
         await server.stop(None)
@@ -405,7 +403,7 @@ async def test_status_accepted_and_programmed_once_the_proxy_acks(operator: Oper
     assert operator.condition("calls", "Conflicted")["status"] == "False"
 
 
-async def test_a_closed_source_computes_no_more_status(operator: Operator):
+async def test_a_closed_status_reconciler_computes_no_more_status(operator: Operator):
     """Shutting down: proxies leaving during the drain must not start a status pass (and its DNS threads)."""
     operator.create(vs_body("calls"))
     operator.create_pod("envoy-0", INGRESS)
@@ -414,9 +412,9 @@ async def test_a_closed_source_computes_no_more_status(operator: Operator):
     await subscribe(ads)
     await operator.wait_condition("calls", "Programmed", "True", "Programmed")
 
-    operator.source.close()
+    operator.plane.reconciler.close()
     before = operator.status_writes()
-    await ads.close()  # the proxy leaves: an open source would write Programmed=False (NoProxies)
+    await ads.close()  # the proxy leaves: an open reconciler would write Programmed=False (NoProxies)
     await asyncio.sleep(4 * STATUS_INTERVAL_SECONDS)
     assert operator.status_writes() == before
     assert operator.condition("calls", "Programmed")["status"] == "True"

@@ -12,7 +12,7 @@ import test_operator
 from fake_apiserver import FakeApiServer
 from test_operator import INGRESS, NS, Operator, eventually, pod_body, subscribe, vs_body
 
-from xds_operator.sources.kubernetes.source import STATUS_INTERVAL_SECONDS
+from xds_operator.status.reconciler import STATUS_INTERVAL_SECONDS
 from xds_operator.xds.snapshot import ENDPOINT, LISTENER
 
 SESSION = {"session": "s1"}

@@ -15,7 +15,7 @@ from xds_operator.sources.kubernetes.dns import DnsCache
 from xds_operator.sources.kubernetes.pods import PodIndex
 from xds_operator.status.conditions import Observed, status_of
 from xds_operator.status.progress import Progress, summarize
-from xds_operator.status.readiness import listener_states
+from xds_operator.status.readiness import Resolution, listener_states
 from xds_operator.translate import resolve_virtual_service
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import ProxyProgress
@@ -52,7 +52,9 @@ def session_vs(hosts: list[dict[str, Any]], name: str = "session-7") -> Any:
 SESSION_POD = {"selector": {"session": "7"}}
 
 
-def observe(vs, pods: PodIndex, progress: Progress, *, dns=lambda host: True, addresses=(), **more) -> dict:
+def observe(
+    vs, pods: PodIndex, progress: Progress, *, dns=lambda host: Resolution.RESOLVES, addresses=(), **more
+) -> dict:
     """The status the operator would write for vs, given what it knows."""
     resolved = resolve_virtual_service(vs, pods.ready_ips)
     listeners = listener_states(vs, resolved, dns)
@@ -135,15 +137,18 @@ def test_every_cluster_needs_a_ready_endpoint_and_the_count_is_per_cluster():
 
 def test_address_endpoints_are_ready_when_an_ip_or_a_name_that_resolves():
     vs = session_vs([{"address": "10.2.0.1"}, {"address": "worker.media.svc"}])
-    answers: dict[str, bool | None] = {"worker.media.svc": True}
+    answers = {"worker.media.svc": Resolution.RESOLVES}
 
-    def dns(host: str) -> bool | None:
-        return answers.get(host, host == "10.2.0.1")
+    def dns(host: str) -> Resolution:
+        return answers.get(host, Resolution.RESOLVES if host == "10.2.0.1" else Resolution.DOES_NOT_RESOLVE)
 
     status = observe(vs, PodIndex(), Progress(1, 1), dns=dns)
     assert conditions(status)["Ready"]["status"] == "True"
     assert [listener["cluster"]["readyEndpoints"] for listener in status["listeners"]] == [1, 1]
-    for answer, says in ((None, "worker.media.svc is being resolved"), (False, "worker.media.svc does not resolve")):
+    for answer, says in (
+        (Resolution.PENDING, "worker.media.svc is being resolved"),
+        (Resolution.DOES_NOT_RESOLVE, "worker.media.svc does not resolve"),
+    ):
         answers["worker.media.svc"] = answer
         ready = conditions(observe(vs, PodIndex(), Progress(1, 1), dns=dns))["Ready"]
         assert ready["reason"] == "NoReadyEndpoints" and ready["message"].endswith(says)
@@ -169,7 +174,12 @@ def test_invalid_or_conflicted_is_not_ready():
 def test_ready_keeps_its_transition_time_and_an_unchanged_status_is_equal():
     vs, pods = session_vs([SESSION_POD]), worker_pods()
     resolved = resolve_virtual_service(vs, pods.ready_ips)
-    observed = Observed(1, serving_generation=1, progress=Progress(1, 1), listeners=listener_states(vs, resolved, bool))
+    observed = Observed(
+        1,
+        serving_generation=1,
+        progress=Progress(1, 1),
+        listeners=listener_states(vs, resolved, lambda host: Resolution.RESOLVES),
+    )
     first = status_of(observed, None, "T1")
     assert status_of(observed, first, "T2") == first
 
@@ -207,16 +217,17 @@ async def test_dns_answers_come_from_a_cache_filled_off_the_event_loop():
     table = {"worker.media.svc": False}
     dns = DnsCache(lambda host: changed.set(), retry=0.05, resolve=lambda host: table[host])
     try:
-        assert dns.resolves("10.0.0.1") is True and dns.resolves("fd00::1") is True  # IPs need no lookup
-        assert dns.resolves("worker.media.svc") is None  # not known yet: looked up in the background
+        assert dns.resolves("10.0.0.1") is Resolution.RESOLVES  # IPs need no lookup
+        assert dns.resolves("fd00::1") is Resolution.RESOLVES
+        assert dns.resolves("worker.media.svc") is Resolution.PENDING  # not known yet: looked up in the background
         await asyncio.wait_for(changed.wait(), 15)
-        assert dns.resolves("worker.media.svc") is False
+        assert dns.resolves("worker.media.svc") is Resolution.DOES_NOT_RESOLVE
         changed.clear()
         table["worker.media.svc"] = True  # the name appears: noticed on the next retry, without other events
         await asyncio.wait_for(changed.wait(), 15)
-        assert dns.resolves("worker.media.svc") is True
+        assert dns.resolves("worker.media.svc") is Resolution.RESOLVES
         dns.forget("worker.media.svc")  # no VirtualService uses it any more: looked up anew when asked again
-        assert dns.resolves("worker.media.svc") is None
+        assert dns.resolves("worker.media.svc") is Resolution.PENDING
     finally:
         dns.close()
 
@@ -225,11 +236,11 @@ async def test_a_hanging_resolver_never_blocks_the_event_loop():
     release = threading.Event()
     dns = DnsCache(lambda host: None, resolve=lambda host: release.wait(10))
     try:
-        assert dns.resolves("slow.example") is None
+        assert dns.resolves("slow.example") is Resolution.PENDING
         loop = asyncio.get_running_loop()
         started = loop.time()
         await asyncio.sleep(0.05)  # the loop keeps running while the lookup hangs
-        assert dns.resolves("slow.example") is None and loop.time() - started < 5
+        assert dns.resolves("slow.example") is Resolution.PENDING and loop.time() - started < 5
     finally:
         release.set()
         dns.close()
@@ -241,10 +252,10 @@ async def test_the_system_resolver_finds_localhost():
         dns.resolves("localhost")
 
         async def answered() -> None:
-            while dns.resolves("localhost") is None:
+            while dns.resolves("localhost") is Resolution.PENDING:
                 await asyncio.sleep(0.02)
 
         await asyncio.wait_for(answered(), 10)
-        assert dns.resolves("localhost") is True
+        assert dns.resolves("localhost") is Resolution.RESOLVES
     finally:
         dns.close()

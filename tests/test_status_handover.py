@@ -18,11 +18,9 @@ from fake_apiserver import FakeApiServer
 from kubernetes import client
 from test_operator import GROUP, NS, PLURAL, VERSION, vs_body
 
+from xds_operator.app.wiring import build_kubernetes_plane
 from xds_operator.sources.kubernetes.leader import LeaderElector, LeaseConfig
-from xds_operator.sources.kubernetes.pods import PodIndex
-from xds_operator.sources.kubernetes.source import KubernetesSource, start_watches
-from xds_operator.status.conditions import StatusWriter
-from xds_operator.xds.cache import SnapshotCache
+from xds_operator.status.writer import StatusWriter
 
 
 def programmed(apiserver: FakeApiServer, name: str) -> str | None:
@@ -33,15 +31,14 @@ def programmed(apiserver: FakeApiServer, name: str) -> str | None:
 async def test_a_new_leader_rewrites_a_status_another_leader_changed_while_it_followed() -> None:
     with FakeApiServer(bookmark_interval=0.2) as apiserver:
         api = apiserver.api_client()
-        pods = PodIndex()
         leading = True
-        writer = StatusWriter(api, retry_delay=0.1, leading=lambda: leading)
-        source = KubernetesSource(SnapshotCache(pods.ready_ips), pods, writer)
-        reflectors = start_watches(source, api, [NS], asyncio.get_running_loop())
-        writing = asyncio.create_task(writer.run())
+        plane = build_kubernetes_plane(api, [NS], leading=lambda: leading, status_retry_delay=0.1)
+        writer = plane.writer
+        plane.start_watches()
+        tasks = [asyncio.create_task(work) for work in plane.background()]
         objects = client.CustomObjectsApi(api)
         try:
-            await asyncio.wait_for(source.synced(), 15)
+            await asyncio.wait_for(plane.source.synced(), 15)
             objects.create_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, vs_body("calls"))
             # The status once the served generation's listener is in it: nothing more is written after it.
             await eventually(
@@ -57,17 +54,14 @@ async def test_a_new_leader_rewrites_a_status_another_leader_changed_while_it_fo
             )
             assert programmed(apiserver, "calls") is None  # still the stale one (it has no reason)
 
-            leading = True  # this replica leads again: what app.py does on the change
-            source.on_progress()
-            writer.resume()
+            leading = True  # this replica leads again: what the elector tells the plane
+            plane.leadership_changed(True)
             await eventually(lambda: programmed(apiserver, "calls") == "NoProxies", "the status rewritten")
         finally:
-            writing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writing
-            source.dns.close()
-            for reflector in reflectors:
-                reflector.stop(timeout=1.0)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await plane.close(reflector_timeout=1.0)
             api.close()
 
 

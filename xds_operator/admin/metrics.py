@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the sources are imported only by the mode that runs them
     from xds_operator.sources.directory import DirectorySource
     from xds_operator.sources.kubernetes.reflector import Reflector
     from xds_operator.sources.kubernetes.source import KubernetesSource
+    from xds_operator.status.writer import StatusWriter
 
 PREFIX = "xds_operator_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -275,22 +276,19 @@ def for_kubernetes(
     service: AggregatedDiscoveryService,
     cache: SnapshotCache,
     source: KubernetesSource,
+    writer: StatusWriter,
     reflectors: Sequence[Reflector],
 ) -> None:
     """Kubernetes mode: as above, with VirtualServices counted from their status and the watches' restarts."""
     metrics.read_serving(service.connections, cache.group_count)
-    writer = source.status
 
     def statuses() -> Iterable[Mapping[str, Any] | None]:
-        return [writer.written(key) if writer is not None else None for key in list(source.records)]
+        return [writer.written(key) for key in list(source.records)]
 
     metrics.read_virtual_services(lambda: condition_counts(statuses()))
 
     def errors() -> dict[str, int]:
-        counts = {"invalid_virtualservice": 0, "status_write": 0, "event_write": 0, **source.errors}
-        if writer is not None:
-            counts.update(writer.failures)
-        return counts
+        return {"invalid_virtualservice": 0, "status_write": 0, "event_write": 0, **source.errors, **writer.failures}
 
     metrics.read_source_errors(errors)
     metrics.read_watches(reflectors)

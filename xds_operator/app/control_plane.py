@@ -13,18 +13,16 @@ import grpc
 
 from xds_operator import __version__
 from xds_operator.admin import debug
-from xds_operator.admin.metrics import Metrics, for_directory, for_kubernetes
+from xds_operator.admin.metrics import Metrics
 from xds_operator.admin.server import AdminServer, Handler, WithQuery
 from xds_operator.app.shutdown import GRACE_SECONDS, Shutdown
+from xds_operator.app.wiring import KubernetesPlane, build_directory_plane, build_kubernetes_plane
 from xds_operator.net import join_host_port
-from xds_operator.sources.directory import DirectorySource
-from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import AggregatedDiscoveryService, start_server
 from xds_operator.xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
 
 if TYPE_CHECKING:  # the kubernetes client is imported only in Kubernetes mode
     from xds_operator.sources.kubernetes.leader import LeaseConfig
-    from xds_operator.sources.kubernetes.source import KubernetesSource
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +37,14 @@ async def serve_directory(
     policy: ConnectionPolicy = DEFAULT_POLICY,
 ) -> None:
     """Serve the VirtualServices in `directory` until SIGINT or SIGTERM (xDS over TLS if `tls`)."""
-    metrics = Metrics()
-    cache = SnapshotCache(on_commit=metrics.observe_build)
-    source = DirectorySource(directory, cache)
-    source.load()
-    service = AggregatedDiscoveryService(cache, observer=metrics)
-    for_directory(metrics, service, cache, source)
+    plane = build_directory_plane(directory)
     await _run(
-        service,
-        metrics,
+        plane.service,
+        plane.metrics,
         xds_address,
         admin_host,
         admin_port,
-        background=[source.watch()],
+        background=plane.background(),
         description=f"VirtualServices from {directory}",
         tls=tls,
         policy=policy,
@@ -74,82 +67,55 @@ async def serve_kubernetes(
     With `election`, every replica serves xDS and only the Lease holder writes status and Events.
     """
     from xds_operator.sources.kubernetes.client import api_client
-    from xds_operator.sources.kubernetes.leader import LeaderElector
-    from xds_operator.sources.kubernetes.pods import PodIndex
-    from xds_operator.sources.kubernetes.source import KubernetesSource, start_watches
-    from xds_operator.status.conditions import StatusWriter
-    from xds_operator.status.peers import ProgressReports
 
     api = api_client(kubeconfig, connections=2 * max(1, len(namespaces)) + 4)
     if election is not None:  # tells replicas apart in the API server's audit log
         api.user_agent = f"xds-operator/{__version__} ({election.identity})"
-    pods = PodIndex()
-    metrics = Metrics()
-    cache = SnapshotCache(pods.ready_ips, on_commit=metrics.observe_build)
-    elector: LeaderElector | None = None
-    writer = StatusWriter(api, leading=lambda: elector is None or elector.leading)
-    source = KubernetesSource(cache, pods, writer)
-    service = AggregatedDiscoveryService(
-        cache, identify=source.identify, on_progress=source.on_progress, observer=metrics
-    )
-    source.bind(service)
+    plane = build_kubernetes_plane(api, namespaces, election=election)
     where = "namespaces " + ", ".join(namespaces) if namespaces else "all namespaces"
     description = f"VirtualServices from Kubernetes ({where})"
-    routes: dict[str, Handler | WithQuery] = {"/debug/virtualservices": lambda: (200, _records(source))}
-    background = [writer.run()]
     if election is not None:
-
-        def on_leader(leading: bool) -> None:
-            if leading:  # a new leader writes every status it computed while following
-                source.on_progress()
-                writer.resume()
-
-        elector = LeaderElector(api, election, on_change=on_leader)
-        # Replicas publish their proxies' progress, so the leader's status counts every replica's proxies.
-        peers = source.peers = ProgressReports(
-            api, election, on_change=source.on_progress, leading=lambda: elector.leading
-        )
-        background += [elector.run(), peers.run()]
-        routes["/debug/leader"] = lambda: (200, {**elector.describe(), "peers": [p.identity for p in peers.peers()]})
         description += f", status written by the holder of Lease {election.namespace}/{election.name}"
         description += f" (this replica: {election.identity})"
-
-    reflectors = start_watches(source, api, namespaces, asyncio.get_running_loop())
-    for_kubernetes(metrics, service, cache, source, reflectors)
+    plane.start_watches()
     try:
         await _run(
-            service,
-            metrics,
+            plane.service,
+            plane.metrics,
             xds_address,
             admin_host,
             admin_port,
-            background=background,
-            before_serving=source.synced(),
+            background=plane.background(),
+            before_serving=plane.source.synced(),
             description=description,
-            routes=routes,
+            routes=_kubernetes_routes(plane),
             tls=tls,
             policy=policy,
         )
     finally:
-        for reflector in reflectors:
-            reflector.stop(timeout=0.2)
-        source.close()
-        if elector is not None and source.peers is not None:
-            await elector.stopped()  # the Lease is free before the process ends: a peer takes over at once
-            await source.peers.stopped()
+        await plane.close()
         api.close()
 
 
-def _records(source: KubernetesSource) -> dict[str, object]:
+def _kubernetes_routes(plane: KubernetesPlane) -> dict[str, Handler | WithQuery]:
+    """/debug/virtualservices, and /debug/leader with several replicas."""
+    routes: dict[str, Handler | WithQuery] = {"/debug/virtualservices": lambda: (200, _records(plane))}
+    elector, reports = plane.elector, plane.reports
+    if elector is not None and reports is not None:
+        routes["/debug/leader"] = lambda: (200, {**elector.describe(), "peers": [p.identity for p in reports.peers()]})
+    return routes
+
+
+def _records(plane: KubernetesPlane) -> dict[str, dict[str, Any]]:
     """/debug/virtualservices: per VirtualService, the generation seen and served, why it is rejected, its status."""
     return {
         f"{namespace}/{name}": {
             "generation": record.generation,
             "serving_generation": record.serving_generation,
             "rejected": record.rejected,
-            "status": source.status.written((namespace, name)) if source.status else None,
+            "status": plane.writer.written((namespace, name)),
         }
-        for (namespace, name), record in sorted(source.records.items())
+        for (namespace, name), record in sorted(plane.source.records.items())
     }
 
 
@@ -245,7 +211,7 @@ async def _drain(server: grpc.aio.Server, service: AggregatedDiscoveryService) -
     await stopped
 
 
-def _raise_if_failed(tasks: Sequence[asyncio.Task[object]]) -> None:
+def _raise_if_failed(tasks: Sequence[asyncio.Task[None]]) -> None:
     """A background task that ended on its own failed: raise why."""
     for task in tasks:
         if task.done() and not task.cancelled():

@@ -7,14 +7,23 @@ resolve" (an IP always does; a DNS name is looked up elsewhere, off the event lo
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from xds_operator.api import VirtualService, cluster_of, pb, port_of, protocol_of
 from xds_operator.translate import Resolved
 
-# Whether a host resolves: True, False, or None while it is not known yet.
-AddressCheck = Callable[[str], bool | None]
+
+class Resolution(enum.Enum):
+    """Whether an endpoint's host resolves to an address, as far as is known now."""
+
+    RESOLVES = "resolves"
+    DOES_NOT_RESOLVE = "does not resolve"
+    PENDING = "is being resolved"  # the first lookup has not answered yet
+
+
+AddressCheck = Callable[[str], Resolution]
 
 
 @dataclass(frozen=True)
@@ -37,7 +46,7 @@ def listener_states(vs: VirtualService, resolved: Resolved, resolves: AddressChe
     states = []
     for listener, upstreams in zip(vs.spec.listeners, resolved, strict=True):
         cluster = cluster_of(listener)
-        ready = sum(1 for upstream in upstreams if resolves(upstream.host))
+        ready = sum(1 for upstream in upstreams if resolves(upstream.host) is Resolution.RESOLVES)
         why = "" if ready else _why_none(cluster, resolves)
         states.append(
             ListenerState(
@@ -52,9 +61,7 @@ def _why_none(cluster: pb.Cluster, resolves: AddressCheck) -> str:
     for endpoint in cluster.endpoints:
         host = endpoint.host
         if host.HasField("address"):
-            known = resolves(host.address)
-            state = "is being resolved" if known is None else "resolves" if known else "does not resolve"
-            reasons.append(f"endpoint {endpoint.name}: {host.address} {state}")
+            reasons.append(f"endpoint {endpoint.name}: {host.address} {resolves(host.address).value}")
         else:
             pairs = ",".join(f"{key}={value}" for key, value in sorted(host.selector.items()))
             reasons.append(f"endpoint {endpoint.name}: no Ready pod with an IP matches {pairs}")

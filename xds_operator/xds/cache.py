@@ -9,6 +9,7 @@ resolved endpoints stay the same.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import logging
 import time
@@ -45,6 +46,14 @@ log = logging.getLogger(__name__)
 
 LabelSet = frozenset[tuple[str, str]]
 Claim = tuple[str, object]
+
+
+class Patch(enum.Enum):
+    """How patching a group's snapshot for a change went."""
+
+    CHANGED = "changed"
+    UNCHANGED = "unchanged"  # the change does not reach this group's snapshot
+    NEEDS_REBUILD = "needs rebuild"  # nothing patched: conflicts must be decided again, in a full rebuild
 
 
 @dataclass(frozen=True, eq=False)
@@ -308,16 +317,16 @@ class SnapshotCache:
 
     def _update(self, group: Group, keys: list[Key]) -> bool:
         """Bring a group up to date after `keys` changed; True if its snapshot changed."""
-        patched = None if group.conflicts or group.signature is None else self._patch(group, keys)
-        if patched is None:
+        patched = Patch.NEEDS_REBUILD if group.conflicts or group.signature is None else self._patch(group, keys)
+        if patched is Patch.NEEDS_REBUILD:
             return self._rebuild(group)  # conflicts make order matter: decide them all again
-        return patched
+        return patched is Patch.CHANGED
 
-    def _patch(self, group: Group, keys: list[Key]) -> bool | None:
+    def _patch(self, group: Group, keys: list[Key]) -> Patch:
         """The common case, in time proportional to the change: swap the changed VirtualServices' resources.
 
-        Returns whether the snapshot changed, or None (having changed nothing) when a new claim
-        meets another VirtualService's: then conflicts must be decided by age, in a full rebuild.
+        NEEDS_REBUILD (having changed nothing) when a new claim meets another VirtualService's: then
+        conflicts must be decided by age, in a full rebuild.
         """
         incoming = {key: self._services[key] for key in keys if key in self._services}
         incoming = {key: t for key, t in incoming.items() if t.vs.selects(group.labels)}
@@ -327,15 +336,15 @@ class SnapshotCache:
             for claim, token in translated.claims.items():
                 held = group.owners.get(claim)
                 unchanged_holders = held is not None and not holders(group, claim) <= changing
-                if unchanged_holders and held is not None and held[0] != token:
-                    return None
-                if claimed.setdefault(claim, token) != token:
-                    return None
+                if (unchanged_holders and held is not None and held[0] != token) or claimed.setdefault(
+                    claim, token
+                ) != token:
+                    return Patch.NEEDS_REBUILD
         outgoing = {key: group.members[key] for key in keys if key in group.members}
         if outgoing.keys() == incoming.keys() and all(incoming[k] is t for k, t in outgoing.items()):
-            return False
+            return Patch.UNCHANGED
         if self._too_big(group.snapshot.sizes, outgoing.values(), incoming.values()):
-            return None  # something must be left out: by age, in a full rebuild
+            return Patch.NEEDS_REBUILD  # something must be left out: by age, in a full rebuild
         total, count = group.signature or (0, 0)
         contents = group.snapshot.contents.mutate()  # a persistent map: no copy of every member
         removed: list[Resource] = []
@@ -359,7 +368,7 @@ class SnapshotCache:
             snapshot = self._by_signature[signature] = group.snapshot.patched(removed, added, members)
             lineage.record(snapshot, group.snapshot, outgoing.keys() | incoming.keys())
         self._install(group, signature, snapshot)
-        return True
+        return Patch.CHANGED
 
     def _rebuild(self, group: Group) -> bool:
         """Decide the group from scratch: every selected VirtualService, oldest first, left out on conflict."""

@@ -141,7 +141,7 @@ class AggregatedDiscoveryService:
                 "variant": c.stream.variant,
                 "labels": c.watch.labels,
                 "group": clip(group_name(c.watch.labels), MAX_SHOWN_GROUP),
-                "types": c.stream.status(),
+                "types": c.stream.type_report(),
             }
             for c in self._connections.values()
         ]

@@ -310,7 +310,8 @@ class ProxyStream(ABC, Generic[Request]):
         errors = [f"{SHORT_NAMES[t]}: {state.error}" for t, state in self.types.items() if state.state == "NACKed"]
         return "; ".join(errors) or None
 
-    def status(self) -> dict[str, TypeStatus]:
+    def type_report(self) -> dict[str, TypeStatus]:
+        """Per resource type, for /debug/proxies: version sent, ACK/NACK state, version ACKed, the NACK's text."""
         return {
             SHORT_NAMES[type_url]: {
                 "version": state.sent_version,

@@ -1,7 +1,7 @@
 """Whether the DNS names of address endpoints resolve, for the Ready condition: answered from a
 cache, looked up in a small thread pool of its own, never on the event loop.
 
-The first question about a name starts a lookup and answers None (not known yet). When an
+The first question about a name starts a lookup and answers PENDING (not known yet). When an
 answer arrives or changes, `on_change(name)` runs (the source recomputes the status of the
 VirtualServices that use it). A name is looked up again every `refresh` seconds (every `retry`
 seconds while it fails), so a name that starts or stops resolving is noticed without any other
@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from xds_operator.net import is_ip
+from xds_operator.status.readiness import Resolution
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +44,17 @@ class DnsCache:
         self._on_change = on_change
         self._refresh, self._retry = refresh, retry
         self._resolve = resolve
-        self._answers: dict[str, bool | None] = {}  # None: the first lookup has not answered yet
+        self._answers: dict[str, Resolution] = {}
         self._executor: ThreadPoolExecutor | None = None
         self._lookups: set[asyncio.Future[bool]] = set()
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
-    def resolves(self, host: str) -> bool | None:
-        """True or False from the cache; None while the first lookup runs. Call on the event loop."""
+    def resolves(self, host: str) -> Resolution:
+        """The cached answer; PENDING while the first lookup runs. Call on the event loop."""
         if is_ip(host):
-            return True
+            return Resolution.RESOLVES
         if host not in self._answers:
-            self._answers[host] = None
+            self._answers[host] = Resolution.PENDING
             self._start(host)
         return self._answers[host]
 
@@ -85,17 +86,18 @@ class DnsCache:
         self._lookups.discard(future)
         if future.cancelled() or host not in self._answers:
             return  # closed, or forgotten meanwhile
-        answer = bool(future.result()) if future.exception() is None else False
+        found = bool(future.result()) if future.exception() is None else False
+        answer = Resolution.RESOLVES if found else Resolution.DOES_NOT_RESOLVE
         changed = self._answers[host] != answer
         self._answers[host] = answer
         if changed:
-            log.info("address %s %s", host, "resolves" if answer else "does not resolve")
+            log.info("address %s %s", host, answer.value)
             self._on_change(host)
         earlier = self._timers.pop(host, None)  # one refresh timer per name, even after overlapping lookups
         if earlier is not None:
             earlier.cancel()
         self._timers[host] = asyncio.get_running_loop().call_later(
-            self._refresh if answer else self._retry, self._again, host
+            self._refresh if found else self._retry, self._again, host
         )
 
     def _again(self, host: str) -> None:

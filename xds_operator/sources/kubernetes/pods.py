@@ -10,9 +10,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from xds_operator.api.model import NAMESPACE_LABEL
+
+if TYPE_CHECKING:
+    from envoy.config.core.v3 import base_pb2
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,10 @@ class PodIndex:
         under NAMESPACE_LABEL (VirtualServices select proxies in their own namespace); None if unknown."""
         pod = self._proxy_pod(node_id)
         return {**pod.labels, NAMESPACE_LABEL: pod.namespace} if pod is not None else None
+
+    def identify(self, node: base_pb2.Node) -> dict[str, str] | None:
+        """The ADS server's `identify`: a proxy's labels are its pod's, whatever its node metadata claims."""
+        return self.labels_for(node.id)
 
     def ip_for(self, node_id: str) -> str:
         """The pod IP of the proxy with this node id ("" if its pod is unknown or has no IP yet)."""
