@@ -20,7 +20,7 @@ def served_row() -> dict[str, object]:
     nack.error_detail.message = "cannot bind"
     stream.on_request(nack, snapshot)
     row = {"node_id": stream.shown, "variant": stream.variant, "labels": {"app": "edge"}, "group": "app=edge"}
-    return json.loads(json.dumps({**row, "types": stream.status()}))
+    return json.loads(json.dumps({**row, "types": stream.type_report()}))
 
 
 def test_what_the_server_writes_is_read_and_shown() -> None:
