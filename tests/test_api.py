@@ -298,7 +298,6 @@ def test_spec_must_be_an_object() -> None:
         (lambda d: d["spec"].pop("selector"), "spec.selector"),
         (lambda d: d["spec"].pop("listeners"), "spec.listeners"),
         (lambda d: listener(d).pop("name"), "spec.listeners[0].name"),
-        (lambda d: listener(d)["udp"].pop("port"), "spec.listeners[0].udp.port"),
         (lambda d: listener(d)["udp"].pop("cluster"), "spec.listeners[0].udp.cluster"),
         (lambda d: cluster(d).pop("name"), "spec.listeners[0].udp.cluster.name"),
         (lambda d: cluster(d).pop("endpoints"), "spec.listeners[0].udp.cluster.endpoints"),

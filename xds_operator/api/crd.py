@@ -332,7 +332,10 @@ LISTENER_STATUS_SCHEMA: Schema = {
             "type": "string",
         },
         "port": {
-            "description": "The port the listener binds on every proxy.",
+            "description": (
+                "The port the listener binds on every proxy: spec's, or the one the control plane assigned "
+                "(serve --listener-ports), which stays the listener's while the VirtualService exists."
+            ),
             "type": "integer",
             "minimum": 1,
             "maximum": 65535,
@@ -406,6 +409,12 @@ PRINTER_COLUMNS = [
     {"name": "Listeners", "type": "string", "jsonPath": ".spec.listeners[*].name"},
     {"name": "UDP", "type": "string", "jsonPath": ".spec.listeners[*].udp.port", "description": "UDP ports."},
     {"name": "TCP", "type": "string", "jsonPath": ".spec.listeners[*].tcp.port", "description": "TCP ports."},
+    {
+        "name": "Port",
+        "type": "string",
+        "jsonPath": ".status.listeners[*].port",
+        "description": "The ports the listeners are served on, assigned ones included (status.listeners[].port).",
+    },
     {
         "name": "Programmed",
         "type": "string",

@@ -104,7 +104,7 @@ def unique_path(message: Descriptor, dotted: str) -> list[FieldDescriptor]:
     """The fields along one dotted FieldRules.unique_by path, from `message` down to a scalar.
 
     Every field on the way must be singular and either required or one of its message's
-    exactly_one_of choices, so each item has at most one value to compare (a schema check, not
+    exactly_one_of choices (the last may also be an optional scalar), so each item has at most one value to compare (a schema check, not
     a data check: raises ValueError for a bad proto option). Items without a value are skipped.
     """
     fields: list[FieldDescriptor] = []
@@ -114,8 +114,12 @@ def unique_path(message: Descriptor, dotted: str) -> list[FieldDescriptor]:
         if current is None or field is None:
             raise ValueError(f"unique_by {dotted!r}: {name!r} is not a field here")
         chosen = name in message_rules(current).exactly_one_of
-        if field.is_repeated or not (field_rules(field).required or chosen):
-            raise ValueError(f"unique_by {dotted!r}: {field.full_name} must be singular, and required or a choice")
+        # The last field may also be optional (udp.port: absent when the control plane assigns it).
+        optional = field.has_presence and field.message_type is None
+        if field.is_repeated or not (field_rules(field).required or chosen or optional):
+            raise ValueError(
+                f"unique_by {dotted!r}: {field.full_name} must be singular, and required, a choice or an optional scalar"
+            )
         fields.append(field)
         current = field.message_type
     if fields[-1].message_type is not None:
