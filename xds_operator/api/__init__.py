@@ -1,7 +1,16 @@
 """The VirtualService API: typed model, parsing and validation (driven by protos/)."""
 
 from xds_operator.api import virtualservice_pb2 as pb
-from xds_operator.api.model import Key, Protocol, VirtualService, cluster_of, key_of, port_of, protocol_of
+from xds_operator.api.model import (
+    Key,
+    Protocol,
+    VirtualService,
+    cluster_of,
+    has_port,
+    key_of,
+    port_of,
+    protocol_of,
+)
 from xds_operator.api.schema import API_GROUP, API_VERSION, KIND
 from xds_operator.api.validate import FieldError, ValidationError, parse_spec, parse_virtual_service
 
@@ -15,6 +24,7 @@ __all__ = [
     "ValidationError",
     "VirtualService",
     "cluster_of",
+    "has_port",
     "key_of",
     "parse_spec",
     "parse_virtual_service",

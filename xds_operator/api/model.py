@@ -25,6 +25,11 @@ def port_of(listener: pb.Listener) -> int:
     return _block(listener).port
 
 
+def has_port(listener: pb.Listener) -> bool:
+    """Whether a listener names its port (absent: the control plane assigns one, see xds_operator/ports)."""
+    return _block(listener).HasField("port")
+
+
 def cluster_of(listener: pb.Listener) -> pb.Cluster:
     """The cluster a listener proxies to, whatever its protocol."""
     return _block(listener).cluster
@@ -67,6 +72,8 @@ class VirtualService:
     created: EpochNanos | None = None
     uid: str = ""
     origin: str = ""  # where it came from, for messages: a file path, or "kubernetes"
+    # Listeners whose port the control plane assigned (their spec names none; `spec` carries the assigned one).
+    assigned: frozenset[str] = frozenset()
 
     @property
     def key(self) -> Key:

@@ -1,0 +1,1 @@
+"""Listener ports the control plane assigns (serve --listener-ports): the assigner and directory mode's state file."""
