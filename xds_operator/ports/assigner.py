@@ -85,7 +85,9 @@ def recorded_from_status(status: Any) -> dict[ListenerRef, int]:
         if not isinstance(item, Mapping):
             continue
         name, protocol, port = item.get("name"), item.get("protocol"), item.get("port")
-        if isinstance(name, str) and protocol in ("UDP", "TCP") and isinstance(port, int) and not isinstance(port, bool):
+        if not isinstance(name, str) or protocol not in ("UDP", "TCP"):
+            continue
+        if isinstance(port, int) and not isinstance(port, bool):
             recorded[(name, "UDP" if protocol == "UDP" else "TCP")] = port
     return recorded
 
