@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,6 +30,7 @@ DEFAULT_ADMIN_PORT = 19000  # the control plane's admin port (serve, status)
 DEFAULT_ENVOY_ADMIN_PORT = 9901  # Envoy's own (bootstrap)
 
 if TYPE_CHECKING:  # the kubernetes client loads only in Kubernetes mode
+    from xds_operator.ports.assigner import PortRange
     from xds_operator.sources.kubernetes.leader import LeaseConfig
 
 
@@ -52,6 +54,15 @@ def _seconds(text: str) -> float:
 def _port(text: str) -> int:
     try:
         return parse_port(text, allow_zero=True)
+    except ValueError as error:  # argparse names the flag
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _port_range(text: str) -> PortRange:
+    from xds_operator.ports.assigner import parse_port_range
+
+    try:
+        return parse_port_range(text)
     except ValueError as error:  # argparse names the flag
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -135,6 +146,20 @@ def _add_serve(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="PORT",
         help="admin HTTP port: /healthz, /readyz, /metrics (Prometheus), /debug/proxies, "
         f"/debug/config_dump?node=ID (default: {DEFAULT_ADMIN_PORT})",
+    )
+    serve.add_argument(
+        "--listener-ports",
+        type=_port_range,
+        metavar="FIRST-LAST",
+        help="assign listeners that name no port one of these (per protocol), reported in status.listeners[].port "
+        "and kept while the VirtualService exists (default: none; such a listener is invalid)",
+    )
+    serve.add_argument(
+        "--listener-port-state",
+        type=Path,
+        metavar="FILE",
+        help="directory mode: where the assigned ports are recorded across restarts (default: beside DIR, "
+        ".DIRNAME.listener-ports.json in its parent)",
     )
     _add_serve_transport_arguments(serve)
     _add_leader_election_arguments(serve)
@@ -231,7 +256,18 @@ def _add_validate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
         "port on a proxy (serve would leave the younger one out).",
     )
     validate.add_argument("files", nargs="+", type=Path, metavar="FILE_OR_DIR")
+    _add_assumed_listener_ports(validate)
     validate.set_defaults(run=_validate)
+
+
+def _add_assumed_listener_ports(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--listener-ports",
+        type=_port_range,
+        metavar="FIRST-LAST",
+        help="listeners that name no port get one from this range, as serve --listener-ports would give them "
+        "starting with these files (default: 20000-29999)",
+    )
 
 
 def _add_render(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -256,6 +292,7 @@ def _add_render(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
         "Whitespace around the key and the value is dropped; the value may be empty (k=)",
     )
     render.add_argument("--output", "-o", choices=["json", "yaml"], default="json", help="default: json")
+    _add_assumed_listener_ports(render)
     render.set_defaults(run=_render)
 
 
@@ -395,8 +432,32 @@ def _serve(args: argparse.Namespace) -> int:
         if not args.dir.is_dir():
             print(f"xds-operator: --dir {args.dir}: not a directory", file=sys.stderr)
             return 2
-        serving = serve_directory(args.dir, xds_address, admin_host, admin_port, tls=tls, policy=policy)
+        from xds_operator.ports.state import default_state_path
+
+        state = args.listener_port_state
+        if state is None and args.listener_ports is not None:
+            state = default_state_path(args.dir)
+        if state is not None and _inside(state, args.dir):
+            print(f"xds-operator: --listener-port-state {state}: must not be inside --dir {args.dir}", file=sys.stderr)
+            return 2
+        serving = serve_directory(
+            args.dir,
+            xds_address,
+            admin_host,
+            admin_port,
+            tls=tls,
+            policy=policy,
+            listener_ports=args.listener_ports,
+            port_state=state,
+        )
     else:
+        if args.listener_port_state is not None:
+            print(
+                "xds-operator: --listener-port-state: directory mode only (Kubernetes mode records assigned ports "
+                "in each VirtualService's status)",
+                file=sys.stderr,
+            )
+            return 2
         election = _lease_config(args)
         if election is not None and (problems := election.problems()):
             print("xds-operator: " + "; ".join(problems), file=sys.stderr)
@@ -410,6 +471,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls=tls,
             policy=policy,
             election=election,
+            listener_ports=args.listener_ports,
         )
     try:
         with native_log_lines():  # gRPC's own lines (TLS handshake failures) as log records
@@ -418,6 +480,11 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"xds-operator: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    """Whether `path` is in `directory` (the watch would read it, or a ConfigMap swap remove it)."""
+    return os.path.abspath(path).startswith(os.path.join(os.path.abspath(directory), ""))
 
 
 def _host_and_port(address: str, port: int | None, flags: str, default_port: int) -> tuple[str, int]:
@@ -502,7 +569,11 @@ def _validate(args: argparse.Namespace) -> int:
             problems.append(f"{path}: no VirtualService in it: the file is empty")
             count += 1
         summaries.append(f"{summary}, {count} problem(s)")
-    problems += conflicts(loaded)
+    from xds_operator.commands.render import ASSUMED_LISTENER_PORTS, place
+
+    ports = args.listener_ports or ASSUMED_LISTENER_PORTS
+    problems += place(loaded, ports).waiting
+    problems += conflicts(loaded, ports)
     if not loaded.services and not problems:
         problems.append("xds-operator validate: no VirtualService found in " + " ".join(map(str, args.files)))
     for problem in problems:
@@ -513,9 +584,11 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from xds_operator.commands.render import render
+    from xds_operator.commands.render import ASSUMED_LISTENER_PORTS, render
 
-    rendered = render(args.files, dict(args.label))
+    rendered = render(args.files, dict(args.label), args.listener_ports or ASSUMED_LISTENER_PORTS)
+    for note in rendered.notes:
+        print(note, file=sys.stderr)
     for problem in rendered.errors:
         print(problem, file=sys.stderr)
     if rendered.errors:

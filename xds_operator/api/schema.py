@@ -104,8 +104,9 @@ def unique_path(message: Descriptor, dotted: str) -> list[FieldDescriptor]:
     """The fields along one dotted FieldRules.unique_by path, from `message` down to a scalar.
 
     Every field on the way must be singular and either required or one of its message's
-    exactly_one_of choices (the last may also be an optional scalar), so each item has at most one value to compare (a schema check, not
-    a data check: raises ValueError for a bad proto option). Items without a value are skipped.
+    exactly_one_of choices (the last may also be an optional scalar), so each item has at most one
+    value to compare (a schema check, not a data check: raises ValueError for a bad proto option).
+    Items without a value are skipped.
     """
     fields: list[FieldDescriptor] = []
     current: Descriptor | None = message  # None past a scalar field
@@ -118,7 +119,8 @@ def unique_path(message: Descriptor, dotted: str) -> list[FieldDescriptor]:
         optional = field.has_presence and field.message_type is None
         if field.is_repeated or not (field_rules(field).required or chosen or optional):
             raise ValueError(
-                f"unique_by {dotted!r}: {field.full_name} must be singular, and required, a choice or an optional scalar"
+                f"unique_by {dotted!r}: {field.full_name} must be singular, and required, a choice "
+                "or an optional scalar"
             )
         fields.append(field)
         current = field.message_type

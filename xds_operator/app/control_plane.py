@@ -18,6 +18,7 @@ from xds_operator.admin.server import AdminServer, Handler, WithQuery
 from xds_operator.app.shutdown import GRACE_SECONDS, Shutdown
 from xds_operator.app.wiring import KubernetesPlane, build_directory_plane, build_kubernetes_plane
 from xds_operator.net import join_host_port
+from xds_operator.ports.assigner import PortRange
 from xds_operator.xds.server import AggregatedDiscoveryService, start_server
 from xds_operator.xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
 
@@ -35,9 +36,12 @@ async def serve_directory(
     *,
     tls: ServerTls | None = None,
     policy: ConnectionPolicy = DEFAULT_POLICY,
+    listener_ports: PortRange | None = None,
+    port_state: Path | None = None,
 ) -> None:
-    """Serve the VirtualServices in `directory` until SIGINT or SIGTERM (xDS over TLS if `tls`)."""
-    plane = build_directory_plane(directory)
+    """Serve the VirtualServices in `directory` until SIGINT or SIGTERM (xDS over TLS if `tls`); listeners
+    without a port get one from `listener_ports`, recorded in `port_state`."""
+    plane = build_directory_plane(directory, listener_ports=listener_ports, port_state=port_state)
     await _run(
         plane.service,
         plane.metrics,
@@ -61,17 +65,19 @@ async def serve_kubernetes(
     tls: ServerTls | None = None,
     policy: ConnectionPolicy = DEFAULT_POLICY,
     election: LeaseConfig | None = None,
+    listener_ports: PortRange | None = None,
 ) -> None:
     """Serve the cluster's VirtualServices (in `namespaces`, or all) until SIGINT or SIGTERM.
 
     With `election`, every replica serves xDS and only the Lease holder writes status and Events.
+    `listener_ports`: where listeners that name no port get one (None: such a listener is invalid).
     """
     from xds_operator.sources.kubernetes.client import api_client
 
     api = api_client(kubeconfig, connections=2 * max(1, len(namespaces)) + 4)
     if election is not None:  # tells replicas apart in the API server's audit log
         api.user_agent = f"xds-operator/{__version__} ({election.identity})"
-    plane = build_kubernetes_plane(api, namespaces, election=election)
+    plane = build_kubernetes_plane(api, namespaces, election=election, listener_ports=listener_ports)
     where = "namespaces " + ", ".join(namespaces) if namespaces else "all namespaces"
     description = f"VirtualServices from Kubernetes ({where})"
     if election is not None:
@@ -113,6 +119,7 @@ def _records(plane: KubernetesPlane) -> dict[str, dict[str, Any]]:
             "generation": record.generation,
             "serving_generation": record.serving_generation,
             "rejected": record.rejected,
+            "waiting_for_port": record.waiting,
             "status": plane.writer.written((namespace, name)),
         }
         for (namespace, name), record in sorted(plane.source.records.items())

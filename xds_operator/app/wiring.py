@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xds_operator.admin.metrics import Metrics, for_directory, for_kubernetes
+from xds_operator.ports.assigner import PortAssigner, PortRange
 from xds_operator.sources.directory import DirectorySource
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.server import AggregatedDiscoveryService
@@ -45,11 +46,17 @@ class DirectoryPlane:
         return [self.source.watch()]
 
 
-def build_directory_plane(directory: Path) -> DirectoryPlane:
-    """Loads the directory (its first state), ready to serve and watch it."""
+def build_directory_plane(
+    directory: Path, *, listener_ports: PortRange | None = None, port_state: Path | None = None
+) -> DirectoryPlane:
+    """Loads the directory (its first state), ready to serve and watch it. `listener_ports`: the range
+    listeners without a port get theirs from (None: such a listener is invalid); `port_state`: the file that
+    records those ports across restarts (None: not recorded)."""
     metrics = Metrics()
     cache = SnapshotCache(on_commit=metrics.observe_build)
-    source = DirectorySource(directory, cache)
+    # One process, nothing to agree with: an assigned port is as good as recorded at once (and then written).
+    ports = PortAssigner(listener_ports, settled_when_assigned=True)
+    source = DirectorySource(directory, cache, ports, port_state)
     source.load()
     service = AggregatedDiscoveryService(cache, observer=metrics)
     for_directory(metrics, service, cache, source)
@@ -112,6 +119,7 @@ def build_kubernetes_plane(
     status_retry_delay: float = 1.0,
     first_status_hold: float | None = None,
     startup_status_hold: float | None = None,
+    listener_ports: PortRange | None = None,
 ) -> KubernetesPlane:
     """The parts of a Kubernetes-mode control plane, wired; call on the event loop that will run it.
 
@@ -119,6 +127,8 @@ def build_kubernetes_plane(
     holder of the Lease writes status. `leading`: whether this replica may write, when not decided by
     `election` (default: always). `status_retry_delay`: after a failed write. `first_status_hold`,
     `startup_status_hold`: how long first statuses may be held back (None: the defaults in status/reconciler.py).
+    `listener_ports`: the range listeners without a port get theirs from (serve --listener-ports; None: such a
+    listener is invalid).
     """
     from xds_operator.sources.kubernetes.leader import LeaderElector
     from xds_operator.sources.kubernetes.pods import PodIndex
@@ -160,7 +170,7 @@ def build_kubernetes_plane(
         first_status_hold=FIRST_STATUS_HOLD_SECONDS if first_status_hold is None else first_status_hold,
         startup_status_hold=STARTUP_STATUS_HOLD_SECONDS if startup_status_hold is None else startup_status_hold,
     )
-    source = KubernetesSource(cache, pods, reconciler, service.reidentify)
+    source = KubernetesSource(cache, pods, reconciler, service.reidentify, PortAssigner(listener_ports))
     reflectors = watches(source, api, namespaces, asyncio.get_running_loop())
     for_kubernetes(metrics, service, cache, source, writer, reflectors)
     return KubernetesPlane(

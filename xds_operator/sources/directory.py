@@ -20,7 +20,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from xds_operator.api import Key, VirtualService
+from xds_operator.api import Key, ValidationError, VirtualService
+from xds_operator.ports.assigner import PortAssigner
+from xds_operator.ports.state import load_state, save_state
 from xds_operator.sources.loader import SUFFIXES, FileContents, read_file
 from xds_operator.xds.cache import SnapshotCache
 
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 DEBOUNCE_MS = 20  # watchfiles (off Linux): editors write in bursts; one reload per burst
 BURST_SECONDS = 0.0  # inotify: a yield to the loop, so events already queued join one reload
 MISSING_RETRY_SECONDS = 1.0  # while the directory is missing, how often it is looked for besides the watches
+STATE_WRITE_SECONDS = 1.0  # the record of assigned listener ports is written at most this often
 
 
 Stamp = tuple[int, ...]  # (file type, device, inode, size, mtime_ns, ctime_ns)
@@ -64,9 +67,25 @@ def _link_target(path: Path) -> Path | None:
 class DirectorySource:
     """Keeps a SnapshotCache equal to the valid VirtualServices in a directory."""
 
-    def __init__(self, directory: Path, cache: SnapshotCache):
+    def __init__(
+        self,
+        directory: Path,
+        cache: SnapshotCache,
+        ports: PortAssigner | None = None,
+        port_state: Path | None = None,
+    ):
+        """`ports`: assigns ports to listeners that name none (without a range such a listener is invalid);
+        `port_state`: where those ports are recorded across restarts (None: nowhere)."""
         self.directory = Path(directory)
         self._cache = cache
+        self._ports = ports or PortAssigner(None)
+        self._port_state = port_state
+        # Ports recorded by an earlier run, handed to each VirtualService when first seen.
+        self._recorded = load_state(port_state) if port_state is not None and self._ports.ports else {}
+        self._state_due: asyncio.TimerHandle | None = None
+        self._state_dirty = False
+        self._state_error: str | None = None  # the last failure to write it (logged once per distinct one)
+        self._waiting: dict[Key, str] = {}  # VirtualServices not served: a listener waits for a free port
         self._files: dict[Path, FileContents] = {}
         self._defined: dict[Path, dict[Key, VirtualService]] = {}  # per file, the VirtualServices it defines
         self._definitions: dict[Key, list[Path]] = {}  # per VirtualService, the files defining it, in name order
@@ -106,10 +125,15 @@ class DirectorySource:
         that is removed is waited for. Elsewhere watchfiles does the watching (it checks for changes every
         few milliseconds), and OSError says that the directory went away.
         """
-        if sys.platform.startswith("linux"):
-            await self._watch_inotify()
-        else:
-            await self._watch_watchfiles()
+        try:
+            if sys.platform.startswith("linux"):
+                await self._watch_inotify()
+            else:
+                await self._watch_watchfiles()
+        finally:  # stopping: what waits to be recorded is recorded now
+            if self._state_due is not None:
+                self._state_due.cancel()
+                self.write_port_state()
         raise OSError(f"stopped watching {self.directory}: it was removed or can no longer be read")
 
     async def _watch_inotify(self) -> None:
@@ -245,6 +269,7 @@ class DirectorySource:
         for key in sorted(affected):
             self._apply_key(key)
         changed = self._cache.commit()
+        self._record_ports()
         log.info("serving %d VirtualService(s); %d proxy group(s) updated", len(self._definitions), changed)
 
     def _read(self, path: Path, previous: FileContents | None) -> FileContents:
@@ -319,12 +344,81 @@ class DirectorySource:
         definers = self._definitions.get(key)
         if not definers:
             self._cache.delete(key)
+            self._serve(self._ports.remove(key) - {key})
             return
         winner = definers[0]
         for path in definers[1:]:
             message = "%s: VirtualService %s/%s is already defined in %s; skipped"
             log.error(message, path, *key, winner, extra={"file": str(path)})
-        self._cache.upsert(self._defined[winner][key])
+        vs = self._defined[winner][key]
+        try:
+            moved = self._ports.place(vs, self._recorded.pop(key, None))
+        except ValidationError as error:  # a listener without a port, and no --listener-ports
+            log.error(
+                "%s: VirtualService %s is invalid here: %s; skipped", vs.origin, vs, error, extra={"file": vs.origin}
+            )
+            self.errors["invalid_document"] += 1
+            self._cache.delete(key)
+            return
+        self._serve(moved)
+
+    def _serve(self, keys: Iterable[Key]) -> None:
+        """Hand the cache these VirtualServices with their assigned ports; leave out those waiting for one."""
+        for key in keys:
+            served = self._ports.result(key)
+            waiting = self._ports.waiting(key)
+            if waiting is not None and self._waiting.get(key) != waiting:
+                log.error("VirtualService %s/%s is not served: %s", *key, waiting)
+            elif waiting is None and key in self._waiting:
+                log.info("VirtualService %s/%s has its ports now", *key)
+            if waiting is None:
+                self._waiting.pop(key, None)
+            else:
+                self._waiting[key] = waiting
+            if served is None:
+                self._cache.delete(key)
+            else:
+                self._cache.upsert(served)
+            self._state_dirty = True
+
+    @property
+    def waiting(self) -> dict[Key, str]:
+        """VirtualServices not served because a listener waits for a free port, and why."""
+        return dict(self._waiting)
+
+    def _record_ports(self) -> None:
+        """Write the assigned ports (at most once per STATE_WRITE_SECONDS while they change)."""
+        if not self._state_dirty or self._port_state is None or self._ports.ports is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # load(), before serving: at once
+            self.write_port_state()
+            return
+        if self._state_due is None:
+            self._state_due = loop.call_later(STATE_WRITE_SECONDS, self.write_port_state)
+
+    def write_port_state(self) -> None:
+        """Write the record of assigned ports now (failures are logged, once per distinct error)."""
+        self._state_due = None
+        if self._port_state is None or self._ports.ports is None:
+            return
+        self._state_dirty = False
+        try:
+            save_state(self._port_state, self._ports.assignments(), str(self._ports.ports))
+        except OSError as error:
+            self._state_dirty = True  # tried again at the next change
+            text = f"{error.strerror or error}"
+            if text != self._state_error:
+                log.error(
+                    "cannot write the record of assigned listener ports to %s: %s; a restart may assign other "
+                    "ports (see --listener-port-state)",
+                    self._port_state,
+                    text,
+                )
+            self._state_error = text
+        else:
+            self._state_error = None
 
     def invalid_documents(self) -> int:
         """Documents in the directory now that are not valid VirtualServices."""

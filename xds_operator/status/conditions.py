@@ -4,7 +4,7 @@ Conditions follow the usual Kubernetes shape (type, status, reason, message,
 lastTransitionTime, observedGeneration):
 - Accepted: the spec is valid (False carries the validation errors).
 - Programmed: every selected proxy has ACKed its resources (False says how many have,
-  or carries Envoy's NACK text).
+  or carries Envoy's NACK text; NoFreePort: a listener without a port waits for one to be assigned).
 - Ready: Programmed, the latest generation is valid, and every cluster has at least one
   ready endpoint: the route is live (what an app waits for before handing out an address).
 - Conflicted: another, older VirtualService claims the same listener name, cluster name or
@@ -34,6 +34,7 @@ class Observed:
     generation: int
     rejected: str | None = None  # the validation errors of the latest generation
     serving_generation: int | None = None  # the generation in the snapshots (an older one if the latest is invalid)
+    no_free_port: str | None = None  # not served: a listener waits for an assigned port (serve --listener-ports)
     conflict: str | None = None
     progress: Progress | None = None
     listeners: tuple[ListenerState, ...] = ()  # of the generation served
@@ -77,6 +78,8 @@ def _accepted(observed: Observed) -> tuple[str, str, str, str]:
 
 def _programmed(observed: Observed) -> tuple[str, str, str, str]:
     progress = observed.progress or Progress()
+    if observed.no_free_port is not None and observed.rejected is None:
+        return ("Programmed", "False", "NoFreePort", f"not served: {observed.no_free_port}")
     if observed.serving_generation is None:
         return ("Programmed", "False", "Invalid", "not served: no valid generation of the spec")
     if progress.rejections:

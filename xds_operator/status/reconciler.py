@@ -242,6 +242,7 @@ class StatusReconciler:
             generation=record.generation,
             rejected=record.rejected,
             serving_generation=record.serving_generation,
+            no_free_port=record.waiting,
             conflict=conflict,
             progress=progress,
             listeners=self._listener_states(key, record.vs),

@@ -15,4 +15,5 @@ class VirtualServiceRecord:
     uid: str
     rejected: str | None = None  # why the latest generation is invalid
     serving_generation: int | None = None  # the generation in the cache, if any is valid
-    vs: VirtualService | None = None  # that generation
+    vs: VirtualService | None = None  # that generation, with its assigned ports
+    waiting: str | None = None  # why the valid generation is not served: a listener waits for a free port

@@ -28,6 +28,7 @@ from xds_operator.api import (
     parse_virtual_service,
 )
 from xds_operator.api.schema import PLURAL
+from xds_operator.ports.assigner import PortAssigner, recorded_from_status
 from xds_operator.sources.kubernetes.pods import PodChange, PodIndex, Selector, SelectorIndex
 from xds_operator.sources.kubernetes.records import VirtualServiceRecord
 from xds_operator.sources.kubernetes.reflector import Changed, Event, Reflector, Synced
@@ -48,9 +49,13 @@ class KubernetesSource:
         pods: PodIndex,
         reconciler: StatusReconciler,
         reidentify: Callable[[Iterable[str]], None],
+        ports: PortAssigner | None = None,
     ) -> None:
-        """`reidentify`: the ADS server's; moves the proxies of these node ids to their (new) labels' group."""
+        """`reidentify`: the ADS server's; moves the proxies of these node ids to their (new) labels' group.
+        `ports`: assigns the ports of listeners that name none (without it, or without its range, such a
+        listener is invalid)."""
         self.cache = cache
+        self.ports = ports or PortAssigner(None)
         self.pods = pods
         self._reconciler = reconciler
         self._reidentify = reidentify
@@ -122,6 +127,8 @@ class KubernetesSource:
         self._reconciler.carried(key, obj.get("status"))
         try:
             vs = parse_virtual_service(obj, origin="kubernetes")
+            # The ports its status reports are honoured: every replica and every restart serves the same.
+            moved = self.ports.place(vs, recorded_from_status(obj.get("status")))
         except ValidationError as error:
             record.rejected = str(error)
             kept = f"; still serving generation {record.serving_generation}" if record.serving_generation else ""
@@ -129,11 +136,31 @@ class KubernetesSource:
                 self.errors["invalid_virtualservice"] += 1
         else:
             record.rejected = None
-            record.serving_generation = generation
-            record.vs = vs
-            self._file_selectors(key, vs)
-            self.cache.upsert(vs)
+            self._serve(moved)
         return key
+
+    def _serve(self, keys: Iterable[Key]) -> None:
+        """Hand the cache these VirtualServices with their assigned ports (placing one may move or seat others'),
+        or take out those with a listener waiting for a free port."""
+        for key in keys:
+            record = self.records.get(key)
+            if record is None:
+                continue
+            served = self.ports.result(key)
+            record.waiting = self.ports.waiting(key)
+            if served is None:
+                if record.waiting is not None:
+                    self._reconciler.warn(key, record, "NoFreePort", record.waiting)
+                record.serving_generation = None
+                record.vs = None
+                self._file_selectors(key, None)
+                self.cache.delete(key)
+            else:
+                record.serving_generation = served.generation
+                record.vs = served
+                self._file_selectors(key, served)
+                self.cache.upsert(served)
+            self._reconciler.changed([key])
 
     def _delete(self, key: Key) -> None:
         self.cache.delete(key)
@@ -141,6 +168,7 @@ class KubernetesSource:
             log.info("VirtualService %s/%s deleted", *key)
         self._reconciler.removed(key)
         self._file_selectors(key, None)
+        self._serve(self.ports.remove(key))  # its ports are free: listeners waiting for one get them
 
     def _file_selectors(self, key: Key, vs: VirtualService | None) -> None:
         """Index the VirtualService by its endpoints' pod selectors: a pod change refreshes only those it matches."""
