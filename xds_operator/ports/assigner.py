@@ -212,6 +212,7 @@ class PortAssigner:
             errors = missing_port_errors(vs)
             if errors:
                 raise ValidationError(errors)
+            self._services[vs.key] = _Service(vs)  # served as it is
             return {vs.key}
         recorded = recorded or {}
         self._touched = {vs.key}
