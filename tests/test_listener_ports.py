@@ -236,3 +236,19 @@ def test_many_orders_of_a_small_world_agree() -> None:
             assigner.place(service)
         seen.add(tuple(tuple(ports(assigner, s.name)) if assigner.result(s.key) else () for s in services))
     assert len(seen) == 1
+
+
+def test_a_status_that_records_the_port_keeps_the_served_object() -> None:
+    # The leader's status write comes back as an event of the same spec: nothing to translate again.
+    assigner = PortAssigner(RANGE)
+    assigner.place(vs("a"))
+    served = assigner.result(("media", "a"))
+    assert served is not None
+    port = ports(assigner, "a")[0]
+    assert assigner.place(vs("a"), {("a-l0", "UDP"): port}) == {("media", "a")}
+    assert assigner.result(("media", "a")) is served
+    # Recorded now: an older listener arriving late no longer takes it.
+    tight = PortAssigner(PortRange(port, port))
+    tight.place(vs("z", created="2026-01-05T00:00:00Z"), {("z-l0", "UDP"): port})
+    tight.place(vs("older", created="2026-01-01T00:00:00Z"))
+    assert ports(tight, "z") == [port] and tight.result(("media", "older")) is None

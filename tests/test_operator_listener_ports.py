@@ -120,3 +120,35 @@ async def test_without_listener_ports_a_listener_without_port_is_invalid_naming_
         body = copy.deepcopy(vs_body("named", 3000))  # ports named: served as before
         operator.create(body)
         await operator.wait_condition("named", "Accepted", "True")
+
+
+def served(operator: Operator) -> dict[str, int | str]:
+    """name → the port this replica serves it on, or why it waits for one."""
+    found: dict[str, int | str] = {}
+    for (_, name), record in operator.source.records.items():
+        if record.waiting is not None:
+            found[name] = "waiting"
+        elif record.vs is not None:
+            found[name] = record.vs.spec.listeners[0].udp.port
+    return found
+
+
+async def test_replicas_that_saw_events_in_another_order_serve_the_same_ports_before_any_status(
+    apiserver: FakeApiServer,
+):
+    # No replica leads, so no status is written: each computes the ports from the objects alone. The first
+    # sees the VirtualServices one by one, youngest first (creation timestamps are to the second, so name
+    # order decides who is older); the second lists them all at once. Six listeners, four ports.
+    names = [f"call-{i}" for i in range(6)]
+    small = PortRange(21000, 21003)
+    options: Any = {"listener_ports": small, "leading": lambda: False}
+    async with running_operator(apiserver, **options) as first:
+        for name in reversed(names):
+            first.create(portless(name))
+        await first.settle()
+        async with running_operator(apiserver, **options) as second:
+            await second.settle()
+            assert served(first) == served(second)
+            assert sorted(p for p in served(first).values() if p != "waiting") == [21000, 21001, 21002, 21003]
+            assert list(served(first).values()).count("waiting") == 2
+    assert apiserver.list(PLURAL, NS)[0].get("status") is None  # nothing was written: no replica led

@@ -215,11 +215,13 @@ class PortAssigner:
             self._services[vs.key] = _Service(vs)  # served as it is
             return {vs.key}
         recorded = recorded or {}
-        self._touched = {vs.key}
+        self._touched = set()
         service = self._services.get(vs.key)
         if service is None:
             service = self._services[vs.key] = _Service(vs)
-        service.vs, service.result = vs, None
+        if not (service.vs.same_content(vs) and service.vs.created == vs.created):
+            self._touched.add(vs.key)  # a new spec: a new result (a status event alone keeps the one made)
+        service.vs = vs
         named = [(protocol_of(listener), port_of(listener)) for listener in vs.spec.listeners if has_port(listener)]
         before, service.named = service.named, named
         for protocol, port in named:  # named first, so a port named before and now is never free in between
@@ -237,7 +239,7 @@ class PortAssigner:
         for ref, index in wanted.items():
             self._want(service, ref, (*age, index), recorded.get(ref))
         self._settle_all()
-        return self._touched
+        return self._touched | {vs.key}
 
     def remove(self, key: Key) -> set[Key]:
         """A VirtualService is gone: its ports are free (for those waiting, oldest first)."""
