@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
@@ -40,6 +41,9 @@ ListenerRef = tuple[str, Protocol]  # (listener name, protocol) within one Virtu
 Recorded = Mapping[ListenerRef, int]
 Age = tuple[bool, int, str, str, int]  # the conflict order (xds/cache.py Translated.age), then the listener's index
 Rank = tuple[int, bool, int, str, str, int]  # (0 holding its recorded port / 1 not, *age): lower wins a port
+# A listener arriving late that is older than this many listeners without a record searches port by port
+# (or, in a full range, the youngest gives way) instead of comparing itself with each of them.
+MAX_EXACT_DISPLACEMENT = 512
 MAX_RECORDED = 64  # status.listeners items looked at (a VirtualService has at most 64 listeners)
 
 
@@ -140,6 +144,7 @@ class _Pool:
         self.holders: dict[int, _Item] = {}
         self.named: Counter[int] = Counter()  # explicit ports in the range → how many listeners name them
         self.displaceable: list[Rank] = []  # sorted ranks of the items holding a port no record reports
+        self.holders_by_slot: dict[Rank, _Item] = {}  # and those items
         self.waiting: dict[int, _Item] = {}  # items without a port (the range is full), by id
 
     def _mark(self, port: int) -> None:
@@ -162,8 +167,13 @@ class _Pool:
         if settled:
             item.recorded = port
         if item.port != item.recorded:
-            item.slot = item.rank()
-            bisect.insort(self.displaceable, item.slot)
+            self.displace_later(item)
+
+    def displace_later(self, item: _Item) -> None:
+        """The item holds a port no record reports: an older one arriving late may take it."""
+        item.slot = item.rank()
+        bisect.insort(self.displaceable, item.slot)
+        self.holders_by_slot[item.slot] = item
 
     def release(self, item: _Item) -> None:
         self.settle(item)
@@ -177,6 +187,7 @@ class _Pool:
         if item.slot is not None:
             index = bisect.bisect_left(self.displaceable, item.slot)
             del self.displaceable[index]
+            del self.holders_by_slot[item.slot]
             item.slot = None
 
     def name(self, port: int) -> None:
@@ -337,8 +348,7 @@ class PortAssigner:
             pool.settle(item)
             item.age = age
             if item.port is not None and item.port != item.recorded:
-                item.slot = item.rank()
-                bisect.insort(pool.displaceable, item.slot)
+                pool.displace_later(item)
         if recorded is None or recorded == item.recorded:
             return
         item.recorded = recorded
@@ -375,26 +385,53 @@ class PortAssigner:
                 pool.settle(item)
                 return
         rank: Rank = (1, *item.age)
-        if not pool.displaceable or pool.displaceable[-1] < rank:
+        younger = len(pool.displaceable) - bisect.bisect_right(pool.displaceable, rank)
+        if not younger:
             port = pool.first_free(item.preferred)  # no younger one to displace: the common case, O(memchr)
+        elif younger <= MAX_EXACT_DISPLACEMENT:
+            port = self._first_free_or_younger(pool, item, rank)
+        elif pool.free > 0:
+            port = self._walk(pool, item, rank)  # as far as the next free port
         else:
-            port = self._walk(pool, item, rank)
+            # Full, and thousands without a record (no status written for a long while): the youngest gives
+            # way, rather than a cascade of displacements each searching the whole range. The same listeners
+            # hold ports as if the older had come first; which port each holds may then depend on the order.
+            youngest = pool.holders_by_slot[pool.displaceable[-1]]
+            port = youngest.port
+            self._evict(youngest)
         if port is None:
             pool.waiting[id(item)] = item
             return
         pool.hold(port, item, self._settled)
 
+    def _first_free_or_younger(self, pool: _Pool, item: _Item, rank: Rank) -> int | None:
+        """What `_walk` finds, from the few younger listeners without a record rather than port by port."""
+        size, first = pool.ports.size, pool.ports.first
+        free = pool.first_free(item.preferred)
+        best = None if free is None else (free - first - item.preferred) % size
+        chosen: _Item | None = None
+        for slot in pool.displaceable[bisect.bisect_right(pool.displaceable, rank) :]:
+            holder = pool.holders_by_slot[slot]
+            if holder.port is None or pool.named[holder.port]:
+                continue
+            distance = (holder.port - first - item.preferred) % size
+            if best is None or distance < best:
+                best, chosen = distance, holder
+        if best is None:
+            return None
+        if chosen is not None:
+            self._evict(chosen)
+        return first + (item.preferred + best) % size
+
     def _walk(self, pool: _Pool, item: _Item, rank: Rank) -> int | None:
         """From the preferred port on: the first that is free or held by a younger listener without a record."""
-        size, first = pool.ports.size, pool.ports.first
-        for step in range(size):
-            offset = (item.preferred + step) % size
-            if not pool.taken[offset]:
+        size, first, taken, holders = pool.ports.size, pool.ports.first, pool.taken, pool.holders
+        for offset in itertools.chain(range(item.preferred, size), range(item.preferred)):
+            if not taken[offset]:
                 return first + offset
-            holder = pool.holders.get(first + offset)
-            if holder is not None and holder.port != holder.recorded and holder.rank() > rank:
-                if pool.named[first + offset] > 0:
-                    continue  # named explicitly: not for it either
+            holder = holders.get(first + offset)
+            # A displaceable holder carries its rank in `slot` (None once its port is recorded).
+            if holder is not None and holder.slot is not None and holder.slot > rank and not pool.named[first + offset]:
                 self._evict(holder)
                 return first + offset
         return None
