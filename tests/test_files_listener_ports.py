@@ -19,6 +19,7 @@ from ads_client import eventually
 from xds_operator.api import parse_virtual_service
 from xds_operator.app.wiring import build_directory_plane
 from xds_operator.cli import main
+from xds_operator.ports import state as state_module
 from xds_operator.ports.assigner import PortRange, _Pool, _preferred
 from xds_operator.ports.state import default_state_path
 from xds_operator.xds.cache import SnapshotCache
@@ -58,6 +59,19 @@ def colliding_names() -> tuple[str, str]:
     raise AssertionError("no two names collide")
 
 
+def recorded(state: Path) -> dict[str, int]:
+    """name → port, as a restart would read the record (JSON Lines: a header, then the latest line per name wins)."""
+    found: dict[str, int] = {}
+    lines = state.read_text().splitlines()
+    assert json.loads(lines[0])["version"] == 1
+    for line in lines[1:]:
+        entry = json.loads(line)
+        found.pop(entry["name"], None)
+        for listener in entry["listeners"]:
+            found[entry["name"]] = listener["port"]
+    return found
+
+
 def served_ports(cache: SnapshotCache) -> dict[str, int]:
     ports = {}
     for key, vs in cache.virtual_services().items():
@@ -77,8 +91,7 @@ def test_ports_are_recorded_beside_the_directory_and_kept_across_a_restart(tmp_p
     plane = build_directory_plane(directory, listener_ports=RANGE, port_state=state)
     before = served_ports(plane.cache)
     assert set(before.values()) == {22000, 22001}
-    recorded = json.loads(state.read_text())
-    assert {(e["name"], e["port"]) for e in recorded["listeners"]} == set(before.items())
+    assert recorded(state) == before
     assert list(tmp_path.glob("*.tmp")) == []  # written atomically: no temporary file left
 
     (directory / f"{older}.yaml").unlink()  # gone while no control plane runs: a fresh start would move `younger`
@@ -89,9 +102,7 @@ def test_ports_are_recorded_beside_the_directory_and_kept_across_a_restart(tmp_p
     assert served_ports(plane.cache) == {younger: before[younger], "call-new": before[older]}
 
 
-@pytest.mark.parametrize(
-    "content", [b"{not json", b'{"version": 99}', b"\xff\xfe", b'{"version": 1, "listeners": [7]}']
-)
+@pytest.mark.parametrize("content", [b"{not json", b'{"version": 99}', b"\xff\xfe", b'{"version": 1}\n7\n{"name": 1}'])
 def test_a_broken_state_file_is_an_error_in_the_log_and_ports_are_assigned_anew(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, content: bytes
 ) -> None:
@@ -104,7 +115,7 @@ def test_a_broken_state_file_is_an_error_in_the_log_and_ports_are_assigned_anew(
         plane = build_directory_plane(directory, listener_ports=RANGE, port_state=state)
     assert served_ports(plane.cache)["a"] in RANGE
     assert str(state) in caplog.text
-    assert json.loads(state.read_text())["version"] == 1  # replaced by a good record
+    assert recorded(state) == served_ports(plane.cache)  # replaced by a good record
 
 
 def test_an_unwritable_state_file_is_logged_once_and_serving_goes_on(
@@ -161,23 +172,23 @@ async def test_a_live_change_is_recorded_within_a_second_and_on_stopping(tmp_pat
     watching = asyncio.create_task(plane.source.watch())
     try:
 
-        def recorded() -> dict[str, int]:
+        def record() -> dict[str, int]:
             try:
-                return {e["name"]: e["port"] for e in json.loads(state.read_text())["listeners"]}
+                return recorded(state)
             except (OSError, ValueError):
                 return {}
 
         await asyncio.sleep(0)
         (directory / "live.yaml").write_text(portless_yaml("live"))
         await eventually(lambda: "live" in served_ports(plane.cache), "the new file to be served")
-        await eventually(lambda: recorded() == {"live": served_ports(plane.cache)["live"]}, "the port recorded")
+        await eventually(lambda: record() == {"live": served_ports(plane.cache)["live"]}, "the port recorded")
         (directory / "live2.yaml").write_text(portless_yaml("live2", "tcp"))
         await eventually(lambda: "live2" in served_ports(plane.cache), "the second file to be served")
     finally:
         watching.cancel()
         with contextlib.suppress(asyncio.CancelledError, OSError):
             await watching
-    assert recorded() == served_ports(plane.cache)  # written on stopping, if it was not yet
+    assert record() == served_ports(plane.cache)  # written on stopping, if it was not yet
 
 
 def test_serve_refuses_a_state_file_inside_the_directory_or_in_kubernetes_mode(
@@ -209,3 +220,30 @@ def test_validate_accepts_and_render_shows_the_port_serve_would_assign(
     assert port in RANGE
     assert f"listener a-l names no port; shown with {port}" in captured.err
     assert "serve --listener-ports 22000-22001" in captured.err
+
+
+def test_changes_are_appended_and_the_record_is_compacted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(state_module, "COMPACT_LINES", 4)
+    directory = tmp_path / "vs"
+    directory.mkdir()
+    state = tmp_path / "state.json"
+    (directory / "keep.yaml").write_text(portless_yaml("keep"))
+    plane = build_directory_plane(directory, listener_ports=PortRange(22000, 22099), port_state=state)
+    for round in range(20):  # a call comes and goes, again and again: each change appends a line
+        (directory / "call.yaml").write_text(portless_yaml(f"call-{round}"))
+        plane.source.rescan()
+        plane.source.write_port_state()
+        (directory / "call.yaml").unlink()
+        plane.source.rescan()
+        plane.source.write_port_state()
+        assert recorded(state) == served_ports(plane.cache)
+        assert len(state.read_text().splitlines()) <= 1 + 1 + 4 + 1  # header, keep, at most 4 appended, one more
+    (directory / "late.yaml").write_text(portless_yaml("late"))
+    plane.source.rescan()
+    plane.source.write_port_state()
+    before = served_ports(plane.cache)
+    assert build_directory_plane(directory, listener_ports=PortRange(22000, 22099), port_state=state).cache
+    assert (
+        served_ports(build_directory_plane(directory, listener_ports=PortRange(22000, 22099), port_state=state).cache)
+        == before
+    )

@@ -45,7 +45,9 @@ def test_a_datagram_reaches_the_worker_through_the_assigned_port(envoy, workers,
 
     def recorded() -> list[tuple[str, str, int]]:
         try:
-            return [(e["name"], e["listener"], e["port"]) for e in json.loads(state.read_text())["listeners"]]
+            lines = state.read_text().splitlines()[1:]  # JSON Lines, after the header
+            entries = [json.loads(line) for line in lines]
+            return [(e["name"], item["listener"], item["port"]) for e in entries for item in e["listeners"]]
         except (OSError, ValueError):
             return []
 

@@ -300,6 +300,13 @@ class PortAssigner:
                 found[key] = ports
         return found
 
+    def ports_of(self, key: Key) -> dict[ListenerRef, int]:
+        """The ports assigned to one VirtualService's listeners (none if it is unknown)."""
+        service = self._services.get(key)
+        if service is None:
+            return {}
+        return {ref: item.port for ref, item in service.items.items() if item.port is not None}
+
     def counts(self) -> dict[str, int]:
         """Assigned and free ports per protocol, and listeners waiting (for /debug and tests)."""
         counts: dict[str, int] = {}

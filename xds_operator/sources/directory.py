@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from xds_operator.api import Key, ValidationError, VirtualService
 from xds_operator.ports.assigner import PortAssigner
-from xds_operator.ports.state import load_state, save_state
+from xds_operator.ports.state import PortRecord
 from xds_operator.sources.loader import SUFFIXES, FileContents, read_file
 from xds_operator.xds.cache import SnapshotCache
 
@@ -79,11 +79,11 @@ class DirectorySource:
         self.directory = Path(directory)
         self._cache = cache
         self._ports = ports or PortAssigner(None)
-        self._port_state = port_state
+        self._record = PortRecord(port_state, str(self._ports.ports)) if port_state and self._ports.ports else None
         # Ports recorded by an earlier run, handed to each VirtualService when first seen.
-        self._recorded = load_state(port_state) if port_state is not None and self._ports.ports else {}
+        self._recorded = self._record.load() if self._record is not None else {}
         self._state_due: asyncio.TimerHandle | None = None
-        self._state_dirty = False
+        self._state_changed: set[Key] = set()  # VirtualServices whose ports changed since the last write
         self._state_error: str | None = None  # the last failure to write it (logged once per distinct one)
         self._waiting: dict[Key, str] = {}  # VirtualServices not served: a listener waits for a free port
         self._files: dict[Path, FileContents] = {}
@@ -344,7 +344,7 @@ class DirectorySource:
         definers = self._definitions.get(key)
         if not definers:
             self._cache.delete(key)
-            self._serve(self._ports.remove(key) - {key})
+            self._serve(self._ports.remove(key))
             return
         winner = definers[0]
         for path in definers[1:]:
@@ -379,7 +379,7 @@ class DirectorySource:
                 self._cache.delete(key)
             else:
                 self._cache.upsert(served)
-            self._state_dirty = True
+            self._state_changed.add(key)
 
     @property
     def waiting(self) -> dict[Key, str]:
@@ -388,7 +388,7 @@ class DirectorySource:
 
     def _record_ports(self) -> None:
         """Write the assigned ports (at most once per STATE_WRITE_SECONDS while they change)."""
-        if not self._state_dirty or self._port_state is None or self._ports.ports is None:
+        if not self._state_changed or self._record is None:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -401,23 +401,22 @@ class DirectorySource:
     def write_port_state(self) -> None:
         """Write the record of assigned ports now (failures are logged, once per distinct error)."""
         self._state_due = None
-        if self._port_state is None or self._ports.ports is None:
+        if self._record is None or not self._state_changed:
             return
-        self._state_dirty = False
         try:
-            save_state(self._port_state, self._ports.assignments(), str(self._ports.ports))
-        except OSError as error:
-            self._state_dirty = True  # tried again at the next change
+            self._record.write(self._state_changed, self._ports.ports_of, self._ports.assignments)
+        except OSError as error:  # tried again at the next change
             text = f"{error.strerror or error}"
             if text != self._state_error:
                 log.error(
                     "cannot write the record of assigned listener ports to %s: %s; a restart may assign other "
                     "ports (see --listener-port-state)",
-                    self._port_state,
+                    self._record.path,
                     text,
                 )
             self._state_error = text
         else:
+            self._state_changed.clear()
             self._state_error = None
 
     def invalid_documents(self) -> int:
