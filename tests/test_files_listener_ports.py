@@ -157,6 +157,9 @@ def test_a_full_range_is_logged_and_the_listener_served_once_a_port_is_freed(
     [left_out] = {"a", "b", "c"} - set(served)
     assert f"VirtualService media/{left_out} is not served" in caplog.text and "22000-22001" in caplog.text
     assert plane.source.waiting.keys() == {("media", left_out)}
+    scraped = plane.metrics.exposition().decode()
+    assert 'xds_operator_listener_ports{protocol="UDP",state="waiting"} 1.0' in scraped
+    assert 'xds_operator_listener_ports{protocol="UDP",state="free"} 0.0' in scraped
     gone = sorted(served)[0]
     (tmp_path / f"{gone}.yaml").unlink()
     plane.source.rescan()

@@ -115,6 +115,23 @@ class Metrics(StreamObserver):
 
         self._readers.append(read)
 
+    def read_listener_ports(self, counts: Callable[[], Mapping[str, int]]) -> None:
+        """Assigned listener ports (serve --listener-ports): per protocol, assigned, free, and listeners waiting."""
+
+        def read() -> Iterator[Metric]:
+            family = GaugeMetricFamily(
+                PREFIX + "listener_ports",
+                "Ports of --listener-ports by protocol and state: assigned, free (neither assigned nor named "
+                "by a VirtualService), waiting (listeners without a port for want of a free one)",
+                labels=["protocol", "state"],
+            )
+            for name, value in sorted(counts().items()):
+                protocol, _, state = name.partition("_")
+                family.add_metric([protocol.upper(), state], value)
+            yield family
+
+        self._readers.append(read)
+
     def read_source_errors(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Cumulative source errors by kind (invalid documents, unreadable files, failed status writes...)."""
 
@@ -269,6 +286,7 @@ def for_directory(
 
     metrics.read_virtual_services(virtual_services)
     metrics.read_source_errors(lambda: {"invalid_document": 0, "unreadable_file": 0, **source.errors})
+    metrics.read_listener_ports(source.ports.counts)
 
 
 def for_kubernetes(
@@ -292,3 +310,4 @@ def for_kubernetes(
 
     metrics.read_source_errors(errors)
     metrics.read_watches(reflectors)
+    metrics.read_listener_ports(source.ports.counts)

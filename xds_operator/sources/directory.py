@@ -382,6 +382,11 @@ class DirectorySource:
             self._state_changed.add(key)
 
     @property
+    def ports(self) -> PortAssigner:
+        """The assigner of listener ports (for metrics)."""
+        return self._ports
+
+    @property
     def waiting(self) -> dict[Key, str]:
         """VirtualServices not served because a listener waits for a free port, and why."""
         return dict(self._waiting)
