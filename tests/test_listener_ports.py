@@ -252,3 +252,27 @@ def test_a_status_that_records_the_port_keeps_the_served_object() -> None:
     tight.place(vs("z", created="2026-01-05T00:00:00Z"), {("z-l0", "UDP"): port})
     tight.place(vs("older", created="2026-01-01T00:00:00Z"))
     assert ports(tight, "z") == [port] and tight.result(("media", "older")) is None
+
+
+def test_a_recorded_port_outside_the_range_is_assigned_anew() -> None:
+    assigner = PortAssigner(PortRange(20000, 20009))
+    assigner.place(vs("a"), {("a-l0", "UDP"): 30000})  # recorded under an earlier, other range
+    assert ports(assigner, "a")[0] in PortRange(20000, 20009)
+
+
+def test_a_listener_that_names_a_port_gives_up_its_assigned_one() -> None:
+    assigner = PortAssigner(PortRange(20000, 20000))
+    assigner.place(vs("a"))
+    assert ports(assigner, "a") == [20000]
+    assigner.place(vs("a", port=3000))  # the same listener now names its port: 20000 is free again
+    assert ports(assigner, "a") == [3000]
+    assigner.place(vs("b"))
+    assert ports(assigner, "b") == [20000]
+
+
+def test_an_explicit_port_of_its_own_other_listener_moves_an_assigned_one() -> None:
+    assigner = PortAssigner(PortRange(20000, 20001), settled_when_assigned=True)
+    assigner.place(vs("a", listeners=2))
+    first, second = ports(assigner, "a")
+    assigner.place(vs("a", port=second, listeners=2))  # its first listener names what its second held
+    assert ports(assigner, "a") == [second, first]
