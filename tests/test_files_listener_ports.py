@@ -250,3 +250,16 @@ def test_changes_are_appended_and_the_record_is_compacted(tmp_path: Path, monkey
         served_ports(build_directory_plane(directory, listener_ports=PortRange(22000, 22099), port_state=state).cache)
         == before
     )
+
+
+def test_records_of_virtual_services_gone_at_startup_are_forgotten(tmp_path: Path) -> None:
+    # Otherwise a later file of that name would claim its old port back from whoever holds it by then.
+    directory = tmp_path / "vs"
+    directory.mkdir()
+    state = tmp_path / "state.json"
+    for name in ("a", "b"):
+        (directory / f"{name}.yaml").write_text(portless_yaml(name))
+    build_directory_plane(directory, listener_ports=RANGE, port_state=state)
+    (directory / "a.yaml").unlink()
+    plane = build_directory_plane(directory, listener_ports=RANGE, port_state=state)
+    assert recorded(state) == served_ports(plane.cache) and set(recorded(state)) == {"b"}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from xds_operator.api import Key, ValidationError, VirtualService
-from xds_operator.ports.assigner import PortAssigner
+from xds_operator.ports.assigner import ListenerRef, PortAssigner
 from xds_operator.ports.state import PortRecord
 from xds_operator.sources.loader import SUFFIXES, FileContents, read_file
 from xds_operator.xds.cache import SnapshotCache
@@ -84,6 +84,7 @@ class DirectorySource:
         self._recorded = self._record.load() if self._record is not None else {}
         self._state_due: asyncio.TimerHandle | None = None
         self._state_changed: set[Key] = set()  # VirtualServices whose ports changed since the last write
+        self._recorded_ports: dict[Key, dict[ListenerRef, int]] = {}  # the assigned ports, as last seen
         self._state_error: str | None = None  # the last failure to write it (logged once per distinct one)
         self._waiting: dict[Key, str] = {}  # VirtualServices not served: a listener waits for a free port
         self._files: dict[Path, FileContents] = {}
@@ -103,6 +104,15 @@ class DirectorySource:
         if not self.directory.is_dir():
             raise FileNotFoundError(f"{self.directory} is not a directory")
         self.rescan()
+        if self._recorded:  # ports of VirtualServices no longer there: forgotten (in the file too)
+            log.info(
+                "forgetting the recorded listener ports of %d VirtualService(s) no longer in %s",
+                len(self._recorded),
+                self.directory,
+            )
+            self._state_changed.update(self._recorded)
+            self._recorded.clear()
+            self._record_ports()
 
     def rescan(self) -> None:
         """Read again the files that changed (see _stamp), and drop vanished ones."""
@@ -354,11 +364,11 @@ class DirectorySource:
         try:
             moved = self._ports.place(vs, self._recorded.pop(key, None))
         except ValidationError as error:  # a listener without a port, and no --listener-ports
+            kept = "; keeping its last valid version" if self._ports.result(key) is not None else ""
             log.error(
-                "%s: VirtualService %s is invalid here: %s; skipped", vs.origin, vs, error, extra={"file": vs.origin}
+                "%s: VirtualService %s is invalid here: %s%s", vs.origin, vs, error, kept, extra={"file": vs.origin}
             )
             self.errors["invalid_document"] += 1
-            self._cache.delete(key)
             return
         self._serve(moved)
 
@@ -379,7 +389,13 @@ class DirectorySource:
                 self._cache.delete(key)
             else:
                 self._cache.upsert(served)
-            self._state_changed.add(key)
+            ports = self._ports.ports_of(key)
+            if ports != self._recorded_ports.get(key, {}):  # only assigned ports are recorded
+                self._state_changed.add(key)
+                if ports:
+                    self._recorded_ports[key] = ports
+                else:
+                    self._recorded_ports.pop(key, None)
 
     @property
     def ports(self) -> PortAssigner:
