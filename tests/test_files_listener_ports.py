@@ -263,3 +263,16 @@ def test_records_of_virtual_services_gone_at_startup_are_forgotten(tmp_path: Pat
     (directory / "a.yaml").unlink()
     plane = build_directory_plane(directory, listener_ports=RANGE, port_state=state)
     assert recorded(state) == served_ports(plane.cache) and set(recorded(state)) == {"b"}
+
+
+def test_without_listener_ports_an_edit_that_drops_the_port_keeps_the_last_valid_version(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text(portless_yaml("a").replace("udp:\n", "udp:\n      port: 2000\n"))
+    plane = build_directory_plane(tmp_path)
+    path.write_text(portless_yaml("a") + "\n")
+    with caplog.at_level(logging.ERROR):
+        plane.source.rescan()
+    assert served_ports(plane.cache) == {"a": 2000}
+    assert "keeping its last valid version" in caplog.text and "--listener-ports" in caplog.text
