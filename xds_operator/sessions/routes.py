@@ -277,7 +277,12 @@ class SessionRoutes:
             state.changed.set()
             await state.done.wait()
             return
-        await self._delete(state)
+        state.closing = True  # its DELETED event is no news
+        try:
+            await self._delete(state)
+        except BaseException:
+            state.closing = False
+            raise
         self._remove(state)
 
     async def wait_deleted(self, route: Route) -> None:
@@ -344,8 +349,9 @@ class SessionRoutes:
     def _deleted(self, state: _Session, uid: str | None) -> None:
         state.deleted_uid = uid
         state.changed.set()
-        if state.deleted and state.route is not None:  # deleted behind our back: garbage collector, kubectl
-            log.warning("session %s: VirtualService %s/%s was deleted", state.session, self.namespace, state.name)
+        if state.deleted and state.route is not None:
+            if not state.closing:  # deleted behind our back: the garbage collector, kubectl
+                log.warning("session %s: VirtualService %s/%s was deleted", state.session, self.namespace, state.name)
             self._remove(state)
 
     # -- steps of open ----------------------------------------------------------------------------
