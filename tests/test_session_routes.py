@@ -279,6 +279,18 @@ async def test_one_session_id_opens_once(server, routes) -> None:
     await opening
 
 
+async def test_a_tcp_route_and_closing_a_session_while_it_opens(server, routes) -> None:
+    worker_pod(server, "worker-1", {"session": "tcp"})
+    opening = asyncio.ensure_future(routes.open("tcp", worker_port=5060, port=5060, protocol="tcp", timeout=600))
+    await created(server, "session-tcp")
+    (listener,) = server.get(PLURAL, NS, "session-tcp")["spec"]["listeners"]
+    assert set(listener) == {"name", "tcp"} and listener["tcp"]["port"] == 5060
+    await routes.close("tcp")  # given up while it waits for Ready: open() fails, nothing is left
+    with pytest.raises(RouteError, match="closed before it was Ready"):
+        await opening
+    assert server.get(PLURAL, NS, "session-tcp") is None and routes.open_sessions == []
+
+
 async def test_a_failing_watch_is_named_when_the_open_times_out(server, api) -> None:
     worker_pod(server, "worker-1", {"session": "blind"})
     server.fail_next(1000, 403, path_contains=f"/{PLURAL}?", method="GET")  # the watch's list, not the create
