@@ -132,6 +132,16 @@ class Metrics(StreamObserver):
 
         self._readers.append(read)
 
+    def read_status_writes(self, count: Callable[[], int]) -> None:
+        """Kubernetes mode: status subresource writes sent (what status costs the API server)."""
+
+        def read() -> Iterator[Metric]:
+            yield CounterMetricFamily(
+                PREFIX + "status_writes", "VirtualService status writes sent to the API server", value=count()
+            )
+
+        self._readers.append(read)
+
     def read_admin_limits(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Admin port connections a limit ended: too_many (the oldest, closed for a new one), timeout, too_long."""
 

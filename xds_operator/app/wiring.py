@@ -207,4 +207,5 @@ def _kubernetes_metrics(
         return {"invalid_virtualservice": 0, "status_write": 0, "event_write": 0, **source.errors, **writer.failures}
 
     metrics.read_source_errors(errors)
+    metrics.read_status_writes(lambda: writer.writes)
     metrics.read_watches(reflectors)
