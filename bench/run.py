@@ -35,6 +35,7 @@ SCENARIOS = [
     "churn",
     "calls",
     "calls_kube",
+    "session_routes",
 ]
 
 
