@@ -1,39 +1,26 @@
-"""examples/session_manager.py without --port, against the real operator and a real Envoy: it prints the port
-the operator assigned (status.listeners[].port) and the route answers there.
+"""examples/session_manager.py without --port, against the real operator (serve --listener-ports) and a real
+Envoy: it prints the port the operator assigned (status.listeners[].port) and the route answers there.
 
-The operator assigns a port to a listener that leaves it out only once that feature is in; until then
-the validator rejects such a listener (`spec.listeners[0].udp.port: required`) and this module is
-skipped. The program's own side of it is proven without the operator in tests/test_session_manager_cli.py
-and tests/test_session_routes.py, where the test writes the status.
+The program's own side of it is proven without the operator in tests/test_session_manager_cli.py and
+tests/test_session_routes.py, where the test writes the status.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from xds_operator.api.validate import ValidationError, parse_virtual_service
 from xds_operator.demo.echo import EchoWorker
-from xds_operator.sessions import virtual_service
 
 from .conftest import free_udp_port, send_until_answer, wait_until
 from .kube import NS, PLURAL, Cluster
 from .test_session_manager import session_manager, xds_server  # noqa: F401  (fixtures)
 
 
-def _operator_assigns_ports() -> bool:
-    pod = {"metadata": {"name": "w", "uid": "u"}}
-    body = virtual_service("x", namespace=NS, manager="m", proxy_selector={"app": "envoy-ingress"},
-                           worker_label={"session": "x"}, worker_port=2001, worker_pod=pod)  # fmt: skip
-    try:
-        parse_virtual_service(body)
-    except ValidationError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(
-    not _operator_assigns_ports(), reason="the operator does not assign ports yet (a listener needs its port)"
-)
+@pytest.fixture
+def operator_args() -> list[str]:
+    """The operator assigns ports from a range of one port that is free here (so Envoy can bind it)."""
+    port = free_udp_port()
+    return ["--listener-ports", f"{port}-{port}"]
 
 
 def test_without_port_the_assigned_port_is_printed_and_answers(
