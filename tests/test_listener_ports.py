@@ -276,3 +276,24 @@ def test_an_explicit_port_of_its_own_other_listener_moves_an_assigned_one() -> N
     first, second = ports(assigner, "a")
     assigner.place(vs("a", port=second, listeners=2))  # its first listener names what its second held
     assert ports(assigner, "a") == [second, first]
+
+
+@pytest.mark.parametrize("size", [250, 320, 2000])
+def test_any_arrival_order_gives_what_arrival_oldest_first_gives(size: int) -> None:
+    # 300 listeners without a record, some explicit ports in the range, timestamps to the second (many ties):
+    # fed in a random order, the ports equal those of feeding them oldest first.
+    shuffler = random.Random(size)
+    services = [
+        vs(f"call-{shuffler.randrange(10**6)}-{i}", created=f"2026-01-01T00:00:0{shuffler.randrange(3)}Z")
+        for i in range(300)
+    ] + [vs(f"named-{i}", port=20000 + shuffler.randrange(size)) for i in range(10)]
+    oldest_first = PortAssigner(PortRange(20000, 20000 + size - 1))
+    for service in sorted(services, key=lambda s: (s.created, s.namespace, s.name)):
+        oldest_first.place(service)
+    expected = {s.name: oldest_first.ports_of(s.key) for s in services}
+    for _ in range(3):
+        shuffler.shuffle(services)
+        assigner = PortAssigner(PortRange(20000, 20000 + size - 1))
+        for service in services:
+            assigner.place(service)
+        assert {s.name: assigner.ports_of(s.key) for s in services} == expected

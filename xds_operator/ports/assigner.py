@@ -393,12 +393,14 @@ class PortAssigner:
                 return
         rank: Rank = (1, *item.age)
         younger = len(pool.displaceable) - bisect.bisect_right(pool.displaceable, rank)
+        free = pool.first_free(item.preferred)  # O(memchr)
+        run = None if free is None else (free - pool.ports.first - item.preferred) % pool.ports.size
         if not younger:
-            port = pool.first_free(item.preferred)  # no younger one to displace: the common case, O(memchr)
+            port = free  # no younger one to displace: the common case
+        elif run is not None and (run <= younger or younger > MAX_EXACT_DISPLACEMENT):
+            port = self._walk(pool, item, rank)  # port by port, as far as the next free one
         elif younger <= MAX_EXACT_DISPLACEMENT:
-            port = self._first_free_or_younger(pool, item, rank)
-        elif pool.free > 0:
-            port = self._walk(pool, item, rank)  # as far as the next free port
+            port = self._first_free_or_younger(pool, item, rank)  # each younger one's port, if fewer
         else:
             # Full, and thousands without a record (no status written for a long while): the youngest gives
             # way, rather than a cascade of displacements each searching the whole range. The same listeners
