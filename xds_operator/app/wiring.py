@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from xds_operator.admin.metrics import Metrics, for_directory, for_kubernetes
 from xds_operator.sources.directory import DirectorySource
 from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.hds import HealthDiscoveryService
 from xds_operator.xds.server import AggregatedDiscoveryService
 
 if TYPE_CHECKING:
@@ -51,7 +52,8 @@ def build_directory_plane(directory: Path) -> DirectoryPlane:
     cache = SnapshotCache(on_commit=metrics.observe_build)
     source = DirectorySource(directory, cache)
     source.load()
-    service = AggregatedDiscoveryService(cache, observer=metrics)
+    health = HealthDiscoveryService(cache, limited=metrics.limit_hit)
+    service = AggregatedDiscoveryService(cache, observer=metrics, health=health)
     for_directory(metrics, service, cache, source)
     return DirectoryPlane(metrics, cache, source, service)
 
@@ -135,7 +137,16 @@ def build_kubernetes_plane(
     pods = PodIndex()
     cache = SnapshotCache(pods.ready_ips, on_commit=metrics.observe_build)
     status_due = asyncio.Event()  # set by whatever a status depends on: the reconciler then runs a pass
-    service = AggregatedDiscoveryService(cache, identify=pods.identify, on_progress=status_due.set, observer=metrics)
+    health_changed: set[str] = set()  # clusters whose health on some proxy changed (read by the reconciler)
+
+    def on_health(clusters: set[str]) -> None:
+        health_changed.update(clusters)
+        status_due.set()
+
+    health = HealthDiscoveryService(cache, pods.identify, on_health=on_health, limited=metrics.limit_hit)
+    service = AggregatedDiscoveryService(
+        cache, identify=pods.identify, on_progress=status_due.set, observer=metrics, health=health
+    )
 
     def leadership_changed(now_leading: bool) -> None:
         if now_leading:  # a new leader writes every status it computed while following
@@ -157,6 +168,8 @@ def build_kubernetes_plane(
         service.progress,
         status_due,
         peers=reports,
+        health=health,
+        health_changed=health_changed,
         first_status_hold=FIRST_STATUS_HOLD_SECONDS if first_status_hold is None else first_status_hold,
         startup_status_hold=STARTUP_STATUS_HOLD_SECONDS if startup_status_hold is None else startup_status_hold,
     )

@@ -104,6 +104,13 @@ def envoy_bootstrap(
             "cds_config": {"ads": {}, "resource_api_version": "V3"},
             "lds_config": {"ads": {}, "resource_api_version": "V3"},
         },
+        # Health Discovery Service on the same connection: the proxy runs the health checks of the clusters
+        # it is sent a second time, for the control plane, and reports every endpoint's health to it.
+        "hds_config": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+        },
         "static_resources": {"clusters": [xds_cluster]},
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
     }

@@ -22,7 +22,7 @@ from typing import Any
 
 from xds_operator.api.schema import MAX_STATUS_ADDRESSES
 from xds_operator.status.progress import Progress
-from xds_operator.status.readiness import ListenerState
+from xds_operator.status.readiness import ClusterHealth, ListenerState
 
 MAX_MESSAGE = 1024  # keep conditions readable; Kubernetes allows 32768
 
@@ -38,6 +38,8 @@ class Observed:
     progress: Progress | None = None
     listeners: tuple[ListenerState, ...] = ()  # of the generation served
     addresses: tuple[str, ...] = ()  # pod IPs of the proxies that run its current resources, sorted
+    # Per listener (aligned with `listeners`): its cluster's health as the proxies report it; None: no report.
+    health: tuple[ClusterHealth | None, ...] = ()
 
 
 def status_of(observed: Observed, previous: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
@@ -113,20 +115,45 @@ def _ready(observed: Observed, programmed: tuple[str, str, str, str]) -> tuple[s
             "NoReadyEndpoints",
             f"cluster {cluster.name} has no ready endpoint{more}: {cluster.why_none}",
         )
+    unhealthy = [
+        (listener.cluster.name, health)
+        for listener, health in zip(observed.listeners, observed.health, strict=False)
+        if health is not None and health.failing_on
+    ]
+    if unhealthy:
+        name, health = unhealthy[0]
+        more = f" (and {len(unhealthy) - 1} more clusters)" if len(unhealthy) > 1 else ""
+        proxies = f" (and {len(health.failing_on) - 1} more proxies)" if len(health.failing_on) > 1 else ""
+        return (
+            "Ready",
+            "False",
+            "Unhealthy",
+            f"cluster {name}{more}: no endpoint passes its health check on proxy {health.failing_on[0]}{proxies}: "
+            f"{health.failing} failing",
+        )
     return ("Ready", "True", "Ready", f"{message}; every cluster has a ready endpoint")
 
 
 def _listeners(observed: Observed) -> list[dict[str, Any]]:
+    health = observed.health + (None,) * (len(observed.listeners) - len(observed.health))
     return [
         {
             "name": listener.name,
             "protocol": listener.protocol,
             "port": listener.port,
             "addresses": list(observed.addresses[:MAX_STATUS_ADDRESSES]),
-            "cluster": {"name": listener.cluster.name, "readyEndpoints": listener.cluster.ready_endpoints},
+            "cluster": _cluster(listener, checked),
         }
-        for listener in observed.listeners
+        for listener, checked in zip(observed.listeners, health, strict=True)
     ]
+
+
+def _cluster(listener: ListenerState, health: ClusterHealth | None) -> dict[str, Any]:
+    cluster: dict[str, Any] = {"name": listener.cluster.name, "readyEndpoints": listener.cluster.ready_endpoints}
+    if health is not None:
+        cluster["healthyEndpoints"] = health.passing
+        cluster["checkedEndpoints"] = health.checked
+    return cluster
 
 
 def _conflicted(observed: Observed) -> tuple[str, str, str, str]:

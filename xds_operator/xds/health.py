@@ -1,0 +1,305 @@
+"""Endpoint health as one proxy sees it, over Envoy's Health Discovery Service (HDS), free of I/O.
+
+Envoy's cluster health checks decide where it sends traffic, but tell the control plane nothing. HDS does:
+the server sends a proxy a `HealthCheckSpecifier` (clusters, their health checks and endpoints), the proxy
+runs those checks itself — from where it forwards, with the same TCP check as its cluster — and reports
+every endpoint's health every `interval` (`EndpointHealthResponse`). A `HealthStream` is one such stream:
+
+- `on_snapshot`: the proxy's snapshot changed. The specifier holds the health-checked clusters of that
+  snapshot; only the clusters the change names are looked at (their entries are encoded once per content
+  and shared by every stream), and a specifier goes out only when its bytes differ from the last one sent.
+- `on_report`: the proxy's report, as received (bytes). A report identical to the previous one (Envoy sends
+  the same bytes while nothing changes) costs a comparison; otherwise only the clusters and endpoints this
+  stream asked for are read, the rest counted and ignored. An endpoint counts as failing after
+  FAILING_REPORTS consecutive reports say so (a new endpoint is reported unhealthy until its first check
+  ends), and as passing at the first report that says it passes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import health_check_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.service.health.v3 import hds_pb2
+from google.protobuf import duration_pb2
+from google.protobuf.message import DecodeError
+
+from xds_operator.admin.views import HealthView, UnhealthyEndpoint
+from xds_operator.net import is_ip
+from xds_operator.xds.snapshot import CLUSTER, ENDPOINT, Resource, Snapshot, length_delimited
+
+log = logging.getLogger(__name__)
+
+REPORT_INTERVAL_SECONDS = 1  # how often a proxy reports (the specifier's `interval`)
+FAILING_REPORTS = 2  # consecutive failing reports before an endpoint counts as failing
+# Bounds on what one proxy is asked to check and may send back (see README, "What one xDS client can cost").
+MAX_CHECKED_ENDPOINTS = 20_000  # endpoints in one proxy's specifier; clusters beyond are left out
+MAX_REPORT_BYTES = 4 * 1024 * 1024  # a larger report is ignored (Envoy's for 20,000 endpoints is ~1.6 MB)
+MAX_SHOWN_UNHEALTHY = 32  # failing endpoints listed per proxy on /debug/proxies
+_TARGET_MEMO = 65_536  # encoded clusters remembered (by content), shared by all streams
+
+# How a limit was hit, as counted in xds_operator_xds_client_limits_total{limit}.
+LIMIT_REPORT_SIZE = "health_report_size"
+LIMIT_UNKNOWN_ENDPOINT = "health_unknown_endpoint"
+LIMIT_CHECKED_ENDPOINTS = "health_checked_endpoints"
+LIMIT_BAD_REPORT = "health_bad_report"
+
+_PASSING = frozenset({health_check_pb2.HEALTHY, health_check_pb2.DEGRADED})
+
+
+@dataclass(frozen=True)
+class Target:
+    """One health-checked cluster as a proxy is asked to check it: its specifier entry, encoded once."""
+
+    name: str
+    entry: bytes  # a `HealthCheckSpecifier.cluster_health_checks` field, encoded
+    endpoints: Mapping[str, int | None]  # "ip:port" → the port its check connects to (None: the endpoint's)
+
+
+def targets_of(snapshot: Snapshot, name: str) -> Target | None:
+    """The cluster `name` of this snapshot as a health-check target; None if it has no health check
+    (or no endpoint with an IP address: HDS clusters are static, so DNS names are not checked)."""
+    cluster = snapshot.resources[CLUSTER].get(name)
+    if cluster is None:
+        return None
+    assignment = snapshot.resources[ENDPOINT].get(name)
+    key = (cluster.weight, assignment.weight if assignment is not None else 0)
+    memo = _MEMO.get(key)
+    if memo is None:
+        memo = _MEMO[key] = _target(cluster, assignment)
+        if len(_MEMO) > _TARGET_MEMO:
+            _MEMO.popitem(last=False)
+    else:
+        _MEMO.move_to_end(key)
+    return memo if memo is None or memo.name == name else None
+
+
+_MEMO: OrderedDict[tuple[int, int], Target | None] = OrderedDict()
+
+
+def _target(cluster_resource: Resource, assignment_resource: Resource | None) -> Target | None:
+    cluster = cluster_pb2.Cluster.FromString(cluster_resource.body)
+    if not cluster.health_checks:
+        return None
+    if cluster.type == cluster_pb2.Cluster.EDS:
+        if assignment_resource is None:
+            return None
+        assignment = endpoint_pb2.ClusterLoadAssignment.FromString(assignment_resource.body)
+    else:
+        assignment = cluster.load_assignment
+    entry = hds_pb2.ClusterHealthCheck(cluster_name=cluster.name)
+    entry.health_checks.extend(cluster.health_checks)
+    checked = entry.locality_endpoints.add().endpoints
+    endpoints: dict[str, int | None] = {}
+    for locality in assignment.endpoints:
+        for lb_endpoint in locality.lb_endpoints:
+            endpoint = lb_endpoint.endpoint
+            address = endpoint.address.socket_address
+            if not is_ip(address.address):
+                continue
+            checked.add().CopyFrom(endpoint)
+            port = endpoint.health_check_config.port_value
+            endpoints[f"{address.address}:{address.port_value}"] = port or None
+    if not endpoints:
+        return None
+    return Target(cluster.name, length_delimited(1, entry.SerializeToString(deterministic=True)), endpoints)
+
+
+_INTERVAL = length_delimited(2, duration_pb2.Duration(seconds=REPORT_INTERVAL_SECONDS).SerializeToString())
+
+
+@dataclass
+class _Endpoint:
+    passes: bool | None = None  # None: not reported yet (or not long enough to call it failing)
+    failing_reports: int = 0
+
+
+@dataclass
+class HealthStream:
+    """One proxy's HDS stream: what it is asked to check, and what it reported."""
+
+    node_id: str  # as shown
+    limited: Callable[[str], None] = lambda limit: None  # told of every bound a client hits (metrics)
+    targets: dict[str, Target] = field(default_factory=dict)
+    health: dict[str, dict[str, _Endpoint]] = field(default_factory=dict)  # cluster → "ip:port" → state
+    reports: int = 0
+    _snapshot: Snapshot | None = None
+    _left_out: set[str] = field(default_factory=set)  # health-checked clusters over MAX_CHECKED_ENDPOINTS
+    _checked: int = 0  # endpoints in `targets`
+    _sent: bytes | None = None
+    _last_report: bytes = b""
+    _settling: bool = False  # an endpoint has failed fewer than FAILING_REPORTS reports in a row
+    _warned: set[str] = field(default_factory=set)
+
+    # -- what the proxy is asked to check ------------------------------------------------------------
+
+    def on_snapshot(self, snapshot: Snapshot | None) -> tuple[bytes | None, set[str]]:
+        """The specifier to send (None: unchanged) and the clusters whose target changed."""
+        if snapshot is None:
+            return None, set()
+        names = _changed_names(self._snapshot, snapshot)
+        self._snapshot = snapshot
+        if names is None:
+            names = set(self.targets) | self._left_out | set(snapshot.resources[CLUSTER].keys())
+        changed = set()
+        for name in sorted(names):
+            if self._set_target(name, targets_of(snapshot, name)):
+                changed.add(name)
+        if self._left_out and changed:  # room may have been made
+            for name in sorted(self._left_out):
+                if self._set_target(name, targets_of(snapshot, name)):
+                    changed.add(name)
+        if not changed and self._sent is not None:
+            return None, changed
+        specifier = b"".join([*(self.targets[name].entry for name in sorted(self.targets)), _INTERVAL])
+        if specifier == self._sent:
+            return None, changed
+        if self._sent is None and not self.targets:
+            return None, changed  # nothing to check yet: Envoy sends no reports until it has a specifier
+        self._sent = specifier
+        return specifier, changed
+
+    def _set_target(self, name: str, target: Target | None) -> bool:
+        old = self.targets.get(name)
+        if old is target:
+            return False
+        if old is not None:
+            self._checked -= len(old.endpoints)
+            del self.targets[name]
+        self._left_out.discard(name)
+        if target is not None and self._checked + len(target.endpoints) > MAX_CHECKED_ENDPOINTS:
+            self._left_out.add(name)
+            self._limit(LIMIT_CHECKED_ENDPOINTS, f"more than {MAX_CHECKED_ENDPOINTS} endpoints to check: {name}")
+            target = None
+        if target is None:
+            self.health.pop(name, None)
+            return old is not None
+        self.targets[name] = target
+        self._checked += len(target.endpoints)
+        kept = self.health.get(name, {})
+        self.health[name] = {endpoint: kept.get(endpoint, _Endpoint()) for endpoint in target.endpoints}
+        return True
+
+    # -- what it reports ---------------------------------------------------------------------------------
+
+    def on_report(self, raw: bytes) -> set[str]:
+        """A message of the stream after the first; the clusters whose health (as counted) changed."""
+        if len(raw) > MAX_REPORT_BYTES:
+            self._limit(LIMIT_REPORT_SIZE, f"a health report of {len(raw)} bytes (at most {MAX_REPORT_BYTES})")
+            return set()
+        if raw == self._last_report and not self._settling:
+            return set()  # nothing changed since the last report
+        try:
+            message = hds_pb2.HealthCheckRequestOrEndpointHealthResponse.FromString(raw)
+        except DecodeError:
+            self._limit(LIMIT_BAD_REPORT, "a health report that does not decode")
+            return set()
+        self._last_report = raw
+        if not message.HasField("endpoint_health_response"):
+            return set()
+        self.reports += 1
+        return self._apply(message.endpoint_health_response)
+
+    def _apply(self, response: hds_pb2.EndpointHealthResponse) -> set[str]:
+        changed: set[str] = set()
+        budget = self._checked + 64  # entries read at most: a proxy reports each endpoint once
+        unknown = 0
+        self._settling = False
+        for cluster in response.cluster_endpoints_health:
+            states = self.health.get(cluster.cluster_name)
+            for locality in cluster.locality_endpoints_health:
+                for reported in locality.endpoints_health:
+                    budget -= 1
+                    if budget < 0:
+                        break
+                    address = reported.endpoint.address.socket_address
+                    state = states.get(f"{address.address}:{address.port_value}") if states is not None else None
+                    if state is None:
+                        unknown += 1
+                        continue
+                    if _update(state, reported.health_status):
+                        changed.add(cluster.cluster_name)
+                    self._settling |= 0 < state.failing_reports < FAILING_REPORTS
+        if unknown:
+            self._limit(LIMIT_UNKNOWN_ENDPOINT, f"{unknown} endpoints it was not asked to check (ignored)")
+        if budget < 0:
+            self._limit(LIMIT_UNKNOWN_ENDPOINT, "more endpoint entries than it was asked to check (the rest ignored)")
+        return changed
+
+    def _limit(self, limit: str, what: str) -> None:
+        self.limited(limit)
+        if limit not in self._warned:  # once per stream and limit
+            self._warned.add(limit)
+            log.warning("proxy %s health reports: %s", self.node_id, what, extra={"node_id": self.node_id})
+
+    # -- what it shows -----------------------------------------------------------------------------------
+
+    def counts(self, cluster: str) -> tuple[int, int] | None:
+        """(passing, checked) endpoints of a cluster on this proxy; None before its first report on it."""
+        states = self.health.get(cluster)
+        if not states or all(state.passes is None for state in states.values()):
+            return None
+        return sum(1 for state in states.values() if state.passes), len(states)
+
+    def failing(self) -> list[UnhealthyEndpoint]:
+        """Every endpoint counted as failing, by cluster and address."""
+        return [
+            {"cluster": name, "endpoint": endpoint, "health_check_port": self.targets[name].endpoints[endpoint]}
+            for name in sorted(self.health)
+            for endpoint, state in sorted(self.health[name].items())
+            if state.passes is False
+        ]
+
+    def view(self) -> HealthView:
+        failing = self.failing()
+        passing = sum(1 for states in self.health.values() for state in states.values() if state.passes)
+        return {
+            "clusters": len(self.targets),
+            "endpoints": self._checked,
+            "healthy": passing,
+            "unhealthy_count": len(failing),
+            "unhealthy": failing[:MAX_SHOWN_UNHEALTHY],
+            "reports": self.reports,
+        }
+
+
+def _update(state: _Endpoint, status: int) -> bool:
+    """Fold one report of an endpoint in; whether it now counts differently."""
+    before = state.passes
+    if status in _PASSING:
+        state.failing_reports = 0
+        state.passes = True
+    elif status != health_check_pb2.UNKNOWN:
+        state.failing_reports += 1
+        if state.failing_reports >= FAILING_REPORTS:
+            state.passes = False
+    return state.passes is not before
+
+
+def _changed_names(older: Snapshot | None, newer: Snapshot) -> set[str] | None:
+    """Cluster names whose cluster or load assignment may differ; None: not known (look at all)."""
+    if older is None:
+        return None
+    clusters = newer.changed_since(older, CLUSTER)
+    endpoints = newer.changed_since(older, ENDPOINT)
+    if clusters is None or endpoints is None:
+        return None
+    return clusters | endpoints
+
+
+def summarize(per_proxy: Iterable[tuple[str, tuple[int, int]]]) -> tuple[int, int, list[str]] | None:
+    """Several proxies' (passing, checked) counts of one cluster: the fewest passing (the worst proxy), the
+    most checked, and the proxies on which none passes; None if no proxy reported."""
+    seen = list(per_proxy)
+    if not seen:
+        return None
+    return (
+        min(passing for _, (passing, _) in seen),
+        max(checked for _, (_, checked) in seen),
+        sorted(node for node, (passing, _) in seen if passing == 0),
+    )
