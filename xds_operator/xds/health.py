@@ -147,11 +147,12 @@ class HealthStream:
         if names is None:
             names = set(self.targets) | self._left_out | set(snapshot.resources[CLUSTER].keys())
         changed = set()
+        checked = self._checked
         for name in sorted(names):
             if self._set_target(name, targets_of(snapshot, name)):
                 changed.add(name)
-        if self._left_out and changed:  # room may have been made
-            for name in sorted(self._left_out):
+        if self._left_out and self._checked < checked:  # room was made: clusters left out may fit now
+            for name in sorted(self._left_out - names):
                 if self._set_target(name, targets_of(snapshot, name)):
                     changed.add(name)
         if not changed and self._sent is not None:
@@ -171,10 +172,14 @@ class HealthStream:
         if old is not None:
             self._checked -= len(old.endpoints)
             del self.targets[name]
+        was_left_out = name in self._left_out
         self._left_out.discard(name)
         if target is not None and self._checked + len(target.endpoints) > MAX_CHECKED_ENDPOINTS:
             self._left_out.add(name)
-            self._limit(LIMIT_CHECKED_ENDPOINTS, f"more than {MAX_CHECKED_ENDPOINTS} endpoints to check: {name}")
+            if not was_left_out:
+                self._limit(
+                    LIMIT_CHECKED_ENDPOINTS, f"over {MAX_CHECKED_ENDPOINTS} endpoints to check; left out: {name}"
+                )
             target = None
         if target is None:
             self.health.pop(name, None)
@@ -225,15 +230,17 @@ class HealthStream:
                     if _update(state, reported.health_status):
                         changed.add(cluster.cluster_name)
                     self._settling |= 0 < state.failing_reports < FAILING_REPORTS
-        if unknown:
-            self._limit(LIMIT_UNKNOWN_ENDPOINT, f"{unknown} endpoints it was not asked to check (ignored)")
+        if unknown:  # expected once right after a specifier change (a report already on its way): not a warning
+            self._limit(LIMIT_UNKNOWN_ENDPOINT, f"{unknown} endpoints it was not asked to check (ignored)", warn=False)
         if budget < 0:
             self._limit(LIMIT_UNKNOWN_ENDPOINT, "more endpoint entries than it was asked to check (the rest ignored)")
         return changed
 
-    def _limit(self, limit: str, what: str) -> None:
+    def _limit(self, limit: str, what: str, *, warn: bool = True) -> None:
         self.limited(limit)
-        if limit not in self._warned:  # once per stream and limit
+        if not warn:
+            log.debug("proxy %s health reports: %s", self.node_id, what, extra={"node_id": self.node_id})
+        elif limit not in self._warned:  # once per stream and limit
             self._warned.add(limit)
             log.warning("proxy %s health reports: %s", self.node_id, what, extra={"node_id": self.node_id})
 
