@@ -229,6 +229,38 @@ def test_reports_count_passing_endpoints_and_failing_ones_after_consecutive_repo
     assert limits.hits == []
 
 
+def test_a_report_laid_out_otherwise_is_read_whole(cache: SnapshotCache):
+    # Same length, entries in another order: what differs is in the entries' names, so the whole report is
+    # read (not just the entries whose bytes differ).
+    cache.upsert(make_vs("a", "worker-a", ["10.0.0.1"]))
+    cache.upsert(make_vs("b", "worker-b", ["10.0.0.2"], port=3001))
+    cache.commit()
+    stream, watch, _ = stream_on(cache)
+    stream.on_snapshot(watch.snapshot)
+    stream.on_report(report({"worker-a": {"10.0.0.1:2001": HEALTHY}, "worker-b": {"10.0.0.2:2001": HEALTHY}}))
+    swapped = report({"worker-b": {"10.0.0.2:2001": UNHEALTHY}, "worker-a": {"10.0.0.1:2001": HEALTHY}})
+    for _ in range(FAILING_REPORTS):
+        stream.on_report(swapped)
+    assert stream.counts("worker-a") == (1, 1)
+    assert stream.counts("worker-b") == (0, 1)
+    assert [e["endpoint"] for e in stream.failing()] == ["10.0.0.2:2001"]
+
+
+def test_many_flips_in_one_report_are_all_read(cache: SnapshotCache):
+    addresses = [f"10.0.1.{i}" for i in range(1, 33)]
+    cache.upsert(make_vs("a", "worker-a", addresses))
+    cache.commit()
+    stream, watch, _ = stream_on(cache)
+    stream.on_snapshot(watch.snapshot)
+    stream.on_report(report({"worker-a": {f"{a}:2001": HEALTHY for a in addresses}}))
+    down = report({"worker-a": {f"{a}:2001": UNHEALTHY for a in addresses}})
+    for _ in range(FAILING_REPORTS):
+        stream.on_report(down)
+    assert stream.counts("worker-a") == (0, 32)
+    stream.on_report(report({"worker-a": {f"{a}:2001": HEALTHY if a.endswith(".7") else UNHEALTHY for a in addresses}}))
+    assert stream.counts("worker-a") == (1, 32)
+
+
 def test_health_survives_a_specifier_change_of_other_clusters(cache: SnapshotCache):
     cache.upsert(make_vs("a", "worker-a"))
     cache.commit()

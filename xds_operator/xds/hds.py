@@ -91,19 +91,19 @@ class HealthDiscoveryService:
 
     def failing_on(self, cluster: str, node_id: str) -> list[str]:
         """The failing endpoints of a cluster on one proxy (node id as shown), as `ip:port` (check port)."""
-        for connection in reversed(list(self._connections.values())):
+        for stream_id in sorted(self._checkers.get(cluster, ()), reverse=True):  # the newest stream first
+            connection = self._connections[stream_id]
             if connection.stream.node_id == node_id:
                 return [
                     f"{e['endpoint']}"
                     + (f" (health check port {e['health_check_port']})" if e["health_check_port"] else "")
-                    for e in connection.stream.failing()
-                    if e["cluster"] == cluster
+                    for e in connection.stream.failing(cluster)
                 ]
         return []
 
     def unhealthy_endpoints(self) -> int:
         """Endpoints counted as failing, summed over proxies (the metric)."""
-        return sum(len(c.stream.failing()) for c in self._connections.values())
+        return sum(c.stream.failing_count() for c in self._connections.values())
 
     def reidentify(self, node_ids: Iterable[str]) -> None:
         """The identity source learned something about these nodes: move their watches to their labels' group."""
@@ -161,35 +161,61 @@ class HealthDiscoveryService:
                     context.set_code(grpc.StatusCode.UNAVAILABLE)
                     context.set_details("xds-operator is shutting down; reconnect")
                     return
+                specifier = None
                 if item is _Signal.SNAPSHOT_CHANGED:
                     pending_change = False
-                    if connection is None:
-                        continue
-                    specifier, changed = connection.stream.on_snapshot(connection.watch.snapshot)
+                    if connection is not None:
+                        specifier = self.snapshot_changed(stream_id)
                 else:
                     room.release()
                     if connection is None:
                         connection = self._connect(stream_id, item, context, on_change)
                         if connection is None:
                             return
-                        pending_change = False
-                        specifier, changed = connection.stream.on_snapshot(connection.watch.snapshot)
+                        pending_change = False  # the first specifier covers the snapshot the watch starts with
+                        specifier = self.snapshot_changed(stream_id)
                     else:
-                        specifier, changed = None, connection.stream.on_report(item)
-                if changed:
-                    self._index(stream_id, connection.stream.targets, changed)
-                    self._on_health(changed)
+                        self.reported(stream_id, item)
                 if specifier is not None:
                     yield specifier
         finally:
             reader.cancel()
             del self._queues[stream_id]
-            gone = self._connections.pop(stream_id, None)
-            if gone is not None:
-                self._cache.cancel(gone.watch)
-                self._index(stream_id, {}, set(gone.stream.targets))
-                if gone.stream.health:
-                    self._on_health(set(gone.stream.health))
+            self.close(stream_id)
+
+    # -- one stream's events, free of I/O (the RPC above calls them; so does bench/hds.py) ------------------
+
+    def open(self, stream_id: int, node: base_pb2.Node, on_change: Callable[[], None]) -> HealthConnection:
+        """A stream's proxy introduced itself: its state, and a watch on its group's snapshot."""
+        node_id = node.id
+        stream = HealthStream(clip(node_id, MAX_SHOWN_NODE_ID), self._limited)
+        watch = self._cache.watch(self._identify(node), on_change)
+        connection = self._connections[stream_id] = HealthConnection(node, node_id, stream, watch)
+        return connection
+
+    def snapshot_changed(self, stream_id: int) -> bytes | None:
+        """The stream's snapshot changed: the specifier to send, if it differs from the last one."""
+        connection = self._connections[stream_id]
+        specifier, changed = connection.stream.on_snapshot(connection.watch.snapshot)
+        if changed:
+            self._index(stream_id, connection.stream.targets, changed)
+            self._on_health(changed)
+        return specifier
+
+    def reported(self, stream_id: int, raw: bytes) -> None:
+        """A report arrived on the stream (as received)."""
+        changed = self._connections[stream_id].stream.on_report(raw)
+        if changed:
+            self._on_health(changed)
+
+    def close(self, stream_id: int) -> None:
+        """The stream ended: its proxy's reports no longer count."""
+        gone = self._connections.pop(stream_id, None)
+        if gone is not None:
+            self._cache.cancel(gone.watch)
+            self._index(stream_id, {}, set(gone.stream.targets))
+            if gone.stream.health:
+                self._on_health(set(gone.stream.health))
 
     def _index(self, stream_id: int, targets: Mapping[str, object], names: Iterable[str]) -> None:
         """Keep `_checkers` up to date for these clusters of one stream."""
@@ -217,11 +243,10 @@ class HealthDiscoveryService:
             context.set_details("the first message must be a HealthCheckRequest with the proxy's node")
             return None
         node = first.health_check_request.node
-        node_id = node.id or context.peer()
-        shown = clip(node_id, MAX_SHOWN_NODE_ID)
-        stream = HealthStream(shown, self._limited)
-        watch = self._cache.watch(self._identify(node), on_change)
-        connection = self._connections[stream_id] = HealthConnection(node, node_id, stream, watch)
+        if not node.id:
+            node.id = context.peer()
+        connection = self.open(stream_id, node, on_change)
+        shown = connection.stream.node_id
         log.debug("proxy %s opened a health report stream", shown, extra={"node_id": shown})
         return connection
 

@@ -17,6 +17,7 @@ every endpoint's health every `interval` (`EndpointHealthResponse`). A `HealthSt
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -134,6 +135,11 @@ class HealthStream:
     _sent: bytes | None = None
     _last_report: bytes = b""
     _settling: bool = False  # an endpoint has failed fewer than FAILING_REPORTS reports in a row
+    _settling_clusters: set[str] = field(default_factory=set)  # the clusters of such endpoints
+    _layout: list[Span] = field(default_factory=list)  # the last report's cluster entries
+    _budget: int = 0
+    _unknown: int = 0
+    _failing: set[tuple[str, str]] = field(default_factory=set)  # (cluster, "ip:port") counted as failing
     _warned: set[str] = field(default_factory=set)
 
     # -- what the proxy is asked to check ------------------------------------------------------------
@@ -181,13 +187,16 @@ class HealthStream:
                     LIMIT_CHECKED_ENDPOINTS, f"over {MAX_CHECKED_ENDPOINTS} endpoints to check; left out: {name}"
                 )
             target = None
+        self._failing -= {(name, endpoint) for endpoint in self.health.get(name, {})}
         if target is None:
             self.health.pop(name, None)
+            self._settling_clusters.discard(name)
             return old is not None
         self.targets[name] = target
         self._checked += len(target.endpoints)
         kept = self.health.get(name, {})
         self.health[name] = {endpoint: kept.get(endpoint, _Endpoint()) for endpoint in target.endpoints}
+        self._failing |= {(name, e) for e, state in self.health[name].items() if state.passes is False}
         return True
 
     # -- what it reports ---------------------------------------------------------------------------------
@@ -198,43 +207,83 @@ class HealthStream:
             self._limit(LIMIT_REPORT_SIZE, f"a health report of {len(raw)} bytes (at most {MAX_REPORT_BYTES})")
             return set()
         if raw == self._last_report and not self._settling:
-            return set()  # nothing changed since the last report
+            return set()  # nothing changed since the last report: the steady state, one comparison
+        spans = _changed_spans(self._last_report, raw, self._layout)
+        if spans is None:
+            return self._read_whole(raw)
+        # Only some clusters' entries differ (an endpoint's health flipped): decode those, and those settling.
+        self._last_report = raw
+        self.reports += 1
+        wanted = {*spans, *(span for span in self._layout if span[2] in self._settling_clusters)}
+        changed: set[str] = set()
+        self._budget = self._checked + 64
+        for start, end, _, _ in sorted(wanted):
+            try:
+                cluster = hds_pb2.ClusterEndpointsHealth.FromString(raw[start:end])
+            except DecodeError:
+                return self._read_whole(raw)
+            changed |= self._apply_cluster(cluster)
+        self._after_apply()
+        return changed
+
+    def _read_whole(self, raw: bytes) -> set[str]:
         try:
             message = hds_pb2.HealthCheckRequestOrEndpointHealthResponse.FromString(raw)
         except DecodeError:
             self._limit(LIMIT_BAD_REPORT, "a health report that does not decode")
             return set()
         self._last_report = raw
+        self._layout = []
         if not message.HasField("endpoint_health_response"):
             return set()
         self.reports += 1
-        return self._apply(message.endpoint_health_response)
-
-    def _apply(self, response: hds_pb2.EndpointHealthResponse) -> set[str]:
+        self._layout = _layout(raw)
         changed: set[str] = set()
-        budget = self._checked + 64  # entries read at most: a proxy reports each endpoint once
-        unknown = 0
-        self._settling = False
-        for cluster in response.cluster_endpoints_health:
-            states = self.health.get(cluster.cluster_name)
-            for locality in cluster.locality_endpoints_health:
-                for reported in locality.endpoints_health:
-                    budget -= 1
-                    if budget < 0:
-                        break
-                    address = reported.endpoint.address.socket_address
-                    state = states.get(f"{address.address}:{address.port_value}") if states is not None else None
-                    if state is None:
-                        unknown += 1
-                        continue
-                    if _update(state, reported.health_status):
-                        changed.add(cluster.cluster_name)
-                    self._settling |= 0 < state.failing_reports < FAILING_REPORTS
-        if unknown:  # expected once right after a specifier change (a report already on its way): not a warning
-            self._limit(LIMIT_UNKNOWN_ENDPOINT, f"{unknown} endpoints it was not asked to check (ignored)", warn=False)
-        if budget < 0:
-            self._limit(LIMIT_UNKNOWN_ENDPOINT, "more endpoint entries than it was asked to check (the rest ignored)")
+        self._budget = self._checked + 64  # entries read at most: a proxy reports each endpoint once
+        self._settling_clusters.clear()
+        for cluster in message.endpoint_health_response.cluster_endpoints_health:
+            changed |= self._apply_cluster(cluster)
+            if self._budget < 0:
+                break
+        self._after_apply()
         return changed
+
+    def _apply_cluster(self, cluster: hds_pb2.ClusterEndpointsHealth) -> set[str]:
+        name = cluster.cluster_name
+        states = self.health.get(name)
+        changed = False
+        settling = False
+        for locality in cluster.locality_endpoints_health:
+            for reported in locality.endpoints_health:
+                self._budget -= 1
+                if self._budget < 0:
+                    return {name} if changed else set()
+                address = reported.endpoint.address.socket_address
+                state = states.get(f"{address.address}:{address.port_value}") if states is not None else None
+                if state is None:
+                    self._unknown += 1
+                    continue
+                if _update(state, reported.health_status):
+                    changed = True
+                    key = (name, f"{address.address}:{address.port_value}")
+                    if state.passes is False:
+                        self._failing.add(key)
+                    else:
+                        self._failing.discard(key)
+                settling |= 0 < state.failing_reports < FAILING_REPORTS
+        if settling:
+            self._settling_clusters.add(name)
+        else:
+            self._settling_clusters.discard(name)
+        return {name} if changed else set()
+
+    def _after_apply(self) -> None:
+        self._settling = bool(self._settling_clusters)
+        if self._unknown:  # expected once right after a specifier change (a report already on its way): no warning
+            self._limit(LIMIT_UNKNOWN_ENDPOINT, f"{self._unknown} endpoints it was not asked to check", warn=False)
+            self._unknown = 0
+        if self._budget < 0:
+            self._limit(LIMIT_UNKNOWN_ENDPOINT, "more endpoint entries than it was asked to check (the rest ignored)")
 
     def _limit(self, limit: str, what: str, *, warn: bool = True) -> None:
         self.limited(limit)
@@ -253,17 +302,19 @@ class HealthStream:
             return None
         return sum(1 for state in states.values() if state.passes), len(states)
 
-    def failing(self) -> list[UnhealthyEndpoint]:
-        """Every endpoint counted as failing, by cluster and address."""
+    def failing(self, cluster: str | None = None) -> list[UnhealthyEndpoint]:
+        """The endpoints counted as failing (of one cluster, or all), by cluster and address."""
         return [
             {"cluster": name, "endpoint": endpoint, "health_check_port": self.targets[name].endpoints[endpoint]}
-            for name in sorted(self.health)
-            for endpoint, state in sorted(self.health[name].items())
-            if state.passes is False
+            for name, endpoint in sorted(self._failing)
+            if cluster is None or name == cluster
         ]
 
+    def failing_count(self) -> int:
+        return len(self._failing)
+
     def view(self) -> HealthView:
-        failing = self.failing()
+        failing = self.failing()  # O(endpoints) below: read on demand (/debug/proxies), not per report
         passing = sum(1 for states in self.health.values() for state in states.values() if state.passes)
         return {
             "clusters": len(self.targets),
@@ -273,6 +324,80 @@ class HealthStream:
             "unhealthy": failing[:MAX_SHOWN_UNHEALTHY],
             "reports": self.reports,
         }
+
+
+# -- reading reports by their bytes -------------------------------------------------------------------------
+#
+# Envoy re-sends the whole report every interval. When one endpoint's health flips, the new report has the same
+# length and differs in a few bytes (its status, in the cluster's entry and in the legacy flat list), so the
+# entries that differ are found from the bytes (an XOR of the two reports, in C) and only they are decoded: the
+# cost of a flip does not grow with the endpoints reported. Anything else (a length change, a difference in an
+# entry's header) reads the whole report.
+
+MAX_DIFFERING_BYTES = 64  # beyond this, the whole report is read
+
+
+Span = tuple[int, int, str, int]  # a cluster entry's payload in a report: start, end, cluster name, end of the name
+
+
+def _changed_spans(old: bytes, new: bytes, layout: list[Span]) -> set[Span] | None:
+    """The cluster entries of `layout` (offsets valid in `old`) whose bytes differ in `new`; None if `new` may be
+    laid out otherwise (read it all)."""
+    if not layout or len(old) != len(new):
+        return None
+    differing = int.from_bytes(old, "little") ^ int.from_bytes(new, "little")
+    starts = [span[0] for span in layout]
+    spans: set[Span] = set()
+    for _ in range(MAX_DIFFERING_BYTES):
+        if not differing:
+            return spans
+        offset = ((differing & -differing).bit_length() - 1) // 8
+        differing &= ~(0xFF << (offset * 8))
+        index = bisect.bisect_right(starts, offset) - 1
+        if index < 0 or offset >= layout[index][1]:
+            continue  # outside every cluster entry: the legacy flat list, which is not read
+        span = layout[index]
+        if offset < span[3]:
+            return None  # an entry's name changed
+        spans.add(span)
+    return None
+
+
+def _layout(raw: bytes) -> list[Span]:
+    """Where each `cluster_endpoints_health` entry's payload lies in a report; [] if it is laid out otherwise
+    than Envoy lays it out (then every changed report is read whole)."""
+    spans: list[Span] = []
+    try:
+        if not raw or raw[0] != 0x12:  # endpoint_health_response: field 2, length-delimited, alone
+            return []
+        length, position = _read_varint(raw, 1)
+        end = position + length
+        if end != len(raw):
+            return []
+        while position < end:
+            key, position = _read_varint(raw, position)
+            size, position = _read_varint(raw, position)
+            if key & 7 != 2:
+                return []
+            if key >> 3 == 2 and size and raw[position] == 0x0A:  # cluster_endpoints_health, cluster_name first
+                name_size, name_start = _read_varint(raw, position + 1)
+                name = raw[name_start : name_start + name_size].decode()
+                spans.append((position, position + size, name, name_start + name_size))
+            position += size
+    except (IndexError, UnicodeDecodeError):
+        return []
+    return spans if position == end else []
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
 
 
 def _update(state: _Endpoint, status: int) -> bool:
