@@ -5,13 +5,15 @@ lastTransitionTime, observedGeneration):
 - Accepted: the spec is valid (False carries the validation errors).
 - Programmed: every selected proxy has ACKed its resources (False says how many have,
   or carries Envoy's NACK text).
-- Ready: Programmed, the latest generation is valid, and every cluster has at least one
-  ready endpoint: the route is live (what an app waits for before handing out an address).
+- Ready: Programmed, the latest generation is valid, every cluster has at least one ready
+  endpoint, and no proxy that reports endpoint health (HDS) sees every endpoint of a cluster fail
+  its health check: the route is live (what an app waits for before handing out an address).
 - Conflicted: another, older VirtualService claims the same listener name, cluster name or
   port on a proxy, so this one is left out there.
 
 Beside them, status.listeners: per listener its name, protocol, port, the pod IPs of the
-proxies that run it (sorted, at most MAX_STATUS_ADDRESSES) and its cluster's ready endpoint count.
+proxies that run it (sorted, at most MAX_STATUS_ADDRESSES) and its cluster's ready endpoint count (and,
+once proxies report on a health-checked cluster, its healthy and checked endpoint counts).
 """
 
 from __future__ import annotations
