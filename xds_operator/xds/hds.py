@@ -64,6 +64,7 @@ class HealthDiscoveryService:
         self._limited = limited  # a client hit a bound (metrics)
         self._connections: dict[int, HealthConnection] = {}
         self._checkers: dict[str, set[int]] = {}  # cluster name → the streams asked to check it
+        self._by_node: dict[str, list[int]] = {}  # node id → its open streams, oldest first
         self._queues: dict[int, asyncio.Queue[bytes | _Signal]] = {}
         self._next_id = 0
         self._draining = False
@@ -72,11 +73,8 @@ class HealthDiscoveryService:
 
     def view(self, node_id: str) -> HealthView | None:
         """The newest HDS stream of this node, if it has one."""
-        found = [c for c in self._connections.values() if c.node_id == node_id]
-        return found[-1].stream.view() if found else None
-
-    def streams(self) -> list[HealthConnection]:
-        return list(self._connections.values())
+        streams = self._by_node.get(node_id)
+        return self._connections[streams[-1]].stream.view() if streams else None
 
     def cluster_counts(self, cluster: str) -> list[tuple[str, tuple[int, int]]]:
         """Per reporting proxy (newest stream per node): (passing, checked) endpoints of this cluster."""
@@ -191,6 +189,7 @@ class HealthDiscoveryService:
         stream = HealthStream(clip(node_id, MAX_SHOWN_NODE_ID), self._limited)
         watch = self._cache.watch(self._identify(node), on_change)
         connection = self._connections[stream_id] = HealthConnection(node, node_id, stream, watch)
+        self._by_node.setdefault(node_id, []).append(stream_id)
         return connection
 
     def snapshot_changed(self, stream_id: int) -> bytes | None:
@@ -212,6 +211,10 @@ class HealthDiscoveryService:
         """The stream ended: its proxy's reports no longer count."""
         gone = self._connections.pop(stream_id, None)
         if gone is not None:
+            streams = self._by_node[gone.node_id]
+            streams.remove(stream_id)
+            if not streams:
+                del self._by_node[gone.node_id]
             self._cache.cancel(gone.watch)
             self._index(stream_id, {}, set(gone.stream.targets))
             if gone.stream.health:

@@ -172,8 +172,9 @@ class AggregatedDiscoveryService:
         self._draining = True
         for inbox in self._inboxes.values():
             inbox.items.put_nowait(_Signal.DRAIN)
-        health = self.health.drain() if self.health is not None else 0
-        return len(self._inboxes) + health
+        if self.health is not None:  # health report streams end too (not counted: they are not xDS streams)
+            self.health.drain()
+        return len(self._inboxes)
 
     def progress(self) -> list[ProxyProgress]:
         """Per connected proxy, what status needs: the snapshot it should run, the one it runs, its NACK."""
