@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bisect
 import logging
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ def targets_of(snapshot: Snapshot, name: str) -> Target | None:
 
 
 _MEMO: OrderedDict[tuple[int, int], Target | None] = OrderedDict()
+# The specifier of every health-checked cluster of a snapshot, while the snapshot lives.
+_SPECIFIERS: weakref.WeakKeyDictionary[Snapshot, bytes] = weakref.WeakKeyDictionary()
 
 
 def _target(cluster_resource: Resource, assignment_resource: Resource | None) -> Target | None:
@@ -163,13 +166,26 @@ class HealthStream:
                     changed.add(name)
         if not changed and self._sent is not None:
             return None, changed
-        specifier = b"".join([*(self.targets[name].entry for name in sorted(self.targets)), _INTERVAL])
+        specifier = self._encode(snapshot)
         if specifier == self._sent:
             return None, changed
         if self._sent is None and not self.targets:
             return None, changed  # nothing to check yet: Envoy sends no reports until it has a specifier
         self._sent = specifier
         return specifier, changed
+
+    def _encode(self, snapshot: Snapshot) -> bytes:
+        """The specifier of `targets`. Proxies of one group share a snapshot, and then (unless a bound left
+        clusters out, which depends on a stream's history) the same specifier: it is joined once per snapshot."""
+        shared = not self._left_out
+        if shared:
+            encoded = _SPECIFIERS.get(snapshot)
+            if encoded is not None:
+                return encoded
+        encoded = b"".join([*(self.targets[name].entry for name in sorted(self.targets)), _INTERVAL])
+        if shared:
+            _SPECIFIERS[snapshot] = encoded
+        return encoded
 
     def _set_target(self, name: str, target: Target | None) -> bool:
         old = self.targets.get(name)
@@ -187,16 +203,21 @@ class HealthStream:
                     LIMIT_CHECKED_ENDPOINTS, f"over {MAX_CHECKED_ENDPOINTS} endpoints to check; left out: {name}"
                 )
             target = None
-        self._failing -= {(name, endpoint) for endpoint in self.health.get(name, {})}
+        kept = self.health.get(name)
+        if kept:
+            self._failing -= {(name, endpoint) for endpoint, state in kept.items() if state.passes is False}
         if target is None:
             self.health.pop(name, None)
             self._settling_clusters.discard(name)
             return old is not None
         self.targets[name] = target
         self._checked += len(target.endpoints)
-        kept = self.health.get(name, {})
-        self.health[name] = {endpoint: kept.get(endpoint, _Endpoint()) for endpoint in target.endpoints}
-        self._failing |= {(name, e) for e, state in self.health[name].items() if state.passes is False}
+        if kept:  # endpoints that stay keep what was reported of them
+            states = {endpoint: kept.get(endpoint) or _Endpoint() for endpoint in target.endpoints}
+            self._failing |= {(name, endpoint) for endpoint, state in states.items() if state.passes is False}
+        else:
+            states = {endpoint: _Endpoint() for endpoint in target.endpoints}
+        self.health[name] = states
         return True
 
     # -- what it reports ---------------------------------------------------------------------------------
