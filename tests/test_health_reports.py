@@ -439,3 +439,42 @@ async def test_a_stream_that_does_not_start_with_its_node_is_refused(cache: Snap
             assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     finally:
         await server.stop(0)
+
+
+# -- `xds-operator status` -----------------------------------------------------------------------------------
+
+
+def test_status_command_lists_unhealthy_endpoints_per_proxy():
+    from xds_operator.commands.status import proxy_views, table
+
+    answer = [
+        {
+            "node_id": "edge-1",
+            "variant": "delta",
+            "labels": {"app": "ingress"},
+            "group": "app=ingress",
+            "types": {"CDS": {"version": "v1", "state": "ACKed", "acked_version": "v1", "error": None}},
+            "health": {
+                "clusters": 1,
+                "endpoints": 2,
+                "healthy": 1,
+                "unhealthy_count": 1,
+                "unhealthy": [{"cluster": "worker-a", "endpoint": "10.0.0.2:2001", "health_check_port": 1233}],
+                "reports": 3,
+            },
+        },
+        {  # a proxy without a health report stream (an older bootstrap), and an older server's answer
+            "node_id": "edge-2",
+            "variant": "sotw",
+            "labels": None,
+            "group": "(identity unknown)",
+            "types": {},
+        },
+    ]
+    text = table(proxy_views(answer))
+    lines = text.splitlines()
+    assert lines[0].split() == ["NODE", "GROUP", "VARIANT", "CDS", "EDS", "LDS", "HEALTHY"]
+    assert lines[1].split()[-1] == "1/2" and lines[2].split()[-1] == "-"
+    assert "  edge-1 worker-a: 10.0.0.2:2001 (health check port 1233) fails" in lines
+    with pytest.raises(ValueError, match=r"item 0.health.unhealthy is not a list"):
+        proxy_views([{**answer[0], "health": {**answer[0]["health"], "unhealthy": "x"}}])

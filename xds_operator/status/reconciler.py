@@ -76,6 +76,7 @@ class StatusReconciler:
         self._health = health
         self._health_changed = health_changed if health_changed is not None else set()
         self._cluster_users: dict[str, set[Key]] = {}  # Envoy cluster name → the VirtualServices routing to it
+        self._health_memo: dict[str, ClusterHealth | None] = {}  # within one pass
         self._clusters_of: dict[Key, tuple[str, ...]] = {}  # and per VirtualService, per listener
         self._interval = interval
         self._dns = DnsCache(self._on_dns)  # whether address endpoints resolve, for Ready
@@ -185,6 +186,7 @@ class StatusReconciler:
                 return
         conflicts = self._conflicts
         now = now_rfc3339()
+        self._health_memo.clear()
         addresses: dict[tuple[int, ...], tuple[str, ...]] = {}  # by serving node-id sets (shared between alike)
         for key in keys:
             record = self._records.get(key)
@@ -296,17 +298,23 @@ class StatusReconciler:
             return ()
         names = tuple(envoy_cluster_name(listener) for listener in vs.spec.listeners)
         self._use_clusters(key, names)
-        health = self._health
-        found: list[ClusterHealth | None] = []
-        for name in names:
-            summary = summarize(health.cluster_counts(name))
-            if summary is None:
-                found.append(None)
-                continue
-            passing, checked, failing_on = summary
-            failing = ", ".join(health.failing_on(name, failing_on[0])) if failing_on else ""
-            found.append(ClusterHealth(passing, checked, tuple(failing_on), failing))
+        found = [self._health_of(name) for name in names]
         return tuple(found) if any(found) else ()
+
+    def _health_of(self, name: str) -> ClusterHealth | None:
+        """One cluster's health across the proxies that report it, computed once per pass (the VirtualServices
+        of calls to one worker share its cluster)."""
+        if name in self._health_memo:
+            return self._health_memo[name]
+        assert self._health is not None
+        summary = summarize(self._health.cluster_counts(name))
+        result = None
+        if summary is not None:
+            passing, checked, failing_on = summary
+            failing = ", ".join(self._health.failing_on(name, failing_on[0])) if failing_on else ""
+            result = ClusterHealth(passing, checked, tuple(failing_on), failing)
+        self._health_memo[name] = result
+        return result
 
     def _use_clusters(self, key: Key, names: tuple[str, ...]) -> None:
         before = self._clusters_of.pop(key, ())
