@@ -478,3 +478,22 @@ def test_status_command_lists_unhealthy_endpoints_per_proxy():
     assert "  edge-1 worker-a: 10.0.0.2:2001 (health check port 1233) fails" in lines
     with pytest.raises(ValueError, match=r"item 0.health.unhealthy is not a list"):
         proxy_views([{**answer[0], "health": {**answer[0]["health"], "unhealthy": "x"}}])
+
+
+# -- bootstrap ---------------------------------------------------------------------------------------------
+
+
+def test_bootstrap_asks_for_health_reports_unless_told_not_to(capsys):
+    import yaml
+
+    from xds_operator.cli import main
+
+    assert main(["bootstrap", "--node-id", "edge-1", "--label", "app=ingress"]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["hds_config"] == {
+        "api_type": "GRPC",
+        "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "xds_cluster"}}],
+    }
+    assert main(["bootstrap", "--node-id", "edge-1", "--no-health-reports"]) == 0
+    assert "hds_config" not in yaml.safe_load(capsys.readouterr().out)
