@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 from .conftest import endpoint, free_udp_port, virtual_service, wait_until
 
@@ -52,8 +53,10 @@ def test_health_port_closing_and_opening_is_reported_per_proxy(envoy, control_pl
     wait_until(lambda: reported(2, []), "both endpoints reported healthy")
     assert _unhealthy_metric(control_plane) == 0
 
+    closed = time.monotonic()
     a.close_health()
     wait_until(lambda: reported(1, [f"127.0.0.1:{a.port}"]), "worker-a reported unhealthy")
+    shown_after = time.monotonic() - closed
     failing = _health(control_plane, envoy.node_id)["unhealthy"]
     assert failing == [{"cluster": "calls-c", "endpoint": f"127.0.0.1:{a.port}", "health_check_port": a.health_port}]
     assert _unhealthy_metric(control_plane) == 1
@@ -74,9 +77,13 @@ def test_health_port_closing_and_opening_is_reported_per_proxy(envoy, control_pl
     assert shown.returncode == 0, shown.stderr
     assert f"{envoy.node_id} calls-c: 127.0.0.1:{a.port} (health check port {a.health_port}) fails" in shown.stdout
 
+    opened = time.monotonic()
     a.open_health()
     wait_until(lambda: reported(2, []), "worker-a reported healthy again")
     assert _unhealthy_metric(control_plane) == 0
+    # Check interval 500 ms, a report every second, failing after 2 reports in a row (not asserted: timing).
+    back_after = time.monotonic() - opened
+    print(f"\nFIGURE health-port closed-to-shown={shown_after:.2f}s opened-to-shown={back_after:.2f}s")
 
 
 def test_removed_cluster_is_no_longer_checked(envoy, control_plane, workers, vs_files):
