@@ -117,6 +117,16 @@ def report(entries: Mapping[str, Mapping[str, int]]) -> bytes:
     return message.SerializeToString()
 
 
+def consistent(stream: HealthStream) -> HealthStream:
+    """What the stream keeps counted as it goes agrees with a count from scratch."""
+    states = [state for endpoints in stream.health.values() for state in endpoints.values()]
+    view = stream.view()
+    assert view["healthy"] == sum(1 for state in states if state.passes)
+    assert view["unhealthy_count"] == sum(1 for state in states if state.passes is False)
+    assert view["endpoints"] == sum(len(target.endpoints) for target in stream.targets.values())
+    return stream
+
+
 @pytest.fixture
 def cache() -> SnapshotCache:
     return SnapshotCache()
@@ -223,10 +233,13 @@ def test_reports_count_passing_endpoints_and_failing_ones_after_consecutive_repo
     stream.on_report(failing)
     assert stream.reports == read
 
+    consistent(stream)
+
     # One passing report brings it back.
     assert stream.on_report(report({"worker-a": {"10.0.0.1:2001": HEALTHY, "10.0.0.2:2001": HEALTHY}})) == {"worker-a"}
     assert stream.failing() == [] and stream.counts("worker-a") == (2, 2)
     assert limits.hits == []
+    consistent(stream)
 
 
 def test_a_report_laid_out_otherwise_is_read_whole(cache: SnapshotCache):
@@ -259,6 +272,7 @@ def test_many_flips_in_one_report_are_all_read(cache: SnapshotCache):
     assert stream.counts("worker-a") == (0, 32)
     stream.on_report(report({"worker-a": {f"{a}:2001": HEALTHY if a.endswith(".7") else UNHEALTHY for a in addresses}}))
     assert stream.counts("worker-a") == (1, 32)
+    consistent(stream)
 
 
 def test_health_survives_a_specifier_change_of_other_clusters(cache: SnapshotCache):
@@ -272,6 +286,15 @@ def test_health_survives_a_specifier_change_of_other_clusters(cache: SnapshotCac
     stream.on_snapshot(watch.snapshot)
     assert stream.counts("worker-a") == (1, 1)
     assert stream.counts("worker-b") is None
+    consistent(stream)
+    # An endpoint removed while failing, and one added: the counts follow.
+    stream.on_report(report({"worker-a": {"10.0.0.1:2001": UNHEALTHY}, "worker-b": {"10.0.0.2:2001": HEALTHY}}))
+    stream.on_report(report({"worker-a": {"10.0.0.1:2001": UNHEALTHY}, "worker-b": {"10.0.0.2:2001": HEALTHY}}))
+    assert consistent(stream).view()["unhealthy_count"] == 1
+    cache.upsert(make_vs("a", "worker-a", ["10.0.0.3"]))
+    cache.commit()
+    stream.on_snapshot(watch.snapshot)
+    assert consistent(stream).view()["unhealthy_count"] == 0 and stream.view()["healthy"] == 1
 
 
 # -- bounds on what a client sends ---------------------------------------------------------------------

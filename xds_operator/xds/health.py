@@ -78,7 +78,7 @@ def targets_of(snapshot: Snapshot, name: str) -> Target | None:
             _MEMO.popitem(last=False)
     else:
         _MEMO.move_to_end(key)
-    return memo if memo is None or memo.name == name else None
+    return memo  # (a cluster's weight hashes its name too: one key, one name)
 
 
 _MEMO: OrderedDict[tuple[int, int], Target | None] = OrderedDict()
@@ -143,6 +143,7 @@ class HealthStream:
     _budget: int = 0
     _unknown: int = 0
     _failing: set[tuple[str, str]] = field(default_factory=set)  # (cluster, "ip:port") counted as failing
+    _passing: int = 0  # endpoints counted as passing
     _warned: set[str] = field(default_factory=set)
 
     # -- what the proxy is asked to check ------------------------------------------------------------
@@ -206,6 +207,7 @@ class HealthStream:
         kept = self.health.get(name)
         if kept:
             self._failing -= {(name, endpoint) for endpoint, state in kept.items() if state.passes is False}
+            self._passing -= sum(1 for state in kept.values() if state.passes)
         if target is None:
             self.health.pop(name, None)
             self._settling_clusters.discard(name)
@@ -215,6 +217,7 @@ class HealthStream:
         if kept:  # endpoints that stay keep what was reported of them
             states = {endpoint: kept.get(endpoint) or _Endpoint() for endpoint in target.endpoints}
             self._failing |= {(name, endpoint) for endpoint, state in states.items() if state.passes is False}
+            self._passing += sum(1 for state in states.values() if state.passes)
         else:
             states = {endpoint: _Endpoint() for endpoint in target.endpoints}
         self.health[name] = states
@@ -284,8 +287,10 @@ class HealthStream:
                 if state is None:
                     self._unknown += 1
                     continue
+                was = state.passes
                 if _update(state, reported.health_status):
                     changed = True
+                    self._passing += (state.passes is True) - (was is True)
                     key = (name, f"{address.address}:{address.port_value}")
                     if state.passes is False:
                         self._failing.add(key)
@@ -335,12 +340,11 @@ class HealthStream:
         return len(self._failing)
 
     def view(self) -> HealthView:
-        failing = self.failing()  # O(endpoints) below: read on demand (/debug/proxies), not per report
-        passing = sum(1 for states in self.health.values() for state in states.values() if state.passes)
+        failing = self.failing()
         return {
             "clusters": len(self.targets),
             "endpoints": self._checked,
-            "healthy": passing,
+            "healthy": self._passing,
             "unhealthy_count": len(failing),
             "unhealthy": failing[:MAX_SHOWN_UNHEALTHY],
             "reports": self.reports,
