@@ -9,14 +9,16 @@ every endpoint's health every `interval` (`EndpointHealthResponse`). A `HealthSt
   snapshot; only the clusters the change names are looked at (their entries are encoded once per content
   and shared by every stream), and a specifier goes out only when its bytes differ from the last one sent.
 - `on_report`: the proxy's report, as received (bytes). A report identical to the previous one (Envoy sends
-  the same bytes while nothing changes) costs a comparison; otherwise only the clusters and endpoints this
-  stream asked for are read, the rest counted and ignored. An endpoint counts as failing after
-  FAILING_REPORTS consecutive reports say so (a new endpoint is reported unhealthy until its first check
-  ends), and as passing at the first report that says it passes.
+  the same bytes while nothing changes) costs a comparison; one that differs in a few bytes (an endpoint's
+  health flipped) is decoded only in the cluster entries that differ; any other is read whole. Only the
+  clusters and endpoints this stream asked for are read, the rest counted and ignored. An endpoint counts
+  as failing after FAILING_REPORTS consecutive reports say so (Envoy reports an endpoint it has not
+  checked yet as unhealthy), and as passing at the first report that says it passes.
 """
 
 from __future__ import annotations
 
+import array
 import bisect
 import logging
 import weakref
@@ -82,8 +84,31 @@ def targets_of(snapshot: Snapshot, name: str) -> Target | None:
 
 
 _MEMO: OrderedDict[tuple[int, int], Target | None] = OrderedDict()
-# The specifier of every health-checked cluster of a snapshot, while the snapshot lives.
-_SPECIFIERS: weakref.WeakKeyDictionary[Snapshot, bytes] = weakref.WeakKeyDictionary()
+# The specifiers of the most recently used snapshots, while they live (one per proxy group that changed lately;
+# a bound, so thousands of groups do not each keep one).
+MAX_SHARED_SPECIFIERS = 64
+_SPECIFIERS: OrderedDict[int, tuple[weakref.ref[Snapshot], bytes]] = OrderedDict()
+
+
+def _shared_specifier(snapshot: Snapshot) -> bytes | None:
+    entry = _SPECIFIERS.get(id(snapshot))
+    if entry is None or entry[0]() is not snapshot:
+        return None
+    _SPECIFIERS.move_to_end(id(snapshot))
+    return entry[1]
+
+
+def _share_specifier(snapshot: Snapshot, encoded: bytes) -> None:
+    key = id(snapshot)
+
+    def forget(reference: weakref.ref[Snapshot]) -> None:
+        if _SPECIFIERS.get(key, (None,))[0] is reference:  # not a newer snapshot that reuses the id
+            del _SPECIFIERS[key]
+
+    _SPECIFIERS[key] = (weakref.ref(snapshot, forget), encoded)
+    _SPECIFIERS.move_to_end(key)
+    while len(_SPECIFIERS) > MAX_SHARED_SPECIFIERS:
+        _SPECIFIERS.popitem(last=False)
 
 
 def _target(cluster_resource: Resource, assignment_resource: Resource | None) -> Target | None:
@@ -117,6 +142,19 @@ def _target(cluster_resource: Resource, assignment_resource: Resource | None) ->
 _INTERVAL = length_delimited(2, duration_pb2.Duration(seconds=REPORT_INTERVAL_SECONDS).SerializeToString())
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Where each `cluster_endpoints_health` entry's payload lies in a report: compact (12 bytes an entry), as
+    every stream keeps the one of its last report."""
+
+    starts: array.array[int] = field(default_factory=lambda: array.array("I"))
+    ends: array.array[int] = field(default_factory=lambda: array.array("I"))
+    names_end: array.array[int] = field(default_factory=lambda: array.array("I"))  # where its cluster name ends
+
+
+_NO_LAYOUT = Layout()
+
+
 @dataclass
 class _Endpoint:
     passes: bool | None = None  # None: not reported yet (or not long enough to call it failing)
@@ -138,8 +176,8 @@ class HealthStream:
     _sent: bytes | None = None
     _last_report: bytes = b""
     _settling: bool = False  # an endpoint has failed fewer than FAILING_REPORTS reports in a row
-    _settling_clusters: set[str] = field(default_factory=set)  # the clusters of such endpoints
-    _layout: list[Span] = field(default_factory=list)  # the last report's cluster entries
+    _settling_entries: set[int] = field(default_factory=set)  # the report entries of their clusters
+    _layout: Layout = field(default_factory=lambda: _NO_LAYOUT)  # where the last report's cluster entries lie
     _budget: int = 0
     _unknown: int = 0
     _failing: set[tuple[str, str]] = field(default_factory=set)  # (cluster, "ip:port") counted as failing
@@ -180,12 +218,12 @@ class HealthStream:
         clusters out, which depends on a stream's history) the same specifier: it is joined once per snapshot."""
         shared = not self._left_out
         if shared:
-            encoded = _SPECIFIERS.get(snapshot)
+            encoded = _shared_specifier(snapshot)
             if encoded is not None:
                 return encoded
         encoded = b"".join([*(self.targets[name].entry for name in sorted(self.targets)), _INTERVAL])
         if shared:
-            _SPECIFIERS[snapshot] = encoded
+            _share_specifier(snapshot, encoded)
         return encoded
 
     def _set_target(self, name: str, target: Target | None) -> bool:
@@ -210,7 +248,6 @@ class HealthStream:
             self._passing -= sum(1 for state in kept.values() if state.passes)
         if target is None:
             self.health.pop(name, None)
-            self._settling_clusters.discard(name)
             return old is not None
         self.targets[name] = target
         self._checked += len(target.endpoints)
@@ -232,21 +269,21 @@ class HealthStream:
             return set()
         if raw == self._last_report and not self._settling:
             return set()  # nothing changed since the last report: the steady state, one comparison
-        spans = _changed_spans(self._last_report, raw, self._layout)
-        if spans is None:
+        differing = _changed_entries(self._last_report, raw, self._layout)
+        if differing is None:
             return self._read_whole(raw)
         # Only some clusters' entries differ (an endpoint's health flipped): decode those, and those settling.
         self._last_report = raw
         self.reports += 1
-        wanted = {*spans, *(span for span in self._layout if span[2] in self._settling_clusters)}
         changed: set[str] = set()
         self._budget = self._checked + 64
-        for start, end, _, _ in sorted(wanted):
+        layout = self._layout
+        for index in sorted(differing | self._settling_entries):
             try:
-                cluster = hds_pb2.ClusterEndpointsHealth.FromString(raw[start:end])
+                cluster = hds_pb2.ClusterEndpointsHealth.FromString(raw[layout.starts[index] : layout.ends[index]])
             except DecodeError:
                 return self._read_whole(raw)
-            changed |= self._apply_cluster(cluster)
+            changed |= self._apply_cluster(index, cluster)
         self._after_apply()
         return changed
 
@@ -257,22 +294,23 @@ class HealthStream:
             self._limit(LIMIT_BAD_REPORT, "a health report that does not decode")
             return set()
         self._last_report = raw
-        self._layout = []
+        self._layout = _NO_LAYOUT
+        self._settling_entries.clear()
         if not message.HasField("endpoint_health_response"):
             return set()
         self.reports += 1
-        self._layout = _layout(raw)
+        self._layout = _layout(raw)  # entry i of the report is cluster_endpoints_health[i] (or no layout)
         changed: set[str] = set()
         self._budget = self._checked + 64  # entries read at most: a proxy reports each endpoint once
-        self._settling_clusters.clear()
-        for cluster in message.endpoint_health_response.cluster_endpoints_health:
-            changed |= self._apply_cluster(cluster)
+        for index, cluster in enumerate(message.endpoint_health_response.cluster_endpoints_health):
+            changed |= self._apply_cluster(index, cluster)
             if self._budget < 0:
                 break
         self._after_apply()
         return changed
 
-    def _apply_cluster(self, cluster: hds_pb2.ClusterEndpointsHealth) -> set[str]:
+    def _apply_cluster(self, index: int, cluster: hds_pb2.ClusterEndpointsHealth) -> set[str]:
+        """Fold in the report's entry `index`, one cluster's endpoints."""
         name = cluster.cluster_name
         states = self.health.get(name)
         changed = False
@@ -298,13 +336,13 @@ class HealthStream:
                         self._failing.discard(key)
                 settling |= 0 < state.failing_reports < FAILING_REPORTS
         if settling:
-            self._settling_clusters.add(name)
+            self._settling_entries.add(index)
         else:
-            self._settling_clusters.discard(name)
+            self._settling_entries.discard(index)
         return {name} if changed else set()
 
     def _after_apply(self) -> None:
-        self._settling = bool(self._settling_clusters)
+        self._settling = bool(self._settling_entries)
         if self._unknown:  # expected once right after a specifier change (a report already on its way): no warning
             self._limit(LIMIT_UNKNOWN_ENDPOINT, f"{self._unknown} endpoints it was not asked to check", warn=False)
             self._unknown = 0
@@ -362,56 +400,54 @@ class HealthStream:
 MAX_DIFFERING_BYTES = 64  # beyond this, the whole report is read
 
 
-Span = tuple[int, int, str, int]  # a cluster entry's payload in a report: start, end, cluster name, end of the name
-
-
-def _changed_spans(old: bytes, new: bytes, layout: list[Span]) -> set[Span] | None:
+def _changed_entries(old: bytes, new: bytes, layout: Layout) -> set[int] | None:
     """The cluster entries of `layout` (offsets valid in `old`) whose bytes differ in `new`; None if `new` may be
     laid out otherwise (read it all)."""
-    if not layout or len(old) != len(new):
+    if not layout.starts or len(old) != len(new):
         return None
     differing = int.from_bytes(old, "little") ^ int.from_bytes(new, "little")
-    starts = [span[0] for span in layout]
-    spans: set[Span] = set()
+    entries: set[int] = set()
     for _ in range(MAX_DIFFERING_BYTES):
         if not differing:
-            return spans
+            return entries
         offset = ((differing & -differing).bit_length() - 1) // 8
         differing &= ~(0xFF << (offset * 8))
-        index = bisect.bisect_right(starts, offset) - 1
-        if index < 0 or offset >= layout[index][1]:
+        index = bisect.bisect_right(layout.starts, offset) - 1
+        if index < 0 or offset >= layout.ends[index]:
             continue  # outside every cluster entry: the legacy flat list, which is not read
-        span = layout[index]
-        if offset < span[3]:
+        if offset < layout.names_end[index]:
             return None  # an entry's name changed
-        spans.add(span)
+        entries.add(index)
     return None
 
 
-def _layout(raw: bytes) -> list[Span]:
-    """Where each `cluster_endpoints_health` entry's payload lies in a report; [] if it is laid out otherwise
-    than Envoy lays it out (then every changed report is read whole)."""
-    spans: list[Span] = []
+def _layout(raw: bytes) -> Layout:
+    """The layout of a report as Envoy encodes one: `endpoint_health_response` alone, each cluster entry
+    starting with its name; otherwise none (then every changed report is read whole)."""
+    layout = Layout()
     try:
-        if not raw or raw[0] != 0x12:  # endpoint_health_response: field 2, length-delimited, alone
-            return []
+        if not raw or raw[0] != 0x12:  # endpoint_health_response: field 2, length-delimited
+            return _NO_LAYOUT
         length, position = _read_varint(raw, 1)
         end = position + length
         if end != len(raw):
-            return []
+            return _NO_LAYOUT
         while position < end:
             key, position = _read_varint(raw, position)
             size, position = _read_varint(raw, position)
             if key & 7 != 2:
-                return []
-            if key >> 3 == 2 and size and raw[position] == 0x0A:  # cluster_endpoints_health, cluster_name first
+                return _NO_LAYOUT
+            if key >> 3 == 2:  # cluster_endpoints_health
+                if not size or raw[position] != 0x0A:  # its cluster_name first
+                    return _NO_LAYOUT
                 name_size, name_start = _read_varint(raw, position + 1)
-                name = raw[name_start : name_start + name_size].decode()
-                spans.append((position, position + size, name, name_start + name_size))
+                layout.starts.append(position)
+                layout.ends.append(position + size)
+                layout.names_end.append(name_start + name_size)
             position += size
-    except (IndexError, UnicodeDecodeError):
-        return []
-    return spans if position == end else []
+    except IndexError:
+        return _NO_LAYOUT
+    return layout if position == end else _NO_LAYOUT
 
 
 def _read_varint(data: bytes, position: int) -> tuple[int, int]:
