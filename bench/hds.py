@@ -12,7 +12,8 @@ milliseconds, medians over CYCLES:
 - a report as Envoy sends one every second (both its per-cluster and its legacy flat list): unchanged (the
   steady state: compared, not decoded), and with one endpoint's health changed (decoded and read);
 - the status side: a status pass after a call is created and one ended, with and without the HDS streams
-  (the same passes, the same run), and the pass after one endpoint's check fails on every proxy.
+  (the same passes, the same run), and the pass after one endpoint's check fails on every proxy;
+- the memory one more proxy's stream holds (traced allocations).
 
 Floors, measured in the same run: encoding the whole specifier from protobuf messages (what a server without
 per-cluster encodings would do on each change), and decoding a report (what gRPC would do for every report
@@ -22,9 +23,11 @@ before the server sees it).
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +46,7 @@ from xds_operator.xds.hds import HealthDiscoveryService
 from xds_operator.xds.health import FAILING_REPORTS
 
 PROXIES = 4
+EXTRA = 8  # more streams, to measure what one holds
 CYCLES = 20
 HEALTH_PORT = 1233
 
@@ -187,6 +191,19 @@ async def measure(count: int, cycles: int = CYCLES) -> dict[str, Any]:
         for index in range(PROXIES):  # and passes again
             health.reported(index, reports[index])
         with_health.reconcile()
+    # What one more proxy's stream holds: its targets and health states, its last report and that report's layout
+    # (and its share of the index of who checks which cluster): EXTRA more streams, the memory divided by EXTRA.
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for extra in range(PROXIES, PROXIES + EXTRA):
+        health.open(extra, base_pb2.Node(id=f"{sp.NAMESPACE}/envoy-extra-{extra}"), lambda: None)
+        health.snapshot_changed(extra)
+        for _ in range(FAILING_REPORTS):
+            health.reported(extra, bytes(bytearray(reports[0])))  # a report of its own, as received
+    gc.collect()  # what is held, not garbage waiting for the collector
+    held_kb = (tracemalloc.get_traced_memory()[0] - before) / 1024 / EXTRA
+    tracemalloc.stop()
     source.close()
     with_health.close()
     without.close()
@@ -210,6 +227,7 @@ async def measure(count: int, cycles: int = CYCLES) -> dict[str, Any]:
             "floor_decode_report_ms": statistics.median(floor_parse_ms),
             "endpoints_checked_per_proxy": view.get("endpoints", 0),
             "ready_unhealthy_after_flip": sum(unhealthy_seen) / len(unhealthy_seen),
+            "memory_per_proxy_kb": held_kb,
         },
         "ratios": {
             "one_call_vs_encode_floor": statistics.median(change_ms) / max(statistics.median(floor_build_ms), 1e-9),

@@ -63,6 +63,7 @@ class Target:
     name: str
     entry: bytes  # a `HealthCheckSpecifier.cluster_health_checks` field, encoded
     endpoints: Mapping[str, int | None]  # "ip:port" → the port its check connects to (None: the endpoint's)
+    positions: Mapping[str, int]  # "ip:port" → its place in `endpoints` (and in a stream's states of it)
 
 
 def targets_of(snapshot: Snapshot, name: str) -> Target | None:
@@ -136,7 +137,8 @@ def _target(cluster_resource: Resource, assignment_resource: Resource | None) ->
             endpoints[f"{address.address}:{address.port_value}"] = port or None
     if not endpoints:
         return None
-    return Target(cluster.name, length_delimited(1, entry.SerializeToString(deterministic=True)), endpoints)
+    encoded = length_delimited(1, entry.SerializeToString(deterministic=True))
+    return Target(cluster.name, encoded, endpoints, {endpoint: i for i, endpoint in enumerate(endpoints)})
 
 
 _INTERVAL = length_delimited(2, duration_pb2.Duration(seconds=REPORT_INTERVAL_SECONDS).SerializeToString())
@@ -155,10 +157,17 @@ class Layout:
 _NO_LAYOUT = Layout()
 
 
-@dataclass
-class _Endpoint:
-    passes: bool | None = None  # None: not reported yet (or not long enough to call it failing)
-    failing_reports: int = 0
+# An endpoint's state on one proxy, in one byte (a stream keeps one per endpoint it checks: a bytearray per
+# cluster): the two low bits say whether it counts as passing, the rest how many reports in a row said it fails.
+UNKNOWN, PASSES, FAILS = 0, 1, 2  # not reported yet (or not long enough to call it failing); passing; failing
+
+
+def _counted(state: int) -> int:
+    return state & 3
+
+
+def _streak(state: int) -> int:
+    return state >> 2
 
 
 @dataclass
@@ -168,7 +177,7 @@ class HealthStream:
     node_id: str  # as shown
     limited: Callable[[str], None] = lambda limit: None  # told of every bound a client hits (metrics)
     targets: dict[str, Target] = field(default_factory=dict)
-    health: dict[str, dict[str, _Endpoint]] = field(default_factory=dict)  # cluster → "ip:port" → state
+    health: dict[str, bytearray] = field(default_factory=dict)  # cluster → its endpoints' states (Target order)
     reports: int = 0
     _snapshot: Snapshot | None = None
     _left_out: set[str] = field(default_factory=set)  # health-checked clusters over MAX_CHECKED_ENDPOINTS
@@ -242,21 +251,22 @@ class HealthStream:
                     LIMIT_CHECKED_ENDPOINTS, f"over {MAX_CHECKED_ENDPOINTS} endpoints to check; left out: {name}"
                 )
             target = None
-        kept = self.health.get(name)
-        if kept:
-            self._failing -= {(name, endpoint) for endpoint, state in kept.items() if state.passes is False}
-            self._passing -= sum(1 for state in kept.values() if state.passes)
+        kept = self.health.pop(name, None)
+        if kept is not None and old is not None:
+            self._failing -= {(name, e) for e, i in old.positions.items() if _counted(kept[i]) == FAILS}
+            self._passing -= sum(1 for state in kept if _counted(state) == PASSES)
         if target is None:
-            self.health.pop(name, None)
             return old is not None
         self.targets[name] = target
         self._checked += len(target.endpoints)
-        if kept:  # endpoints that stay keep what was reported of them
-            states = {endpoint: kept.get(endpoint) or _Endpoint() for endpoint in target.endpoints}
-            self._failing |= {(name, endpoint) for endpoint, state in states.items() if state.passes is False}
-            self._passing += sum(1 for state in states.values() if state.passes)
-        else:
-            states = {endpoint: _Endpoint() for endpoint in target.endpoints}
+        states = bytearray(len(target.endpoints))
+        if kept is not None and old is not None:  # endpoints that stay keep what was reported of them
+            for endpoint, i in target.positions.items():
+                j = old.positions.get(endpoint)
+                if j is not None:
+                    states[i] = kept[j]
+            self._failing |= {(name, e) for e, i in target.positions.items() if _counted(states[i]) == FAILS}
+            self._passing += sum(1 for state in states if _counted(state) == PASSES)
         self.health[name] = states
         return True
 
@@ -313,6 +323,7 @@ class HealthStream:
         """Fold in the report's entry `index`, one cluster's endpoints."""
         name = cluster.cluster_name
         states = self.health.get(name)
+        target = self.targets.get(name)
         changed = False
         settling = False
         for locality in cluster.locality_endpoints_health:
@@ -321,20 +332,21 @@ class HealthStream:
                 if self._budget < 0:
                     return {name} if changed else set()
                 address = reported.endpoint.address.socket_address
-                state = states.get(f"{address.address}:{address.port_value}") if states is not None else None
-                if state is None:
+                endpoint = f"{address.address}:{address.port_value}"
+                i = target.positions.get(endpoint) if target is not None else None
+                if i is None or states is None:
                     self._unknown += 1
                     continue
-                was = state.passes
-                if _update(state, reported.health_status):
+                was = states[i]
+                now = states[i] = _update(was, reported.health_status)
+                if _counted(now) != _counted(was):
                     changed = True
-                    self._passing += (state.passes is True) - (was is True)
-                    key = (name, f"{address.address}:{address.port_value}")
-                    if state.passes is False:
-                        self._failing.add(key)
+                    self._passing += (_counted(now) == PASSES) - (_counted(was) == PASSES)
+                    if _counted(now) == FAILS:
+                        self._failing.add((name, endpoint))
                     else:
-                        self._failing.discard(key)
-                settling |= 0 < state.failing_reports < FAILING_REPORTS
+                        self._failing.discard((name, endpoint))
+                settling |= 0 < _streak(now) < FAILING_REPORTS
         if settling:
             self._settling_entries.add(index)
         else:
@@ -362,9 +374,9 @@ class HealthStream:
     def counts(self, cluster: str) -> tuple[int, int] | None:
         """(passing, checked) endpoints of a cluster on this proxy; None before its first report on it."""
         states = self.health.get(cluster)
-        if not states or all(state.passes is None for state in states.values()):
+        if not states or not any(_counted(state) for state in states):
             return None
-        return sum(1 for state in states.values() if state.passes), len(states)
+        return sum(1 for state in states if _counted(state) == PASSES), len(states)
 
     def failing(self, cluster: str | None = None) -> list[UnhealthyEndpoint]:
         """The endpoints counted as failing (of one cluster, or all), by cluster and address."""
@@ -461,17 +473,14 @@ def _read_varint(data: bytes, position: int) -> tuple[int, int]:
         shift += 7
 
 
-def _update(state: _Endpoint, status: int) -> bool:
-    """Fold one report of an endpoint in; whether it now counts differently."""
-    before = state.passes
+def _update(state: int, status: int) -> int:
+    """An endpoint's state after one more report of it."""
     if status in _PASSING:
-        state.failing_reports = 0
-        state.passes = True
-    elif status != health_check_pb2.UNKNOWN:
-        state.failing_reports += 1
-        if state.failing_reports >= FAILING_REPORTS:
-            state.passes = False
-    return state.passes is not before
+        return PASSES
+    if status == health_check_pb2.UNKNOWN:
+        return state
+    streak = min(_streak(state) + 1, FAILING_REPORTS)
+    return (FAILS if streak >= FAILING_REPORTS else _counted(state)) | streak << 2
 
 
 def _changed_names(older: Snapshot | None, newer: Snapshot) -> set[str] | None:
