@@ -36,6 +36,7 @@ SCENARIOS = [
     "churn",
     "calls",
     "calls_kube",
+    "session_routes",
 ]
 
 

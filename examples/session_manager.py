@@ -5,37 +5,38 @@ For a new session it creates a VirtualService whose only endpoint is the session
 waits until the operator reports it Ready (every selected Envoy runs it and the pod is Ready),
 prints the route the client should use, and deletes the VirtualService when the session ends.
 
-  python examples/session_manager.py abc123 --port 3000 --worker-port 2001
+  python examples/session_manager.py abc123 --worker-port 2001 [--port 3000]
   route 10.0.0.5:3000            <- on stdout once Ready: give the client this address
   (stdin closes, SIGTERM/SIGINT or --hold runs out: the session ends, the route is deleted)
 
 The worker pod is found by label: by default `session=<SESSION>` (whoever schedules the
 session labels its pod, e.g. `kubectl label pod worker-7 session=abc123`). --worker-label
 picks another label, e.g. statefulset.kubernetes.io/pod-name=worker-3 for a StatefulSet pod
-by name. The VirtualService is named session-<SESSION>; its listener and cluster likewise.
+by name; it must match exactly one running pod. The VirtualService is named session-<SESSION>;
+its listener and cluster likewise. It is owned by the worker pod (an ownerReference), so even
+if this program is killed with SIGKILL, Kubernetes deletes the route when the pod goes.
+Without --port the operator picks the port; the printed port is always the one the status reports.
+
+It is built on xds_operator.sessions.SessionRoutes, which an application can use directly to
+open many sessions' routes at once over one watch.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import logging
 import os
-import re
 import signal
 import sys
-import time
-import zlib
-from typing import Any
+import threading
 
-from kubernetes import client, config, watch
-from kubernetes.client.exceptions import ApiException
+from kubernetes import client, config
 from kubernetes.config.config_exception import ConfigException
 
-GROUP, VERSION, PLURAL = "servicemesh.l7mp.io", "v1", "virtualservices"
-SESSION_ID = re.compile(r"[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?")  # becomes part of a DNS-1123 object name
-
-
-class SessionEnded(Exception):
-    """SIGTERM or SIGINT: end the session (the route is deleted on the way out)."""
+from xds_operator.sessions import Route, RouteError, SessionRoutes
+from xds_operator.sessions.manifest import SESSION_ID
 
 
 def label(text: str) -> tuple[str, str]:
@@ -57,94 +58,6 @@ def session_id(text: str) -> str:
     return text
 
 
-def virtual_service(args: argparse.Namespace) -> dict[str, Any]:
-    name = f"session-{args.session}"
-    worker = dict(args.worker_label or [("session", args.session)])
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "VirtualService",
-        "metadata": {"name": name, "namespace": args.namespace, "labels": {"session": args.session}},
-        "spec": {
-            "selector": dict(args.proxy_selector or [("app", "envoy-ingress")]),
-            "listeners": [
-                {
-                    "name": name,
-                    "udp": {
-                        "port": args.port,
-                        "cluster": {
-                            "name": name,
-                            "service_discovery": "eds",  # the pod's IP changes only the endpoints, not the listener
-                            "endpoints": [{"name": "worker", "host": {"selector": worker}, "port": args.worker_port}],
-                        },
-                    },
-                }
-            ],
-        },
-    }
-
-
-def ready_condition(obj: dict[str, Any]) -> dict[str, Any]:
-    """The Ready condition, if it is about the object's current generation."""
-    generation = obj.get("metadata", {}).get("generation")
-    for condition in (obj.get("status") or {}).get("conditions") or []:
-        if condition.get("type") == "Ready" and condition.get("observedGeneration") == generation:
-            return condition
-    return {}
-
-
-def wait_ready(objects: client.CustomObjectsApi, namespace: str, name: str, timeout: float) -> dict[str, Any]:
-    """Watch the VirtualService until its Ready condition is True; the object then, or TimeoutError."""
-    deadline = time.monotonic() + timeout
-    last: dict[str, Any] = {}
-    while (remaining := deadline - time.monotonic()) > 0:
-        try:
-            for event in watch.Watch().stream(
-                objects.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                field_selector=f"metadata.name={name}",
-                timeout_seconds=max(1, int(remaining)),
-            ):
-                obj = event["object"]
-                if event["type"] == "DELETED":
-                    raise RuntimeError(f"VirtualService {namespace}/{name} was deleted while waiting")
-                condition = ready_condition(obj)
-                if condition.get("status") == "True":
-                    return obj
-                if condition and condition.get("message") != last.get("message"):
-                    print(f"not ready yet: {condition.get('reason')}: {condition.get('message')}", file=sys.stderr)
-                last = condition or last
-                if time.monotonic() > deadline:
-                    break
-        except ApiException as error:  # the watch broke: try again until the deadline
-            print(f"watch failed (HTTP {error.status}); watching again", file=sys.stderr)
-            time.sleep(0.5)
-    why = (
-        f"{last.get('reason')}: {last.get('message')}" if last else "no Ready condition yet (is the operator running?)"
-    )
-    raise TimeoutError(f"VirtualService {namespace}/{name} not Ready after {timeout:g}s: {why}")
-
-
-def route(obj: dict[str, Any], listener: str, session: str) -> str:
-    """host:port of one proxy serving the listener (sessions spread over the proxies by their id)."""
-    for status in (obj.get("status") or {}).get("listeners") or []:
-        if status.get("name") == listener and status.get("addresses"):
-            addresses = status["addresses"]
-            return f"{addresses[zlib.crc32(session.encode()) % len(addresses)]}:{status['port']}"
-    raise RuntimeError(f"Ready, but status.listeners names no proxy address for {listener}")
-
-
-def hold(seconds: float | None) -> None:
-    """Until the session ends: `seconds` pass, or (without --hold) stdin closes."""
-    if seconds is not None:
-        time.sleep(seconds)
-    else:
-        for _ in sys.stdin:  # whatever is written is ignored; EOF ends the session
-            pass
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
@@ -152,7 +65,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("session", type=session_id, help="the session id (lowercase letters, digits, '-')")
-    parser.add_argument("--port", type=port, required=True, help="the UDP port the Envoys listen on for this session")
+    parser.add_argument(
+        "--port", type=port, help="the UDP port the Envoys listen on for this session (default: the operator picks)"
+    )
     parser.add_argument("--worker-port", type=port, default=2001, help="the UDP port of the worker (default 2001)")
     parser.add_argument(
         "--namespace",
@@ -184,58 +99,112 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def api_client(kubeconfig: str | None) -> client.ApiClient:
+    configuration = client.Configuration()
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config(client_configuration=configuration)
+    else:
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+    return client.ApiClient(configuration)
+
+
+def stdin_closed(loop: asyncio.AbstractEventLoop) -> asyncio.Future[str]:
+    """Done when stdin reaches EOF (whatever is written is ignored). A daemon thread: it may block forever."""
+    closed: asyncio.Future[str] = loop.create_future()
+
+    def read() -> None:
+        for _ in sys.stdin:
+            pass
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the session ended otherwise
+            loop.call_soon_threadsafe(lambda: closed.done() or closed.set_result("stdin closed"))
+
+    threading.Thread(target=read, name="stdin", daemon=True).start()
+    return closed
+
+
+async def first(*waits: asyncio.Future[object]) -> None:
+    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+
+
+async def hold(args: argparse.Namespace, route: Route, ended: asyncio.Future[str]) -> int:
+    """Until the session ends: --hold runs out or stdin closes (0), a signal (0), the route deleted by others (1)."""
+    loop = asyncio.get_running_loop()
+    held = asyncio.ensure_future(asyncio.sleep(args.hold)) if args.hold is not None else stdin_closed(loop)
+    gone = asyncio.ensure_future(route.wait_deleted())
+    try:
+        await first(held, ended, gone)
+    finally:
+        held.cancel()
+        gone.cancel()
+    if gone.done() and not gone.cancelled():  # the garbage collector (the worker pod went), or anyone
+        print(f"session {args.session}: {route.namespace}/{route.name} was deleted (is the worker pod gone?)",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    if ended.done():
+        print(f"session {args.session}: {ended.result()}", file=sys.stderr)
+    return 0
+
+
+async def run(args: argparse.Namespace, api: client.ApiClient) -> int:
+    loop = asyncio.get_running_loop()
+    ended: asyncio.Future[str] = loop.create_future()  # SIGTERM or SIGINT: end the session
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, lambda name=signum.name: ended.done() or ended.set_result(name))
+    where = f"VirtualService {args.namespace}/session-{args.session}"
+    code = 1
+    try:
+        async with SessionRoutes(
+            api,
+            namespace=args.namespace,
+            proxy_selector=dict(args.proxy_selector or [("app", "envoy-ingress")]),
+            manager=f"session-{args.session}",  # the watch sees this session's route only
+            max_requests=2,
+        ) as routes:
+            opening = asyncio.ensure_future(
+                routes.open(
+                    args.session,
+                    worker_label=dict(args.worker_label) if args.worker_label else None,
+                    worker_port=args.worker_port,
+                    port=args.port,
+                    timeout=args.timeout,
+                )
+            )
+            await first(opening, ended)
+            if not opening.done():  # a signal before Ready: the open deletes what it created
+                opening.cancel()
+                await asyncio.gather(opening, return_exceptions=True)
+                print(f"session {args.session}: {ended.result()}", file=sys.stderr)
+                code = 0
+            else:
+                route = opening.result()
+                print(f"route {route.address}", flush=True)
+                code = await hold(args, route, ended)
+                try:
+                    await route.close()
+                except RouteError as error:
+                    print(f"cannot delete {where} (the worker pod's deletion will): {error}", file=sys.stderr)
+                    return 1
+    except RouteError as error:  # not Ready in time, no worker pod, a request refused: what was created is gone
+        print(f"session {args.session}: {error}", file=sys.stderr)
+        code = 1
+    print(f"session {args.session} ended: {where} deleted", file=sys.stderr)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        if args.kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config()
-        else:
-            config.load_kube_config(config_file=args.kubeconfig)
+        api = api_client(args.kubeconfig)
     except (ConfigException, OSError) as error:
         where = (
             f"--kubeconfig {args.kubeconfig}" if args.kubeconfig else "in-cluster config, $KUBECONFIG or ~/.kube/config"
         )
         print(f"cannot load Kubernetes credentials from {where}: {error}", file=sys.stderr)
         return 1
-
-    objects = client.CustomObjectsApi()
-    body = virtual_service(args)
-    name = body["metadata"]["name"]
-    try:
-        objects.create_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, body)
-    except ApiException as error:
-        print(
-            f"cannot create VirtualService {args.namespace}/{name}: HTTP {error.status} {error.reason}", file=sys.stderr
-        )
-        return 1
-    print(f"session {args.session}: created VirtualService {args.namespace}/{name}", file=sys.stderr)
-
-    def end(signum: int, frame: object) -> None:
-        raise SessionEnded(signal.Signals(signum).name)
-
-    signal.signal(signal.SIGTERM, end)  # from here on, every way out deletes the VirtualService
-    signal.signal(signal.SIGINT, end)
-    code = 0
-    try:
-        ready = wait_ready(objects, args.namespace, name, args.timeout)
-        print(f"route {route(ready, name, args.session)}", flush=True)
-        hold(args.hold)
-    except SessionEnded as signal_name:
-        print(f"session {args.session}: {signal_name}", file=sys.stderr)
-    except (TimeoutError, RuntimeError) as error:
-        print(f"session {args.session}: {error}", file=sys.stderr)
-        code = 1
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # finish deleting the route
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:
-            objects.delete_namespaced_custom_object(GROUP, VERSION, args.namespace, PLURAL, name)
-        except ApiException as error:
-            if error.status != 404:
-                print(f"cannot delete VirtualService {args.namespace}/{name}: HTTP {error.status}", file=sys.stderr)
-                code = 1
-        print(f"session {args.session} ended: VirtualService {args.namespace}/{name} deleted", file=sys.stderr)
-    return code
+    # "created ...", "not Ready yet: <reason>: <message>" on stderr, as the session progresses
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    with api:
+        return asyncio.run(run(args, api))
 
 
 if __name__ == "__main__":

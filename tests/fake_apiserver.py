@@ -18,7 +18,14 @@ Supported:
   ``continue`` giving a consistent snapshot at the first page's resourceVersion; ``resourceVersion``
   with ``resourceVersionMatch=Exact``); watch; create (``generateName`` too); replace; patch
   (merge, JSON patch, strategic merge treated as merge); delete (DeleteOptions preconditions,
-  finalizers); deletecollection; ``dryRun=All``.
+  finalizers; ``propagationPolicy`` / ``orphanDependents``, in the body or the query); deletecollection;
+  ``dryRun=All``.
+- Garbage collection of ``ownerReferences``, in a thread of its own as in Kubernetes (after the write
+  that orphans an object, never inside it): an object all of whose owners are gone is deleted
+  (background), a gone owner is dropped from the references of an object that still has another;
+  ``Foreground`` deletes the owner's dependents first and waits for those with
+  ``blockOwnerDeletion``; ``Orphan`` removes the owner from its dependents' references. See
+  ``_GarbageCollector`` for what is not modelled.
 - Server-owned metadata: ``uid``, ``creationTimestamp``, ``resourceVersion`` (one global counter),
   ``generation`` (custom resources: +1 only when ``spec`` changes), ``namespace`` from the URL.
 - Watches: chunked JSON lines, replay from a resourceVersion out of a bounded history, 410
@@ -466,6 +473,7 @@ class _Store:
         self.history: deque[_Change] = deque()
         self.history_limit = max(1, history_limit)
         self.watchers: list[_Watcher] = []
+        self.observers: list[Callable[[_Change], None]] = []  # called under the lock after every write
 
     # -- writes ---------------------------------------------------------------------------------
 
@@ -483,6 +491,8 @@ class _Store:
             if len(self.history) >= self.history_limit:
                 self.compacted_rv = self.history.popleft().rv
             self.history.append(change)
+            for observe in self.observers:
+                observe(change)
             lines: dict[str, bytes] = {}  # encoded once per event type, whatever the number of watchers
             for watcher in self.watchers:
                 if watcher.rtype is rtype and (seen := watcher.classify(change)):
@@ -556,6 +566,199 @@ class _Store:
                 meta["annotations"] = annotations
             obj = {"kind": watcher.rtype.kind, "apiVersion": watcher.rtype.api_version, "metadata": meta}
             watcher.push(_event_line(BOOKMARK, obj))
+
+
+ORPHAN_FINALIZER, FOREGROUND_FINALIZER = "orphan", "foregroundDeletion"
+_GC_FINALIZERS = {"Background": None, "Foreground": FOREGROUND_FINALIZER, "Orphan": ORPHAN_FINALIZER}
+
+
+def _propagation_policy(options: Obj) -> str:
+    """DeleteOptions' policy: ``propagationPolicy``, else legacy ``orphanDependents``, else Background."""
+    policy = options.get("propagationPolicy")
+    if policy is None:
+        return "Orphan" if options.get("orphanDependents") is True else "Background"
+    if policy not in _GC_FINALIZERS:
+        supported = '"Background", "Foreground", "Orphan"'
+        message = f'propagationPolicy: Unsupported value: "{policy}": supported values: {supported}'
+        raise StatusError(422, message)
+    return policy
+
+
+def _owner_refs(obj: Obj | None) -> list[Obj]:
+    refs = (obj or {}).get("metadata", {}).get("ownerReferences") or []
+    return [ref for ref in refs if isinstance(ref, dict) and ref.get("uid")]
+
+
+class _GarbageCollector:
+    """Kubernetes' garbage collector for ``ownerReferences``, acting in a thread of its own after writes.
+
+    An owner reference names an object in the dependent's namespace by apiVersion, kind, name and uid;
+    the owner is gone when no object of that kind and name has that uid. A dependent is looked at when
+    its references change and when one of its owners is deleted (an index from owner uid to dependents
+    keeps that O(dependents)). Like the real one (``attemptToDeleteItem``): when every owner is gone or
+    waiting for its dependents' deletion (Foreground), the dependent is deleted (background); when some
+    owner remains, the others are removed from its references. An owner being deleted with ``Orphan``
+    has itself removed from its dependents' references, then loses its ``orphan`` finalizer; with
+    ``Foreground``, its dependents are dealt with as above and it loses ``foregroundDeletion`` once no
+    dependent with ``blockOwnerDeletion: true`` remains.
+
+    Not modelled: cluster-scoped owners (every resource here is namespaced); references to kinds the
+    fake does not serve (such a reference counts as a live owner, where the real collector would retry
+    forever); dependents of a Foreground deletion are deleted in the background, not in the foreground
+    in turn; changing an object's policy by deleting it again while it is terminating; the
+    ``OwnerReferencesPermissionEnforcement`` admission check of ``blockOwnerDeletion``; the real
+    collector's delay (a resync) before it notices owners that never existed.
+    """
+
+    def __init__(self, store: _Store, api: _Api, types: Iterable[ResourceType], errors: list[str]) -> None:
+        self.store, self.api, self.errors = store, api, errors
+        self.kinds = {(t.api_version, t.kind): t for t in types}
+        self.dependents: dict[str, set[tuple[ResourceType, str, str]]] = {}  # owner uid -> dependents' keys
+        self.pending: deque[tuple[ResourceType, str, str]] = deque()
+        self.wake = threading.Condition(threading.Lock())
+        self.stopped = False
+        self.thread: threading.Thread | None = None
+        store.observers.append(self.observe)
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._run, name="fake-apiserver-gc", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        with self.wake:
+            self.stopped = True
+            self.wake.notify()
+        if self.thread is not None:
+            self.thread.join(1.0)
+
+    def observe(self, change: _Change) -> None:
+        """Under the store lock, for every write: keep the index, queue what may need collecting."""
+        key = (change.rtype, *_key(change.obj))
+        before = {ref["uid"] for ref in _owner_refs(change.prev)}
+        after = set() if change.type == DELETED else {ref["uid"] for ref in _owner_refs(change.obj)}
+        for uid in before - after:
+            dependents = self.dependents.get(uid)
+            if dependents is not None:
+                dependents.discard(key)
+                if not dependents:
+                    del self.dependents[uid]
+        for uid in after - before:
+            self.dependents.setdefault(uid, set()).add(key)
+        todo: list[tuple[ResourceType, str, str]] = []
+        meta = change.obj["metadata"]
+        if change.type == DELETED:
+            todo.extend(self.dependents.get(meta.get("uid", ""), ()))  # they may be orphans now
+            todo.extend(self._owner_keys(change.obj))  # an owner may be waiting for its dependents to go
+        else:
+            if after - before:
+                todo.append(key)  # a reference to an owner that is gone already
+            if meta.get("deletionTimestamp") and {ORPHAN_FINALIZER, FOREGROUND_FINALIZER} & set(
+                meta.get("finalizers") or ()
+            ):
+                todo.append(key)
+        if todo:
+            with self.wake:
+                self.pending.extend(todo)
+                self.wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self.wake:
+                while not self.pending and not self.stopped:
+                    self.wake.wait()
+                if self.stopped:
+                    return
+                key = self.pending.popleft()
+            try:
+                with self.store.lock:
+                    self._attend(key)
+            except Exception:  # a bug in the fake: reported through FakeApiServer.errors
+                self.errors.append(traceback.format_exc())
+
+    def _owner_keys(self, obj: Obj) -> list[tuple[ResourceType, str, str]]:
+        namespace = obj["metadata"].get("namespace", "")
+        keys = []
+        for ref in _owner_refs(obj):
+            rtype = self.kinds.get((ref.get("apiVersion"), ref.get("kind")))
+            if rtype is not None:
+                keys.append((rtype, namespace, str(ref.get("name"))))
+        return keys
+
+    def _owner(self, ref: Obj, namespace: str) -> Obj | None | bool:
+        """The owner object; None when gone; True when its kind is not served here (counted as alive)."""
+        rtype = self.kinds.get((ref.get("apiVersion"), ref.get("kind")))
+        if rtype is None:
+            return True
+        owner = self.store.current(rtype, namespace, str(ref.get("name")))
+        return owner if owner is not None and owner["metadata"].get("uid") == ref["uid"] else None
+
+    def _attend(self, key: tuple[ResourceType, str, str]) -> None:
+        rtype, namespace, name = key
+        obj = self.store.current(rtype, namespace, name)
+        if obj is None:
+            return
+        meta = obj["metadata"]
+        finalizers = meta.get("finalizers") or []
+        if meta.get("deletionTimestamp") and ORPHAN_FINALIZER in finalizers:
+            for dependent in list(self.dependents.get(meta["uid"], ())):
+                self._drop_references(dependent, {meta["uid"]})
+            self._drop_finalizer(key, ORPHAN_FINALIZER)
+            return
+        if meta.get("deletionTimestamp") and FOREGROUND_FINALIZER in finalizers:
+            for dependent in list(self.dependents.get(meta["uid"], ())):
+                self._attend_dependent(dependent)
+            if not any(self._blocks(dependent, meta["uid"]) for dependent in self.dependents.get(meta["uid"], ())):
+                self._drop_finalizer(key, FOREGROUND_FINALIZER)
+        self._attend_dependent(key)
+
+    def _attend_dependent(self, key: tuple[ResourceType, str, str]) -> None:
+        rtype, namespace, name = key
+        obj = self.store.current(rtype, namespace, name)
+        refs = _owner_refs(obj)
+        if obj is None or not refs:
+            return
+        solid, gone = [], set()
+        for ref in refs:
+            owner = self._owner(ref, namespace)
+            waiting = isinstance(owner, dict) and FOREGROUND_FINALIZER in (owner["metadata"].get("finalizers") or ())
+            if owner is None or (waiting and owner["metadata"].get("deletionTimestamp")):
+                gone.add(ref["uid"])
+            else:
+                solid.append(ref)
+        if not gone:
+            return
+        if solid:
+            self._drop_references(key, gone)
+        elif not obj["metadata"].get("deletionTimestamp"):
+            self.api.delete(rtype, namespace, name, {"propagationPolicy": "Background"})
+
+    def _blocks(self, key: tuple[ResourceType, str, str], owner_uid: str) -> bool:
+        obj = self.store.current(*key)
+        return any(ref["uid"] == owner_uid and ref.get("blockOwnerDeletion") is True for ref in _owner_refs(obj))
+
+    def _drop_references(self, key: tuple[ResourceType, str, str], uids: set[str]) -> None:
+        rtype, namespace, name = key
+        obj = self.store.current(rtype, namespace, name)
+        if obj is None:
+            return
+        updated = _clone(obj)
+        kept = [ref for ref in updated["metadata"].get("ownerReferences") or [] if ref.get("uid") not in uids]
+        if kept:
+            updated["metadata"]["ownerReferences"] = kept
+        else:
+            updated["metadata"].pop("ownerReferences", None)
+        self.api.update(rtype, namespace, name, updated)
+
+    def _drop_finalizer(self, key: tuple[ResourceType, str, str], finalizer: str) -> None:
+        rtype, namespace, name = key
+        obj = self.store.current(rtype, namespace, name)
+        if obj is None:
+            return
+        updated = _clone(obj)
+        updated["metadata"]["finalizers"] = [f for f in updated["metadata"].get("finalizers") or [] if f != finalizer]
+        if not updated["metadata"]["finalizers"]:
+            del updated["metadata"]["finalizers"]
+        self.api.update(rtype, namespace, name, updated)  # the last finalizer gone: deleted
 
 
 # ---------------------------------------------------------------------------------------------
@@ -713,12 +916,16 @@ class _Api:
             current = self.store.current(rtype, namespace, name)
             if current is None:
                 raise _not_found(rtype, name)
-            self._check_preconditions(rtype, name, (options or {}).get("preconditions") or {}, current)
+            options = options or {}
+            self._check_preconditions(rtype, name, options.get("preconditions") or {}, current)
             obj = _clone(current)
             meta = obj["metadata"]
-            if meta.get("finalizers"):
+            gc_finalizer = _GC_FINALIZERS[_propagation_policy(options)]
+            if meta.get("finalizers") or gc_finalizer:
                 if meta.get("deletionTimestamp"):
                     return obj  # already terminating: nothing changes until the finalizers go
+                if gc_finalizer and gc_finalizer not in meta.get("finalizers", ()):
+                    meta["finalizers"] = [*meta.get("finalizers", ()), gc_finalizer]
                 meta.update(deletionTimestamp=_now(), deletionGracePeriodSeconds=0)
                 if rtype.generation:
                     meta["generation"] = meta.get("generation", 1) + 1
@@ -970,7 +1177,8 @@ class FakeApiServer:
     - A write that changes nothing is not a write (like etcd): no new resourceVersion, no event.
     - ``pods`` keep ``status`` on create and on main-resource writes (so tests can set podIP and
       conditions in one call); ``virtualservices`` behave like a CRD with the status subresource.
-      Pod deletion is immediate (no grace period) unless the pod has finalizers.
+      Pod deletion is immediate (no grace period) unless the pod has finalizers (or is deleted with
+      the Foreground or Orphan policy: then the garbage collector's finalizer holds it a moment).
     - Core and ``events.k8s.io`` events are two separate stores (no conversion between them).
     - Field selectors accept any dotted path; ``timeoutSeconds`` accepts fractions; a LIST with a
       resourceVersion newer than the server's answers 504 at once instead of waiting.
@@ -991,9 +1199,10 @@ class FakeApiServer:
         self._by_path = {(t.group, t.version, t.plural): t for t in self._types}
         self._store = _Store(self._types, history_limit)
         self._api = _Api(self._store)
+        self.errors: list[str] = []  # tracebacks of unexpected exceptions inside the server
+        self._gc = _GarbageCollector(self._store, self._api, self._types, self.errors)
         self._requests: list[RecordedRequest] = []
         self._fail_rules: list[_FailRule] = []
-        self.errors: list[str] = []  # tracebacks of unexpected exceptions inside the server
         self._httpd: _HTTPServer | None = None
         self._accept_thread: threading.Thread | None = None
         self._stop_r: socket.socket | None = None  # wakes the accept loop on stop()
@@ -1009,6 +1218,7 @@ class FakeApiServer:
         self._stop_r, self._stop_w = socket.socketpair()
         self._accept_thread = threading.Thread(target=self._accept_loop, name="fake-apiserver", daemon=True)
         self._accept_thread.start()
+        self._gc.start()
         return self
 
     def stop(self) -> None:
@@ -1016,6 +1226,7 @@ class FakeApiServer:
         if self._httpd is None or self._stopping:
             return
         self._stopping = True
+        self._gc.stop()
         assert self._stop_w is not None and self._stop_r is not None
         self._stop_w.send(b"\0")
         if self._accept_thread is not None:
@@ -1272,7 +1483,10 @@ class FakeApiServer:
             patch = self._json(body)
             handler.send_json(200, self._api.patch(rtype, ns, name, content_type, patch, route.status, dry_run))
         elif method == "DELETE" and not route.status:
-            options = self._json_object(body) if body.strip() else None
+            options = self._json_object(body) if body.strip() else {}
+            for param in ("propagationPolicy", "orphanDependents"):  # the client sends them in the query
+                if param in query and param not in options:
+                    options[param] = query[param] if param == "propagationPolicy" else query[param] in _TRUE
             handler.send_json(200, self._api.delete(rtype, ns, name, options, dry_run))
         else:
             raise StatusError(405, "the server does not allow this method on the requested resource")

@@ -157,6 +157,14 @@ async def test_kubernetes_metrics_follow_conditions_source_errors_and_watch_rest
         assert value(metrics, "xds_operator_source_errors_total", kind="invalid_virtualservice") == 1
         assert value(metrics, "xds_operator_connected_proxies", variant="sotw") == 1
 
+        def status_patches() -> int:  # what the API server received
+            return sum(r.method == "PATCH" and r.path.endswith("/status") for r in apiserver.requests)
+
+        await eventually(
+            lambda: value(metrics, "xds_operator_status_writes_total") == status_patches() >= 2,
+            "every status write counted (one per VirtualService at least)",
+        )
+
         def restarts() -> float:
             return sum(
                 v for (name, _), v in samples(metrics).items() if name == "xds_operator_kubernetes_watch_restarts_total"

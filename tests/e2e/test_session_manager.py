@@ -124,6 +124,7 @@ def test_the_route_is_printed_once_the_sessions_pod_is_ready_and_removed_when_th
 
 
 def test_a_session_that_never_gets_ready_times_out_and_leaves_no_route(cluster: Cluster, operator, session_manager):
+    cluster.pod("worker-s9", {"session": "s9"}, "127.0.0.9")  # the route is owned by its worker pod: one must exist
     manager = session_manager("s9", "--port", str(free_udp_port()), "--timeout", "3")
     assert manager.process.wait(timeout=30) == 1
     assert manager.printed() == []

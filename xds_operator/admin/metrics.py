@@ -12,24 +12,17 @@ import bisect
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.delta import DeltaStream
-from xds_operator.xds.server import AggregatedDiscoveryService, Connection
+from xds_operator.xds.server import Connection
 from xds_operator.xds.snapshot import PUSH_ORDER, SHORT_NAMES
 from xds_operator.xds.stream import ProxyStream, SotwStream, StreamObserver
-
-if TYPE_CHECKING:  # the sources are imported only by the mode that runs them
-    from xds_operator.sources.directory import DirectorySource
-    from xds_operator.sources.kubernetes.reflector import Reflector
-    from xds_operator.sources.kubernetes.source import KubernetesSource
-    from xds_operator.status.writer import StatusWriter
 
 PREFIX = "xds_operator_"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -54,6 +47,17 @@ BUILD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
 
 # A scrape-time reader: yields finished metric families.
 Reader = Callable[[], Iterable[Metric]]
+
+
+class WatchLoop(Protocol):
+    """What the metrics read of a list/watch loop (the Kubernetes reflector), without importing it."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def watches(self) -> int: ...
+    @property
+    def lists(self) -> int: ...
 
 
 class Metrics(StreamObserver):
@@ -153,6 +157,16 @@ class Metrics(StreamObserver):
 
         self._readers.append(read)
 
+    def read_status_writes(self, count: Callable[[], int]) -> None:
+        """Kubernetes mode: status subresource writes sent (what status costs the API server)."""
+
+        def read() -> Iterator[Metric]:
+            yield CounterMetricFamily(
+                PREFIX + "status_writes", "VirtualService status writes sent to the API server", value=count()
+            )
+
+        self._readers.append(read)
+
     def read_admin_limits(self, counts: Callable[[], Mapping[str, int]]) -> None:
         """Admin port connections a limit ended: too_many (the oldest, closed for a new one), timeout, too_long."""
 
@@ -166,7 +180,7 @@ class Metrics(StreamObserver):
 
         self._readers.append(read)
 
-    def read_watches(self, reflectors: Sequence[Reflector]) -> None:
+    def read_watches(self, reflectors: Sequence[WatchLoop]) -> None:
         """Kubernetes list/watch loops: watches re-established (ended, dropped, failed) and full relists (410 Gone)."""
 
         def read() -> Iterator[Metric]:
@@ -275,49 +289,3 @@ def condition_counts(statuses: Iterable[Mapping[str, Any] | None]) -> dict[tuple
         for condition in CONDITIONS:
             counts[(condition, found.get(condition, "Unknown"))] += 1
     return counts
-
-
-def for_directory(
-    metrics: Metrics, service: AggregatedDiscoveryService, cache: SnapshotCache, source: DirectorySource
-) -> None:
-    """Directory mode: what is read at scrape time from the ADS service, the cache and the DirectorySource."""
-    metrics.read_serving(service.connections, cache.group_count)
-    if service.health is not None:
-        metrics.read_health(service.health.unhealthy_endpoints)
-
-    def virtual_services() -> dict[tuple[str, str], int]:
-        served, conflicted = len(cache.virtual_services()), len(cache.conflicts)
-        return {
-            ("Accepted", "True"): served,
-            ("Accepted", "False"): source.invalid_documents(),
-            ("Conflicted", "True"): conflicted,
-            ("Conflicted", "False"): served - conflicted,
-        }
-
-    metrics.read_virtual_services(virtual_services)
-    metrics.read_source_errors(lambda: {"invalid_document": 0, "unreadable_file": 0, **source.errors})
-
-
-def for_kubernetes(
-    metrics: Metrics,
-    service: AggregatedDiscoveryService,
-    cache: SnapshotCache,
-    source: KubernetesSource,
-    writer: StatusWriter,
-    reflectors: Sequence[Reflector],
-) -> None:
-    """Kubernetes mode: as above, with VirtualServices counted from their status and the watches' restarts."""
-    metrics.read_serving(service.connections, cache.group_count)
-    if service.health is not None:
-        metrics.read_health(service.health.unhealthy_endpoints)
-
-    def statuses() -> Iterable[Mapping[str, Any] | None]:
-        return [writer.written(key) for key in list(source.records)]
-
-    metrics.read_virtual_services(lambda: condition_counts(statuses()))
-
-    def errors() -> dict[str, int]:
-        return {"invalid_virtualservice": 0, "status_write": 0, "event_write": 0, **source.errors, **writer.failures}
-
-    metrics.read_source_errors(errors)
-    metrics.read_watches(reflectors)

@@ -7,12 +7,12 @@ server. Kubernetes mode imports the `kubernetes` client, so its modules are impo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xds_operator.admin.metrics import Metrics, for_directory, for_kubernetes
+from xds_operator.admin.metrics import Metrics, condition_counts
 from xds_operator.sources.directory import DirectorySource
 from xds_operator.xds.cache import SnapshotCache
 from xds_operator.xds.hds import HealthDiscoveryService
@@ -54,7 +54,7 @@ def build_directory_plane(directory: Path) -> DirectoryPlane:
     source.load()
     health = HealthDiscoveryService(cache, limited=metrics.limit_hit)
     service = AggregatedDiscoveryService(cache, observer=metrics, health=health)
-    for_directory(metrics, service, cache, source)
+    _directory_metrics(metrics, service, cache, source)
     return DirectoryPlane(metrics, cache, source, service)
 
 
@@ -175,7 +175,54 @@ def build_kubernetes_plane(
     )
     source = KubernetesSource(cache, pods, reconciler, service.reidentify)
     reflectors = watches(source, api, namespaces, asyncio.get_running_loop())
-    for_kubernetes(metrics, service, cache, source, writer, reflectors)
+    _kubernetes_metrics(metrics, service, cache, source, writer, reflectors)
     return KubernetesPlane(
         metrics, pods, cache, service, writer, reconciler, source, reflectors, elector, reports, leadership_changed
     )
+
+
+def _directory_metrics(
+    metrics: Metrics, service: AggregatedDiscoveryService, cache: SnapshotCache, source: DirectorySource
+) -> None:
+    """Directory mode: what is read at scrape time from the ADS service, the cache and the DirectorySource."""
+    metrics.read_serving(service.connections, cache.group_count)
+    if service.health is not None:
+        metrics.read_health(service.health.unhealthy_endpoints)
+
+    def virtual_services() -> dict[tuple[str, str], int]:
+        served, conflicted = len(cache.virtual_services()), len(cache.conflicts)
+        return {
+            ("Accepted", "True"): served,
+            ("Accepted", "False"): source.invalid_documents(),
+            ("Conflicted", "True"): conflicted,
+            ("Conflicted", "False"): served - conflicted,
+        }
+
+    metrics.read_virtual_services(virtual_services)
+    metrics.read_source_errors(lambda: {"invalid_document": 0, "unreadable_file": 0, **source.errors})
+
+
+def _kubernetes_metrics(
+    metrics: Metrics,
+    service: AggregatedDiscoveryService,
+    cache: SnapshotCache,
+    source: KubernetesSource,
+    writer: StatusWriter,
+    reflectors: Sequence[Reflector],
+) -> None:
+    """Kubernetes mode: as above, with VirtualServices counted from their status and the watches' restarts."""
+    metrics.read_serving(service.connections, cache.group_count)
+    if service.health is not None:
+        metrics.read_health(service.health.unhealthy_endpoints)
+
+    def statuses() -> Iterable[Mapping[str, Any] | None]:
+        return [writer.written(key) for key in list(source.records)]
+
+    metrics.read_virtual_services(lambda: condition_counts(statuses()))
+
+    def errors() -> dict[str, int]:
+        return {"invalid_virtualservice": 0, "status_write": 0, "event_write": 0, **source.errors, **writer.failures}
+
+    metrics.read_source_errors(errors)
+    metrics.read_status_writes(lambda: writer.writes)
+    metrics.read_watches(reflectors)

@@ -74,7 +74,7 @@ class StatusWriter:
         self._warnings: list[WarningEvent] = []
         self._wake = asyncio.Event()
         self._retry_delay = retry_delay
-        self.writes = 0  # status writes sent, for tests and /debug
+        self.writes = 0  # status writes sent, for metrics (the API server load status costs)
         self.failures: Counter[str] = Counter()  # failed writes by kind ("status_write", "event_write"), for metrics
 
     def written(self, key: Key) -> dict[str, Any] | None:

@@ -128,7 +128,6 @@ class LeaderElector:
         self._leading = False
         self._renewed_at = -float("inf")  # when the last successful renewal was sent
         self._releasing: asyncio.Future[bool] | None = None
-        self.transitions = 0  # times this replica started leading, for tests and /debug
 
     @property
     def identity(self) -> str:
@@ -188,7 +187,6 @@ class LeaderElector:
     def _set_leading(self, leading: bool) -> None:
         self._leading = leading
         if leading:
-            self.transitions += 1
             log.info("leader election: %s now leads (Lease %s): writing status", self.identity, self._lease_ref())
         else:
             why = (

@@ -95,7 +95,7 @@ class Reflector:
         self._stopped = threading.Event()
         self._response: Any = None
         self._thread = threading.Thread(target=self._run, name=f"reflector {name}", daemon=True)
-        self.lists = 0  # how many times it listed (the first list, then one per 410), for tests and metrics
+        self.lists = 0  # how many times it listed (the first list, then one per 410), for metrics
         self.watches = 0  # how many watches it started (one, then one per end, drop or failure), for metrics
 
     def start(self) -> None:

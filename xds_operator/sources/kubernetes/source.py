@@ -63,7 +63,6 @@ class KubernetesSource:
         self._closed = False
         self._pending_syncs: set[str] = set()
         self._synced = asyncio.Event()
-        self.commits = 0  # cache commits, for tests and /debug
         self.errors: Counter[str] = Counter()  # invalid generations seen ("invalid_virtualservice"), for metrics
 
     # -- watches ------------------------------------------------------------------------------
@@ -193,8 +192,7 @@ class KubernetesSource:
             keys, self._dirty_endpoints = self._dirty_endpoints, set()
             self.cache.refresh_endpoints(keys)
             self._reconciler.changed(keys)  # their ready endpoint counts may have changed
-        if self.cache.commit():
-            self.commits += 1
+        self.cache.commit()
         if self._dirty_nodes:
             nodes, self._dirty_nodes = self._dirty_nodes, set()
             self._reidentify(nodes)
