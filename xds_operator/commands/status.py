@@ -1,4 +1,5 @@
-"""`xds-operator status`: every connected proxy, its group, and per type what it was sent and how it answered.
+"""`xds-operator status`: every connected proxy, its group, per type what it was sent and how it answered, and
+the endpoints whose health check fails on it (its health reports).
 
 Reads /debug/proxies from a running control plane's admin port; formatting is pure.
 """
