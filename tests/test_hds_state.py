@@ -87,7 +87,7 @@ def decode(specifier: bytes | None) -> dict[str, dict[str, Any]]:
     message = hds_pb2.HealthCheckSpecifier.FromString(specifier)
     assert message.interval.seconds == health_module.REPORT_INTERVAL_SECONDS
     return {
-        entry.cluster_name: {
+        entry.cluster_name.removeprefix(health_module.HDS_NAME_PREFIX): {
             "checks": list(entry.health_checks),
             "endpoints": {
                 f"{e.address.socket_address.address}:{e.address.socket_address.port_value}": (
@@ -106,7 +106,7 @@ def report(entries: Mapping[str, Mapping[str, int]]) -> bytes:
     message = hds_pb2.HealthCheckRequestOrEndpointHealthResponse()
     response = message.endpoint_health_response
     for cluster, endpoints in entries.items():
-        cluster_health = response.cluster_endpoints_health.add(cluster_name=cluster)
+        cluster_health = response.cluster_endpoints_health.add(cluster_name=health_module.HDS_NAME_PREFIX + cluster)
         locality = cluster_health.locality_endpoints_health.add()
         for address, status in endpoints.items():
             host, port = address.rsplit(":", 1)
@@ -324,7 +324,7 @@ def test_a_report_listing_endpoints_over_and_over_is_read_only_up_to_what_was_as
     stream, watch, limits = stream_on(cache)
     stream.on_snapshot(watch.snapshot)
     flood = hds_pb2.HealthCheckRequestOrEndpointHealthResponse()
-    locality = flood.endpoint_health_response.cluster_endpoints_health.add(cluster_name="worker-a")
+    locality = flood.endpoint_health_response.cluster_endpoints_health.add(cluster_name="@hds@worker-a")
     entries = locality.locality_endpoints_health.add()
     for index in range(10_000):
         endpoint = entries.endpoints_health.add(health_status=UNHEALTHY)
@@ -430,7 +430,7 @@ async def test_service_sends_the_specifier_and_reads_reports_over_grpc(cache: Sn
             first.health_check_request.node.CopyFrom(node)
             await outbox.put(first)
             specifier = await asyncio.wait_for(call.read(), 10)
-            assert [c.cluster_name for c in specifier.cluster_health_checks] == ["worker-a"]
+            assert [c.cluster_name for c in specifier.cluster_health_checks] == ["@hds@worker-a"]
 
             failing = hds_pb2.HealthCheckRequestOrEndpointHealthResponse.FromString(
                 report({"worker-a": {"10.0.0.1:2001": UNHEALTHY}})

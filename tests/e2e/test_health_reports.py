@@ -52,6 +52,11 @@ def test_health_port_closing_and_opening_is_reported_per_proxy(envoy, control_pl
 
     wait_until(lambda: reported(2, []), "both endpoints reported healthy")
     assert _unhealthy_metric(control_plane) == 0
+    # The reporting checker's stats are its own: the cluster's health check counters count the cluster's checks.
+    stats = envoy.stats()
+    assert stats["cluster.@hds@calls-c.health_check.attempt"] > 0
+    assert stats["cluster.calls-c.health_check.attempt"] > 0
+    assert stats["cluster.calls-c.membership_healthy"] == 2
 
     closed = time.monotonic()
     a.close_health()

@@ -53,6 +53,12 @@ LIMIT_UNKNOWN_ENDPOINT = "health_unknown_endpoint"
 LIMIT_CHECKED_ENDPOINTS = "health_checked_endpoints"
 LIMIT_BAD_REPORT = "health_bad_report"
 
+# Envoy keeps the stats of an HDS cluster under `cluster.<its name>.`: named like the cluster it checks, the two
+# checkers would add up in one `health_check.*` counter and overwrite each other's `membership_*` gauges. Every
+# Envoy cluster's name starts with a letter or digit (a declared one, or a copy `<cluster>@<listener>`), so
+# `@hds@<name>` is never another cluster's (and Envoy keeps "@" in stat names, where it turns ":" into "_").
+HDS_NAME_PREFIX = "@hds@"
+
 _PASSING = frozenset({health_check_pb2.HEALTHY, health_check_pb2.DEGRADED})
 
 
@@ -122,7 +128,7 @@ def _target(cluster_resource: Resource, assignment_resource: Resource | None) ->
         assignment = endpoint_pb2.ClusterLoadAssignment.FromString(assignment_resource.body)
     else:
         assignment = cluster.load_assignment
-    entry = hds_pb2.ClusterHealthCheck(cluster_name=cluster.name)
+    entry = hds_pb2.ClusterHealthCheck(cluster_name=HDS_NAME_PREFIX + cluster.name)
     entry.health_checks.extend(cluster.health_checks)
     checked = entry.locality_endpoints.add().endpoints
     endpoints: dict[str, int | None] = {}
@@ -321,7 +327,8 @@ class HealthStream:
 
     def _apply_cluster(self, index: int, cluster: hds_pb2.ClusterEndpointsHealth) -> set[str]:
         """Fold in the report's entry `index`, one cluster's endpoints."""
-        name = cluster.cluster_name
+        reported_name = cluster.cluster_name
+        name = reported_name[len(HDS_NAME_PREFIX) :] if reported_name.startswith(HDS_NAME_PREFIX) else ""
         states = self.health.get(name)
         target = self.targets.get(name)
         changed = False
