@@ -520,3 +520,16 @@ def test_bootstrap_asks_for_health_reports_unless_told_not_to(capsys):
     }
     assert main(["bootstrap", "--node-id", "edge-1", "--no-health-reports"]) == 0
     assert "hds_config" not in yaml.safe_load(capsys.readouterr().out)
+
+
+def test_a_status_that_would_drop_known_health_counts_is_held_back():
+    from xds_operator.status.conditions import awaiting_health
+
+    known = status_of(_observed(ClusterHealth(2, 2)), None, "2026-01-01T00:00:00Z")
+    unknown = status_of(_observed(None), None, "2026-01-01T00:00:00Z")
+    assert awaiting_health(unknown, known)  # after a restart, before the reports come back
+    assert not awaiting_health(known, known)
+    assert not awaiting_health(unknown, None)  # a new VirtualService: nothing to keep
+    assert not awaiting_health(unknown, unknown)
+    renamed = {**unknown, "listeners": [{**unknown["listeners"][0], "name": "other-l"}]}
+    assert not awaiting_health(renamed, known)  # another listener: its counts are not this one's

@@ -5,6 +5,8 @@ endpoints when none passes its health check on a proxy.
 
 from __future__ import annotations
 
+import json
+import signal
 from typing import Any
 
 import pytest
@@ -16,6 +18,13 @@ from .kube import GROUP, NS, PLURAL, VERSION, vs_body
 @pytest.fixture
 def xds_server(operator: ControlPlane) -> ControlPlane:
     return operator
+
+
+@pytest.fixture
+def operator_args() -> list[str]:
+    # One replica that writes at once: a restarted one does not wait for the Lease, whose wait would hide
+    # a status written before the health reports come back.
+    return ["--no-leader-elect"]
 
 
 def cluster_status(cluster, name: str) -> dict[str, Any]:
@@ -59,3 +68,45 @@ def test_ready_turns_unhealthy_when_no_endpoint_passes_on_the_proxy(cluster, ing
     cluster.wait_condition("calls", "Ready", "True")
     wait_until(lambda: cluster_status(cluster, "calls").get("healthyEndpoints") == 1, "1 healthy endpoint again")
     assert send_until_answer(port) == "worker-b"
+
+
+def _status_writes(operator: ControlPlane) -> float:
+    _, body = operator.get("/metrics")
+    for line in body.splitlines():
+        if line.startswith("xds_operator_status_writes_total "):
+            return float(line.split()[1])
+    raise AssertionError("no xds_operator_status_writes_total metric")
+
+
+def _reported_healthy(operator: ControlPlane, node_id: str) -> int | None:
+    status, body = operator.get("/debug/proxies")
+    if status != 200:
+        return None
+    for proxy in json.loads(body):
+        if proxy["node_id"] == node_id and proxy.get("health"):
+            return proxy["health"]["healthy"]
+    return None
+
+
+def test_a_restart_does_not_rewrite_health_counts_while_the_reports_come_back(cluster, ingress, operator):
+    worker_port, health_port, port = free_udp_port(), free_port(), free_udp_port()
+    cluster.worker_pod("worker-a", worker_port, health_port)
+    cluster.create(vs_body("calls", port, worker_port, health_port))
+    wait_until(lambda: cluster_status(cluster, "calls").get("healthyEndpoints") == 1, "1 healthy endpoint")
+    cluster.wait_condition("calls", "Ready", "True")
+
+    # The proxies ACK the restarted control plane at once; their health reports come back a little later.
+    assert operator.process is not None
+    operator.process.send_signal(signal.SIGTERM)
+    operator.process.wait(timeout=30)
+    operator.spawn()
+    operator.wait_ready()
+    wait_until(lambda: _reported_healthy(operator, f"{NS}/envoy-0") == 1, "the health reports to come back")
+
+    # A status pass after the reports came back writes another VirtualService's status, and nothing of this
+    # one: it was not rewritten without its health counts in between.
+    other_port = free_udp_port()
+    cluster.create(vs_body("other", other_port, worker_port))
+    cluster.wait_condition("other", "Ready", "True")
+    assert _status_writes(operator) == 1
+    assert cluster_status(cluster, "calls")["healthyEndpoints"] == 1

@@ -70,6 +70,21 @@ def settling(status: Mapping[str, Any]) -> bool:
     return ready.get("status") == "False" and ready.get("reason") in SETTLING
 
 
+def awaiting_health(status: Mapping[str, Any], previous: Mapping[str, Any] | None) -> bool:
+    """Whether a status lacks health counts the written one has (for a listener of the same name and cluster):
+    after a restart the proxies' health reports come back a little after their ACKs, and a status written in
+    between would drop the counts only to write them again (so it is held back like a settling one)."""
+    before = {
+        (listener.get("name"), (listener.get("cluster") or {}).get("name"))
+        for listener in (previous or {}).get("listeners") or ()
+        if isinstance(listener, Mapping) and "healthyEndpoints" in (listener.get("cluster") or {})
+    }
+    return any(
+        (listener["name"], listener["cluster"]["name"]) in before and "healthyEndpoints" not in listener["cluster"]
+        for listener in status.get("listeners") or ()
+    )
+
+
 def _accepted(observed: Observed) -> tuple[str, str, str, str]:
     if observed.rejected is None:
         return ("Accepted", "True", "Accepted", "the spec is valid")

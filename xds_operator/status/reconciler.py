@@ -23,7 +23,7 @@ from xds_operator.net import address_order, is_ip
 from xds_operator.sources.kubernetes.dns import DnsCache
 from xds_operator.sources.kubernetes.pods import PodIndex
 from xds_operator.sources.kubernetes.records import VirtualServiceRecord
-from xds_operator.status.conditions import Observed, settling, status_of
+from xds_operator.status.conditions import Observed, awaiting_health, settling, status_of
 from xds_operator.status.peers import PeerReport, ProgressReports, changed_entries, encode, merge_one
 from xds_operator.status.progress import Progress, ProgressTracker
 from xds_operator.status.readiness import ClusterHealth, ListenerState, listener_states
@@ -266,8 +266,9 @@ class StatusReconciler:
         )
         if self._observed.get(key) == observed:
             return  # what was wanted for it last time (written, or queued) still holds
-        status = status_of(observed, self._writer.written(key), now)
-        if self._holds.holding(key, settling(status)):
+        previous = self._writer.written(key)
+        status = status_of(observed, previous, now)
+        if self._holds.holding(key, settling(status) or awaiting_health(status, previous)):
             return  # recomputed when its hold ends, or sooner if something changes
         self._observed[key] = observed
         if progress is not None and progress.rejections:
