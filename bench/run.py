@@ -28,6 +28,7 @@ SCENARIOS = [
     "snapshot_build",
     "incremental",
     "status_pass",
+    "hds",
     "fanout",
     "envoy_convergence",
     "cold_start",

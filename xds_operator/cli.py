@@ -370,6 +370,13 @@ def _add_bootstrap(commands: argparse._SubParsersAction[argparse.ArgumentParser]
         action="store_false",
         help="state-of-the-world xDS (GRPC): every change sends all resources of its type",
     )
+    bootstrap.add_argument(
+        "--no-health-reports",
+        dest="health_reports",
+        action="store_false",
+        help="leave out hds_config: the proxy does not run its clusters' health checks a second time to report "
+        "endpoint health to the control plane (which then does not know it)",
+    )
     _add_bootstrap_transport_arguments(bootstrap)
     bootstrap.set_defaults(run=_bootstrap)
 
@@ -659,6 +666,7 @@ def _bootstrap(args: argparse.Namespace) -> int:
             delta=args.delta,
             tls=tls,
             keepalive=args.keepalive,
+            health_reports=args.health_reports,
         )
     except ValueError as error:
         print(f"xds-operator bootstrap: {error}", file=sys.stderr)

@@ -31,7 +31,16 @@ VARIANTS = (SotwStream.variant, DeltaStream.variant)
 CONDITIONS = ("Accepted", "Programmed", "Ready", "Conflicted")
 CONDITION_STATUSES = ("True", "False", "Unknown")
 # The limits on what one xDS client may send (see stream.py): a label of xds_client_limits_total.
-CLIENT_LIMITS = ("node_id", "resource_names", "unsupported_type")
+CLIENT_LIMITS = (
+    "node_id",
+    "resource_names",
+    "unsupported_type",
+    # Health reports (HDS, xds/health.py):
+    "health_report_size",
+    "health_unknown_endpoint",
+    "health_checked_endpoints",
+    "health_bad_report",
+)
 # Envoy usually ACKs within milliseconds; warming clusters (DNS, health checks) can take seconds.
 ACK_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BUILD_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -80,6 +89,10 @@ class Metrics(StreamObserver):
     def limited(self, stream: ProxyStream[Any], limit: str) -> None:
         self.limits[limit] += 1
 
+    def limit_hit(self, limit: str) -> None:
+        """A health report stream hit a limit (xds/health.py)."""
+        self.limits[limit] += 1
+
     def observe_build(self, seconds: float) -> None:
         self.snapshot_build.observe(seconds)
 
@@ -100,6 +113,18 @@ class Metrics(StreamObserver):
                 PREFIX + "proxy_groups",
                 "Distinct label sets of connected proxies (each shares one snapshot)",
                 value=group_count(),
+            )
+
+        self._readers.append(read)
+
+    def read_health(self, unhealthy: Callable[[], int]) -> None:
+        """Endpoints whose health check fails, summed over the proxies that report them (HDS)."""
+
+        def read() -> Iterator[Metric]:
+            yield GaugeMetricFamily(
+                PREFIX + "unhealthy_endpoints",
+                "Endpoints whose TCP health check fails as the proxies see it, summed over proxies (HDS reports)",
+                value=unhealthy(),
             )
 
         self._readers.append(read)

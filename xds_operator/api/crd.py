@@ -363,6 +363,19 @@ LISTENER_STATUS_SCHEMA: Schema = {
                     "type": "integer",
                     "minimum": 0,
                 },
+                "healthyEndpoints": {
+                    "description": (
+                        "With a health check: the endpoints whose check passes as the proxies see it (their HDS "
+                        "reports), on the proxy that sees the fewest; absent until a proxy reports."
+                    ),
+                    "type": "integer",
+                    "minimum": 0,
+                },
+                "checkedEndpoints": {
+                    "description": "With a health check: the endpoints the proxies check (those with an IP address).",
+                    "type": "integer",
+                    "minimum": 0,
+                },
             },
         },
     },

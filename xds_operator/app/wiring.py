@@ -16,6 +16,7 @@ from xds_operator.admin.metrics import Metrics, condition_counts
 from xds_operator.ports.assigner import PortAssigner, PortRange
 from xds_operator.sources.directory import DirectorySource
 from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.hds import HealthDiscoveryService
 from xds_operator.xds.server import AggregatedDiscoveryService
 
 if TYPE_CHECKING:
@@ -58,7 +59,8 @@ def build_directory_plane(
     ports = PortAssigner(listener_ports, settled_when_assigned=True)
     source = DirectorySource(directory, cache, ports, port_state)
     source.load()
-    service = AggregatedDiscoveryService(cache, observer=metrics)
+    health = HealthDiscoveryService(cache, limited=metrics.limit_hit)
+    service = AggregatedDiscoveryService(cache, observer=metrics, health=health)
     _directory_metrics(metrics, service, cache, source)
     return DirectoryPlane(metrics, cache, source, service)
 
@@ -145,7 +147,16 @@ def build_kubernetes_plane(
     pods = PodIndex()
     cache = SnapshotCache(pods.ready_ips, on_commit=metrics.observe_build)
     status_due = asyncio.Event()  # set by whatever a status depends on: the reconciler then runs a pass
-    service = AggregatedDiscoveryService(cache, identify=pods.identify, on_progress=status_due.set, observer=metrics)
+    health_changed: set[str] = set()  # clusters whose health on some proxy changed (read by the reconciler)
+
+    def on_health(clusters: set[str]) -> None:
+        health_changed.update(clusters)
+        status_due.set()
+
+    health = HealthDiscoveryService(cache, pods.identify, on_health=on_health, limited=metrics.limit_hit)
+    service = AggregatedDiscoveryService(
+        cache, identify=pods.identify, on_progress=status_due.set, observer=metrics, health=health
+    )
 
     def leadership_changed(now_leading: bool) -> None:
         if now_leading:  # a new leader writes every status it computed while following
@@ -167,6 +178,8 @@ def build_kubernetes_plane(
         service.progress,
         status_due,
         peers=reports,
+        health=health,
+        health_changed=health_changed,
         first_status_hold=FIRST_STATUS_HOLD_SECONDS if first_status_hold is None else first_status_hold,
         startup_status_hold=STARTUP_STATUS_HOLD_SECONDS if startup_status_hold is None else startup_status_hold,
     )
@@ -183,6 +196,8 @@ def _directory_metrics(
 ) -> None:
     """Directory mode: what is read at scrape time from the ADS service, the cache and the DirectorySource."""
     metrics.read_serving(service.connections, cache.group_count)
+    if service.health is not None:
+        metrics.read_health(service.health.unhealthy_endpoints)
 
     def virtual_services() -> dict[tuple[str, str], int]:
         served, conflicted = len(cache.virtual_services()), len(cache.conflicts)
@@ -208,6 +223,8 @@ def _kubernetes_metrics(
 ) -> None:
     """Kubernetes mode: as above, with VirtualServices counted from their status and the watches' restarts."""
     metrics.read_serving(service.connections, cache.group_count)
+    if service.health is not None:
+        metrics.read_health(service.health.unhealthy_endpoints)
 
     def statuses() -> Iterable[Mapping[str, Any] | None]:
         return [writer.written(key) for key in list(source.records)]

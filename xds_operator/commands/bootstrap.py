@@ -48,12 +48,14 @@ def envoy_bootstrap(
     delta: bool = True,
     tls: ClientTls | None = None,
     keepalive: float = DEFAULT_KEEPALIVE_SECONDS,
+    health_reports: bool = True,
 ) -> dict[str, Any]:
     """The bootstrap as a dict: ADS over gRPC (HTTP/2) for CDS and LDS, EDS through ADS.
 
     delta: incremental xDS (DELTA_GRPC); False: state of the world (GRPC).
     tls: connect over TLS, verifying the server's certificate (and present a client certificate).
     keepalive: seconds between Envoy's HTTP/2 PINGs on the xDS connection; 0 sends none.
+    health_reports: set hds_config, so the proxy reports endpoint health (xds/hds.py).
     """
     xds_host, xds_port = split_host_port(xds_address, flag="--xds-address")
     admin_host, admin_port = split_host_port(admin_address, allow_port_zero=True, flag="--admin-address")
@@ -92,7 +94,7 @@ def envoy_bootstrap(
     }
     if tls is not None:
         xds_cluster["transport_socket"] = transport_socket(tls, tls.server_name or xds_host)
-    return {
+    bootstrap: dict[str, Any] = {
         "node": {"id": node_id, "cluster": cluster, "metadata": {"labels": dict(labels)}},
         "dynamic_resources": {
             "ads_config": {
@@ -107,6 +109,15 @@ def envoy_bootstrap(
         "static_resources": {"clusters": [xds_cluster]},
         "admin": {"address": {"socket_address": {"address": admin_host, "port_value": admin_port}}},
     }
+    if health_reports:
+        # Health Discovery Service on the same connection: the proxy runs the health checks of the clusters
+        # it is sent a second time, for the control plane, and reports every endpoint's health to it.
+        bootstrap["hds_config"] = {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+        }
+    return bootstrap
 
 
 def transport_socket(tls: ClientTls, server_name: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""`xds-operator status`: every connected proxy, its group, and per type what it was sent and how it answered.
+"""`xds-operator status`: every connected proxy, its group, per type what it was sent and how it answered, and
+the endpoints whose health check fails on it (its health reports).
 
 Reads /debug/proxies from a running control plane's admin port; formatting is pure.
 """
@@ -12,7 +13,7 @@ import urllib.request
 from collections.abc import Sequence
 from typing import TypeGuard, get_args
 
-from xds_operator.admin.views import ProxyView, StreamState, TypeStatus
+from xds_operator.admin.views import HealthView, ProxyView, StreamState, TypeStatus, UnhealthyEndpoint
 from xds_operator.xds.snapshot import PUSH_ORDER, SHORT_NAMES
 
 TYPES = tuple(SHORT_NAMES[type_url] for type_url in PUSH_ORDER)  # CDS, EDS, LDS
@@ -80,6 +81,40 @@ def _proxy_view(item: object, where: str) -> ProxyView:
         "labels": labels,
         "group": group,
         "types": {str(kind): _type_status(state, f"{where}.types.{kind}") for kind, state in types.items()},
+        "health": None if item.get("health") is None else _health(item.get("health"), f"{where}.health"),
+    }
+
+
+def _health(item: object, where: str) -> HealthView:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is not an object")
+    counts = [item.get(field) for field in ("clusters", "endpoints", "healthy", "unhealthy_count", "reports")]
+    if not all(isinstance(count, int) for count in counts):
+        raise ValueError(f"{where} lacks its counts")
+    unhealthy = item.get("unhealthy")
+    if not isinstance(unhealthy, list):
+        raise ValueError(f"{where}.unhealthy is not a list")
+    clusters, endpoints, healthy, unhealthy_count, reports = (int(count) for count in counts)  # type: ignore[arg-type]
+    return {
+        "clusters": clusters,
+        "endpoints": endpoints,
+        "healthy": healthy,
+        "unhealthy_count": unhealthy_count,
+        "unhealthy": [_unhealthy(entry, f"{where}.unhealthy[{i}]") for i, entry in enumerate(unhealthy)],
+        "reports": reports,
+    }
+
+
+def _unhealthy(item: object, where: str) -> UnhealthyEndpoint:
+    if not isinstance(item, dict):
+        raise ValueError(f"{where} is not an object")
+    port = item.get("health_check_port")
+    if port is not None and not isinstance(port, int):
+        raise ValueError(f"{where}.health_check_port is not a number")
+    return {
+        "cluster": _text(item, "cluster", where),
+        "endpoint": _text(item, "endpoint", where),
+        "health_check_port": port,
     }
 
 
@@ -117,12 +152,26 @@ def cell(state: TypeStatus | None) -> str:
 
 def table(proxies: Sequence[ProxyView]) -> str:
     """One line per proxy (sorted by node id), columns aligned; NACK errors below their proxy."""
-    header = ["NODE", "GROUP", "VARIANT", *TYPES]
+    header = ["NODE", "GROUP", "VARIANT", *TYPES, "HEALTHY"]
     rows: list[list[str]] = []
     errors: list[str] = []
+    failing: list[str] = []
     for proxy in sorted(proxies, key=lambda p: (p["node_id"], p["group"])):
         types = proxy["types"]
-        rows.append([proxy["node_id"], proxy["group"], proxy["variant"], *(cell(types.get(kind)) for kind in TYPES)])
+        health = proxy.get("health")
+        rows.append(
+            [
+                proxy["node_id"],
+                proxy["group"],
+                proxy["variant"],
+                *(cell(types.get(kind)) for kind in TYPES),
+                f"{health['healthy']}/{health['endpoints']}" if health else "-",
+            ]
+        )
+        if health:
+            failing += [f"  {proxy['node_id']} {_failing(entry)}" for entry in health["unhealthy"]]
+            if health["unhealthy_count"] > len(health["unhealthy"]):
+                failing.append(f"  {proxy['node_id']}: and {health['unhealthy_count'] - len(health['unhealthy'])} more")
         for kind in TYPES:
             state = types.get(kind)
             if state is not None and state["state"] == "NACKed":
@@ -137,4 +186,12 @@ def table(proxies: Sequence[ProxyView]) -> str:
         lines.append("(no proxies connected)")
     if errors:
         lines += ["", "Rejected by the proxy (it keeps running its last accepted version):", *errors]
+    if failing:
+        lines += ["", "Failing health checks, as each proxy sees them (it sends those endpoints nothing):", *failing]
     return "\n".join(lines) + "\n"
+
+
+def _failing(entry: UnhealthyEndpoint) -> str:
+    port = entry["health_check_port"]
+    checked = f" (health check port {port})" if port is not None else ""
+    return f"{entry['cluster']}: {entry['endpoint']}{checked} fails"

@@ -5,13 +5,15 @@ lastTransitionTime, observedGeneration):
 - Accepted: the spec is valid (False carries the validation errors).
 - Programmed: every selected proxy has ACKed its resources (False says how many have,
   or carries Envoy's NACK text; NoFreePort: a listener without a port waits for one to be assigned).
-- Ready: Programmed, the latest generation is valid, and every cluster has at least one
-  ready endpoint: the route is live (what an app waits for before handing out an address).
+- Ready: Programmed, the latest generation is valid, every cluster has at least one ready
+  endpoint, and no proxy that reports endpoint health (HDS) sees every endpoint of a cluster fail
+  its health check: the route is live (what an app waits for before handing out an address).
 - Conflicted: another, older VirtualService claims the same listener name, cluster name or
   port on a proxy, so this one is left out there.
 
 Beside them, status.listeners: per listener its name, protocol, port, the pod IPs of the
-proxies that run it (sorted, at most MAX_STATUS_ADDRESSES) and its cluster's ready endpoint count.
+proxies that run it (sorted, at most MAX_STATUS_ADDRESSES) and its cluster's ready endpoint count (and,
+once proxies report on a health-checked cluster, its healthy and checked endpoint counts).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 from xds_operator.api.schema import MAX_STATUS_ADDRESSES
 from xds_operator.status.progress import Progress
-from xds_operator.status.readiness import ListenerState
+from xds_operator.status.readiness import ClusterHealth, ListenerState
 
 MAX_MESSAGE = 1024  # keep conditions readable; Kubernetes allows 32768
 
@@ -39,6 +41,8 @@ class Observed:
     progress: Progress | None = None
     listeners: tuple[ListenerState, ...] = ()  # of the generation served
     addresses: tuple[str, ...] = ()  # pod IPs of the proxies that run its current resources, sorted
+    # Per listener (aligned with `listeners`): its cluster's health as the proxies report it; None: no report.
+    health: tuple[ClusterHealth | None, ...] = ()
 
 
 def status_of(observed: Observed, previous: Mapping[str, Any] | None, now: str) -> dict[str, Any]:
@@ -65,6 +69,21 @@ def settling(status: Mapping[str, Any]) -> bool:
     """Whether a status says no more than "not on every selected proxy yet" (Ready False, Pending or NoProxies)."""
     ready: Mapping[str, Any] = next((c for c in status.get("conditions") or () if c.get("type") == "Ready"), {})
     return ready.get("status") == "False" and ready.get("reason") in SETTLING
+
+
+def awaiting_health(status: Mapping[str, Any], previous: Mapping[str, Any] | None) -> bool:
+    """Whether a status lacks health counts the written one has (for a listener of the same name and cluster):
+    after a restart the proxies' health reports come back a little after their ACKs, and a status written in
+    between would drop the counts only to write them again (so it is held back like a settling one)."""
+    before = {
+        (listener.get("name"), (listener.get("cluster") or {}).get("name"))
+        for listener in (previous or {}).get("listeners") or ()
+        if isinstance(listener, Mapping) and "healthyEndpoints" in (listener.get("cluster") or {})
+    }
+    return any(
+        (listener["name"], listener["cluster"]["name"]) in before and "healthyEndpoints" not in listener["cluster"]
+        for listener in status.get("listeners") or ()
+    )
 
 
 def _accepted(observed: Observed) -> tuple[str, str, str, str]:
@@ -116,20 +135,45 @@ def _ready(observed: Observed, programmed: tuple[str, str, str, str]) -> tuple[s
             "NoReadyEndpoints",
             f"cluster {cluster.name} has no ready endpoint{more}: {cluster.why_none}",
         )
+    unhealthy = [
+        (listener.cluster.name, health)
+        for listener, health in zip(observed.listeners, observed.health, strict=False)
+        if health is not None and health.failing_on
+    ]
+    if unhealthy:
+        name, health = unhealthy[0]
+        more = f" (and {len(unhealthy) - 1} more clusters)" if len(unhealthy) > 1 else ""
+        proxies = f" (and {len(health.failing_on) - 1} more proxies)" if len(health.failing_on) > 1 else ""
+        return (
+            "Ready",
+            "False",
+            "Unhealthy",
+            f"cluster {name}{more}: no endpoint passes its health check on proxy {health.failing_on[0]}{proxies}: "
+            f"{health.failing} failing",
+        )
     return ("Ready", "True", "Ready", f"{message}; every cluster has a ready endpoint")
 
 
 def _listeners(observed: Observed) -> list[dict[str, Any]]:
+    health = observed.health + (None,) * (len(observed.listeners) - len(observed.health))
     return [
         {
             "name": listener.name,
             "protocol": listener.protocol,
             "port": listener.port,
             "addresses": list(observed.addresses[:MAX_STATUS_ADDRESSES]),
-            "cluster": {"name": listener.cluster.name, "readyEndpoints": listener.cluster.ready_endpoints},
+            "cluster": _cluster(listener, checked),
         }
-        for listener in observed.listeners
+        for listener, checked in zip(observed.listeners, health, strict=True)
     ]
+
+
+def _cluster(listener: ListenerState, health: ClusterHealth | None) -> dict[str, Any]:
+    cluster: dict[str, Any] = {"name": listener.cluster.name, "readyEndpoints": listener.cluster.ready_endpoints}
+    if health is not None:
+        cluster["healthyEndpoints"] = health.passing
+        cluster["checkedEndpoints"] = health.checked
+    return cluster
 
 
 def _conflicted(observed: Observed) -> tuple[str, str, str, str]:

@@ -34,6 +34,16 @@ class ClusterState:
 
 
 @dataclass(frozen=True)
+class ClusterHealth:
+    """A health-checked cluster as the proxies that report on it see it (their HDS reports)."""
+
+    passing: int  # endpoints whose check passes, on the proxy that sees the fewest
+    checked: int  # endpoints the proxies check
+    failing_on: tuple[str, ...] = ()  # proxies (node ids) on which no endpoint passes, sorted
+    failing: str = ""  # on the first of them: the endpoints that fail, e.g. "10.0.0.7:2001 (health check port 1233)"
+
+
+@dataclass(frozen=True)
 class ListenerState:
     name: str
     protocol: str  # UDP, TCP: the name of the listener's block

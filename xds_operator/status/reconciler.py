@@ -23,13 +23,15 @@ from xds_operator.net import address_order, is_ip
 from xds_operator.sources.kubernetes.dns import DnsCache
 from xds_operator.sources.kubernetes.pods import PodIndex
 from xds_operator.sources.kubernetes.records import VirtualServiceRecord
-from xds_operator.status.conditions import Observed, settling, status_of
+from xds_operator.status.conditions import Observed, awaiting_health, settling, status_of
 from xds_operator.status.peers import PeerReport, ProgressReports, changed_entries, encode, merge_one
 from xds_operator.status.progress import Progress, ProgressTracker
-from xds_operator.status.readiness import ListenerState, listener_states
+from xds_operator.status.readiness import ClusterHealth, ListenerState, listener_states
 from xds_operator.status.writer import StatusWriter, WarningEvent
-from xds_operator.translate import Resolved
+from xds_operator.translate import Resolved, envoy_cluster_name
 from xds_operator.xds.cache import SnapshotCache
+from xds_operator.xds.hds import HealthDiscoveryService
+from xds_operator.xds.health import summarize
 from xds_operator.xds.server import ProxyProgress
 
 log = logging.getLogger(__name__)
@@ -55,19 +57,27 @@ class StatusReconciler:
         due: asyncio.Event,
         *,
         peers: ProgressReports | None = None,
+        health: HealthDiscoveryService | None = None,
+        health_changed: set[str] | None = None,
         first_status_hold: float = FIRST_STATUS_HOLD_SECONDS,
         startup_status_hold: float = STARTUP_STATUS_HOLD_SECONDS,
         interval: float = STATUS_INTERVAL_SECONDS,
     ) -> None:
         """`proxies`: every connected proxy's progress (the ADS server's); `due`: set by whatever a status
         depends on (the source, the ADS server, the replica reports, the leader elector) to ask for a pass;
-        `peers`: the other replicas' reports (several replicas only)."""
+        `peers`: the other replicas' reports (several replicas only); `health`: the proxies' health reports,
+        and `health_changed` the Envoy cluster names whose health changed since (emptied by each pass)."""
         self._cache = cache
         self._pods = pods
         self._writer = writer
         self._proxies = proxies
         self._due = due
         self._peers = peers
+        self._health = health
+        self._health_changed = health_changed if health_changed is not None else set()
+        self._cluster_users: dict[str, set[Key]] = {}  # Envoy cluster name → the VirtualServices routing to it
+        self._health_memo: dict[str, ClusterHealth | None] = {}  # within one pass
+        self._clusters_of: dict[Key, tuple[str, ...]] = {}  # and per VirtualService, per listener
         self._interval = interval
         self._dns = DnsCache(self._on_dns)  # whether address endpoints resolve, for Ready
         self._records: dict[Key, VirtualServiceRecord] = {}  # every VirtualService the source knows
@@ -102,6 +112,7 @@ class StatusReconciler:
         self._own.pop(key, None)
         self._holds.stop(key)
         self._use_hosts(key, frozenset())
+        self._use_clusters(key, ())
         self._writer.forget(key)
 
     def changed(self, keys: Iterable[Key]) -> None:
@@ -175,6 +186,7 @@ class StatusReconciler:
                 return
         conflicts = self._conflicts
         now = now_rfc3339()
+        self._health_memo.clear()
         addresses: dict[tuple[int, ...], tuple[str, ...]] = {}  # by serving node-id sets (shared between alike)
         for key in keys:
             record = self._records.get(key)
@@ -193,6 +205,10 @@ class StatusReconciler:
         keys.update(key for key in conflicts.keys() | before.keys() if conflicts.get(key) != before.get(key))
         self._conflicts = conflicts
         keys |= self._holds.expired()
+        if self._health_changed:
+            for name in self._health_changed:
+                keys |= self._cluster_users.get(name, set())
+            self._health_changed.clear()
         if self._peers is not None:
             keys |= self._peer_changes(self._peers)
         return keys
@@ -247,11 +263,13 @@ class StatusReconciler:
             progress=progress,
             listeners=self._listener_states(key, record.vs),
             addresses=addresses[shared],
+            health=self._cluster_health(key, record.vs),
         )
         if self._observed.get(key) == observed:
             return  # what was wanted for it last time (written, or queued) still holds
-        status = status_of(observed, self._writer.written(key), now)
-        if self._holds.holding(key, settling(status)):
+        previous = self._writer.written(key)
+        status = status_of(observed, previous, now)
+        if self._holds.holding(key, settling(status) or awaiting_health(status, previous)):
             return  # recomputed when its hold ends, or sooner if something changes
         self._observed[key] = observed
         if progress is not None and progress.rejections:
@@ -275,6 +293,46 @@ class StatusReconciler:
         else:  # DNS answers change on their own (then _on_dns marks this VirtualService changed)
             self._states.pop(key, None)
         return states
+
+    def _cluster_health(self, key: Key, vs: VirtualService | None) -> tuple[ClusterHealth | None, ...]:
+        """Per listener: its cluster's health as the proxies report it (HDS); () without reports."""
+        if vs is None or self._health is None:
+            return ()
+        names = tuple(envoy_cluster_name(listener) for listener in vs.spec.listeners)
+        self._use_clusters(key, names)
+        found = [self._health_of(name) for name in names]
+        return tuple(found) if any(found) else ()
+
+    def _health_of(self, name: str) -> ClusterHealth | None:
+        """One cluster's health across the proxies that report it, computed once per pass (the VirtualServices
+        of calls to one worker share its cluster)."""
+        if name in self._health_memo:
+            return self._health_memo[name]
+        assert self._health is not None
+        summary = summarize(self._health.cluster_counts(name))
+        result = None
+        if summary is not None:
+            passing, checked, failing_on = summary
+            failing = ", ".join(self._health.failing_on(name, failing_on[0])) if failing_on else ""
+            result = ClusterHealth(passing, checked, tuple(failing_on), failing)
+        self._health_memo[name] = result
+        return result
+
+    def _use_clusters(self, key: Key, names: tuple[str, ...]) -> None:
+        before = self._clusters_of.pop(key, ())
+        if before == names:
+            if names:
+                self._clusters_of[key] = names
+            return
+        if names:
+            self._clusters_of[key] = names
+        for name in set(before) - set(names):
+            users = self._cluster_users.get(name, set())
+            users.discard(key)
+            if not users:
+                self._cluster_users.pop(name, None)
+        for name in names:
+            self._cluster_users.setdefault(name, set()).add(key)
 
     def _use_hosts(self, key: Key, hosts: frozenset[str]) -> None:
         """Remember which DNS names a VirtualService uses; the DNS cache forgets those nothing uses any more."""

@@ -13,7 +13,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -28,6 +28,9 @@ from xds_operator.xds.delta import DeltaStream
 from xds_operator.xds.snapshot import Snapshot
 from xds_operator.xds.stream import ProxyStream, SotwStream, StreamObserver
 from xds_operator.xds.transport import DEFAULT_POLICY, ConnectionPolicy, ServerTls
+
+if TYPE_CHECKING:  # hds.py builds on this module
+    from xds_operator.xds.hds import HealthDiscoveryService
 
 log = logging.getLogger(__name__)
 
@@ -122,8 +125,11 @@ class AggregatedDiscoveryService:
         identify: Identify = labels_from_metadata,
         on_progress: Callable[[], None] = lambda: None,
         observer: StreamObserver | None = None,
+        health: HealthDiscoveryService | None = None,
     ):
         self._cache = cache
+        # Served beside ADS on the same port: the proxies' endpoint health (HDS), shown with each proxy.
+        self.health = health
         self._identify = identify
         self._on_progress = on_progress  # called when a proxy connects, leaves, ACKs or NACKs
         self._observer = observer or StreamObserver()  # told of every push, ACK and NACK (metrics)
@@ -142,6 +148,7 @@ class AggregatedDiscoveryService:
                 "labels": c.watch.labels,
                 "group": clip(group_name(c.watch.labels), MAX_SHOWN_GROUP),
                 "types": c.stream.type_report(),
+                "health": self.health.view(c.stream.node_id) if self.health is not None else None,
             }
             for c in self._connections.values()
         ]
@@ -165,6 +172,8 @@ class AggregatedDiscoveryService:
         self._draining = True
         for inbox in self._inboxes.values():
             inbox.items.put_nowait(_Signal.DRAIN)
+        if self.health is not None:  # health report streams end too (not counted: they are not xDS streams)
+            self.health.drain()
         return len(self._inboxes)
 
     def progress(self) -> list[ProxyProgress]:
@@ -187,6 +196,8 @@ class AggregatedDiscoveryService:
     def reidentify(self, node_ids: Iterable[str]) -> None:
         """The identity source learned something about these nodes: move their proxies to their labels' group."""
         wanted = set(node_ids)
+        if self.health is not None:
+            self.health.reidentify(wanted)
         for connection in self._connections.values():
             if connection.node.id in wanted:
                 labels = self._identify(connection.node)
@@ -427,6 +438,10 @@ async def start_server(
         ]
     )
     server.add_generic_rpc_handlers((_ads_handler(service),))
+    if service.health is not None:
+        from xds_operator.xds.hds import hds_handler  # (imported here: hds.py imports this module)
+
+        server.add_generic_rpc_handlers((hds_handler(service.health),))
     try:
         port = server.add_insecure_port(address) if tls is None else server.add_secure_port(address, tls.credentials())
     except RuntimeError:  # how grpcio reports a failed bind (older versions returned port 0)
