@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_apiserver import FakeApiServer
 
+from tests.support.e2e import ControlPlane, assert_silent, free_udp_port, register_log, send_until_answer, wait_until
+from tests.support.e2e_kube import NS, PLURAL, Cluster
+from tests.support.fake_apiserver import FakeApiServer
 from xds_operator.demo.echo import EchoWorker
-
-from .conftest import ControlPlane, _register_log, assert_silent, free_udp_port, send_until_answer, wait_until
-from .kube import NS, PLURAL, Cluster
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "session_manager.py"
 
@@ -35,7 +34,7 @@ class SessionManager:
     def __init__(self, request: pytest.FixtureRequest, tmp_path: Path, apiserver: FakeApiServer, *args: str):
         kubeconfig = apiserver.kubeconfig(tmp_path / "session-manager-kubeconfig")
         self.stderr_path = tmp_path / "session-manager.err"
-        _register_log(request, "session manager stderr", self.stderr_path)
+        register_log(request, "session manager stderr", self.stderr_path)
         with open(self.stderr_path, "wb") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, str(EXAMPLE), *args, "--namespace", NS, "--kubeconfig", str(kubeconfig)],
