@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import resource
 import signal
 import socket
@@ -82,13 +83,18 @@ class Ports:
 
     def __init__(self) -> None:
         self._handed_out: set[tuple[int, int]] = set()
+        # Under pytest-xdist (the smoke tests), keep only this worker's ports ((port // 2) % workers == its
+        # index), as tests/support/ports.py does: no other worker hands out the same port meanwhile.
+        worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+        self._share = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+        self._index = int(worker[2:]) % self._share if worker[2:].isdigit() else 0
 
     def take(self, kind: int = socket.SOCK_STREAM) -> int:
-        for _ in range(1000):
+        for _ in range(1000 * self._share):
             with socket.socket(socket.AF_INET, kind) as sock:
                 sock.bind(("0.0.0.0", 0))
                 port = sock.getsockname()[1]
-            if (kind, port) not in self._handed_out:
+            if (port // 2) % self._share == self._index and (kind, port) not in self._handed_out:
                 self._handed_out.add((kind, port))
                 return port
         raise RuntimeError("no free port found")
@@ -98,22 +104,29 @@ class Ports:
 
 
 class PortRange:
-    """Free UDP ports from [low, high), in order, never the same one twice in a run.
+    """Free UDP ports from [low, high), in order from a random start (wrapping around), never the same one
+    twice in a run.
 
     For many listeners at once: ports below the kernel's ephemeral range, so that no socket
-    connected meanwhile (Envoy's upstream sessions, our probes) can be given a port we picked.
+    connected meanwhile (Envoy's upstream sessions, our probes) can be given a port we picked. The
+    random start keeps two runs at once (test workers, other checkouts on one machine) apart: Envoy's UDP
+    listeners set SO_REUSEPORT, so two Envoys on one port would silently share its datagrams.
     """
 
     def __init__(self, low: int = 20_000, high: int | None = None) -> None:
-        self._next = low
+        self._low = low
         self._high = high if high is not None else ephemeral_range()[0]
+        self._offset = random.randrange(max(1, self._high - low))
+        self._taken = 0
 
     def udp(self) -> int:
-        while self._next < self._high:
-            port, self._next = self._next, self._next + 1
+        span = self._high - self._low
+        while self._taken < span:
+            port = self._low + (self._offset + self._taken) % span
+            self._taken += 1
             if udp_port_free(port):
                 return port
-        raise RuntimeError(f"no free UDP port left below {self._high}")
+        raise RuntimeError(f"no free UDP port left in [{self._low}, {self._high})")
 
 
 def ephemeral_range() -> tuple[int, int]:
