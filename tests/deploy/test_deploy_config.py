@@ -512,12 +512,13 @@ def test_makefile_targets() -> None:
 
 
 def fake_kubectl(tmp_path: Path) -> Path:
-    """A kubectl that renders with the real one and records what it would apply (in tmp_path/applied.yaml)."""
+    """A kubectl that renders with the real one and records what it would apply (in tmp_path/applied.yaml)
+    and the directories it rendered (tmp_path/overlays)."""
     fake = tmp_path / "kubectl"
     fake.write_text(
         f"""#!/bin/sh
 case $1 in
-kustomize) exec {kubectl()} "$@" ;;
+kustomize) echo "$2" >> {tmp_path}/overlays; exec {kubectl()} "$@" ;;
 apply) echo "$@" >> {tmp_path}/calls; if [ "$2" = -f ]; then cat "$3" >> {tmp_path}/applied.yaml; fi ;;
 *) echo "$@" >> {tmp_path}/calls ;;
 esac
@@ -555,7 +556,11 @@ def test_make_deploy_deploys_the_image_given_without_writing_tracked_files(tmp_p
     assert container(one(applied, "Deployment", "xds-operator"))["image"] == expected
     assert {o["kind"] for o in applied} >= {"CustomResourceDefinition", "Namespace", "Deployment", "Service"}
     assert tracked_config() == before
-    assert not list(REPO.glob(".deploy.*")), "the temporary overlay is removed"
+    # This run's temporary overlay is removed (another run in this checkout, say a parallel test worker,
+    # may have one of its own meanwhile: only ours is checked).
+    overlays = [Path(line) for line in (tmp_path / "overlays").read_text().split()]
+    assert overlays and all(overlay.parent == REPO for overlay in overlays), overlays
+    assert not any(overlay.exists() for overlay in overlays), "the temporary overlay is removed"
 
 
 def test_make_install_crds_applies_only_the_crd(tmp_path: Path) -> None:
