@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/python -m xds_operator.demo run --dir config/samples
 
+# In parallel (pytest-xdist): most tests wait on subprocesses, Envoy and sockets rather than use a core, so
+# more workers than cores pays. `--dist loadgroup` keeps tests marked with one xdist_group on one worker
+# (tests/bench_smoke). One folder alone: `$(BIN)/pytest -q tests/xds` (serial), or add `-n 4`.
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 # ruff, then mypy --strict over the package (configured in pyproject.toml: [tool.mypy]).
 lint: $(STAMP)

@@ -108,7 +108,7 @@ FULL_SIZES = [
     Size(10_000, 100, 15.0, shared=True),
     Size(10_000, 100, 15.0),
 ]
-SMOKE_SIZE = Size(20, 5, 2.0)
+SMOKE_SIZE = Size(8, 4, 1.0)  # the smallest run that still ends and starts calls on a live set
 SHARED_CLUSTER = "worker-c"
 
 

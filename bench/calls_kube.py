@@ -4,8 +4,8 @@
 
 Processes, so that each one's CPU is its own (/proc/PID/stat):
 
-- the fake API server (tests/fake_apiserver.py) in a child process of its own
-  (tests/fake_apiserver_process.py);
+- the fake API server (tests/support/fake_apiserver.py) in a child process of its own
+  (tests/support/fake_apiserver_process.py);
 - `xds-operator serve --kubeconfig` against it (Kubernetes mode, leader election as deployed);
 - one real Envoy (`--concurrency 1`) as the pod media/ingress-0 (IP 127.0.0.1), bootstrapped by
   `xds-operator bootstrap` (`--delta` for the delta variant);
@@ -67,11 +67,12 @@ from envoy_convergence import (
 )
 from harness import PortRange, Ports, cpu_seconds, kube_serve_command, memory_mb, one_endpoint_vs
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
-from fake_apiserver_process import FakeApiServerProcess  # noqa: E402
 from kubernetes import client  # noqa: E402
 from kubernetes.watch.watch import iter_resp_lines  # noqa: E402
+
+from tests.support.fake_apiserver_process import FakeApiServerProcess  # noqa: E402
 
 SCENARIO = "calls-kube"
 GROUP, VERSION, PLURAL = "servicemesh.l7mp.io", "v1", "virtualservices"
@@ -621,7 +622,7 @@ def measure(
     ]
 
 
-SMOKE = (20, 5.0, 2.0, 4)
+SMOKE = (8, 4.0, 1.0, 4)  # tiny: 8 live calls over 4 workers, 4 new and 4 ended in one second
 # (live, rate, seconds, workers): workers None is a worker pod and a cluster per call; a number
 # spreads the calls over that many workers, each call naming its worker's shared cluster.
 CASES = ((2_000, 50.0, 15.0, None), (2_000, 50.0, 15.0, 100), (10_000, 50.0, 15.0, 100))

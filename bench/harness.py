@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import resource
 import signal
 import socket
@@ -77,43 +78,77 @@ def one_endpoint_vs(
     }
 
 
-class Ports:
-    """Free ports, never the same one twice in a run (UDP listener ports must be free on 0.0.0.0)."""
+# (kind, port) handed out by Ports or PortRange in this process: never twice, whichever gave it.
+_HANDED_OUT: set[tuple[int, int]] = set()
 
-    def __init__(self) -> None:
-        self._handed_out: set[tuple[int, int]] = set()
+
+def _mine(port: int) -> bool:
+    """Under pytest-xdist (the smoke tests) only this worker's ports, (port // 2) % workers == its index, as
+    tests/support/ports.py: no other worker hands out the same port meanwhile. Always true otherwise."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), 1)
+    index = int(worker[2:]) % count if worker[2:].isdigit() else 0
+    return (port // 2) % count == index
+
+
+def _bindable(kind: int, port: int) -> bool:
+    with socket.socket(socket.AF_INET, kind) as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
+
+
+class Ports:
+    """Free ports for servers started later (UDP listener ports must be free on 0.0.0.0), never the same one
+    twice in a run: from below the kernel's ephemeral range, so that no connection made meanwhile (by any
+    process) and no server binding port 0 can take one before its server binds it; from a random start,
+    so that two runs at once rarely meet."""
+
+    def __init__(self, low: int = 10_000, high: int | None = None) -> None:
+        self._low = low
+        self._high = high if high is not None else ephemeral_range()[0]
+        self._next = random.randrange(low, self._high)
 
     def take(self, kind: int = socket.SOCK_STREAM) -> int:
-        for _ in range(1000):
-            with socket.socket(socket.AF_INET, kind) as sock:
-                sock.bind(("0.0.0.0", 0))
-                port = sock.getsockname()[1]
-            if (kind, port) not in self._handed_out:
-                self._handed_out.add((kind, port))
+        span = self._high - self._low
+        for _ in range(span):
+            port, self._next = self._next, self._low + (self._next + 1 - self._low) % span
+            if _mine(port) and (kind, port) not in _HANDED_OUT and _bindable(kind, port):
+                _HANDED_OUT.add((kind, port))
                 return port
-        raise RuntimeError("no free port found")
+        raise RuntimeError(f"no free port left in [{self._low}, {self._high})")
 
     def udp(self) -> int:
         return self.take(socket.SOCK_DGRAM)
 
 
 class PortRange:
-    """Free UDP ports from [low, high), in order, never the same one twice in a run.
+    """Free UDP ports from [low, high), in order from a random start (wrapping around), never the same one
+    twice in a run.
 
     For many listeners at once: ports below the kernel's ephemeral range, so that no socket
-    connected meanwhile (Envoy's upstream sessions, our probes) can be given a port we picked.
+    connected meanwhile (Envoy's upstream sessions, our probes) can be given a port we picked. The
+    random start keeps two runs at once (test workers, other checkouts on one machine) apart: Envoy's UDP
+    listeners set SO_REUSEPORT, so two Envoys on one port would silently share its datagrams.
     """
 
     def __init__(self, low: int = 20_000, high: int | None = None) -> None:
-        self._next = low
+        self._low = low
         self._high = high if high is not None else ephemeral_range()[0]
+        self._offset = random.randrange(max(1, self._high - low))
+        self._taken = 0
 
     def udp(self) -> int:
-        while self._next < self._high:
-            port, self._next = self._next, self._next + 1
-            if udp_port_free(port):
+        span = self._high - self._low
+        while self._taken < span:
+            port = self._low + (self._offset + self._taken) % span
+            self._taken += 1
+            if _mine(port) and (socket.SOCK_DGRAM, port) not in _HANDED_OUT and udp_port_free(port):
+                _HANDED_OUT.add((socket.SOCK_DGRAM, port))
                 return port
-        raise RuntimeError(f"no free UDP port left below {self._high}")
+        raise RuntimeError(f"no free UDP port left in [{self._low}, {self._high})")
 
 
 def ephemeral_range() -> tuple[int, int]:

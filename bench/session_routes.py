@@ -24,11 +24,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
 
-from fake_apiserver_process import FakeApiServerProcess  # noqa: E402
 from kubernetes import client, watch  # noqa: E402
 
+from tests.support.fake_apiserver_process import FakeApiServerProcess  # noqa: E402
 from xds_operator.sessions import SessionRoutes  # noqa: E402
 from xds_operator.sessions.manifest import GROUP, PLURAL, VERSION, condition  # noqa: E402
 from xds_operator.sources.kubernetes.reflector import Changed, Event, Reflector, Synced  # noqa: E402
@@ -56,7 +56,7 @@ def pods(count: int) -> list[dict[str, Any]]:
 
 def stand_in(url: str, token: str) -> None:
     """Write Ready (with a port from a counter) on every VirtualService the watch shows without it."""
-    from fake_apiserver import api_client
+    from tests.support.fake_apiserver import api_client
 
     objects = client.CustomObjectsApi(api_client(url, token))
     writes = ThreadPoolExecutor(4)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
+from tests.support.e2e import (
     ControlPlane,
     endpoint,
     free_udp_port,

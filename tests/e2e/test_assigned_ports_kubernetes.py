@@ -8,11 +8,10 @@ import socket
 
 import pytest
 
+from tests.support.e2e import ControlPlane, free_port, free_udp_port, send_until_answer, stop_process, wait_until
+from tests.support.e2e_kube import GROUP, NS, PLURAL, VERSION, vs_body
 from xds_operator.api import parse_virtual_service
 from xds_operator.ports.assigner import PortRange, _Pool, _preferred
-
-from .conftest import ControlPlane, _stop, free_port, free_udp_port, send_until_answer, wait_until
-from .kube import GROUP, NS, PLURAL, VERSION, vs_body
 
 
 def two_free_udp_ports() -> int:
@@ -100,7 +99,7 @@ def test_a_restart_keeps_the_port_where_a_fresh_computation_would_move_it(cluste
     assert send_until_answer(port) == "worker-a"
 
     assert operator.process is not None
-    _stop(operator.process)
+    stop_process(operator.process)
     cluster.delete(older)  # while no control plane runs: a fresh computation would give `younger` its port
     operator.spawn()
     operator.wait_ready()

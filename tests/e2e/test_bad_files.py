@@ -5,9 +5,16 @@ from __future__ import annotations
 import os
 
 import pytest
-from bad_files import BAD_FILES
 
-from .conftest import endpoint, free_udp_port, send_until_answer, virtual_service, wait_all_answered_by, wait_until
+from tests.support.bad_files import BAD_FILES
+from tests.support.e2e import (
+    endpoint,
+    free_udp_port,
+    send_until_answer,
+    virtual_service,
+    wait_all_answered_by,
+    wait_until,
+)
 
 pytestmark = pytest.mark.parametrize("ads_variant", ["sotw"])  # reading files does not depend on the ADS variant
 

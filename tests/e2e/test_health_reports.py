@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from .conftest import endpoint, free_udp_port, virtual_service, wait_until
+from tests.support.e2e import endpoint, free_udp_port, virtual_service, wait_until
 
 
 def _health(control_plane, node_id: str) -> dict | None:

@@ -1,7 +1,7 @@
 """End to end in Kubernetes mode: an app creates VirtualServices through the real `kubernetes` client
 against the fake API server; `xds-operator serve --kubeconfig` (a subprocess) watches it; a real Envoy,
 identified as a pod the API server knows, forwards datagrams to echo workers that stand in for pods
-on their own loopback IPs (tests/e2e/kube.py).
+on their own loopback IPs (tests/support/e2e_kube.py).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import (
+from tests.support.e2e import (
     ControlPlane,
     Envoy,
     assert_silent,
@@ -24,7 +24,7 @@ from .conftest import (
     wait_all_answered_by,
     wait_until,
 )
-from .kube import NS, vs_body
+from tests.support.e2e_kube import NS, vs_body
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ from google.protobuf import any_pb2, json_format
 from prometheus_client.parser import text_string_to_metric_families
 
 import xds_operator.translate  # noqa: F401 (registers the Envoy message types the JSON mapping needs)
-
-from .conftest import (
+from tests.support.e2e import (
     PROXY_LABELS,
     ControlPlane,
     Envoy,

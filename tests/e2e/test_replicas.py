@@ -18,12 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_apiserver import FakeApiServer
 from kubernetes import client
 
-from xds_operator.app.shutdown import EXIT_DEADLINE_SECONDS
-
-from .conftest import (
+from tests.support.e2e import (
     ControlPlane,
     Envoy,
     VsFiles,
@@ -33,10 +30,12 @@ from .conftest import (
     virtual_service,
     wait_until,
 )
-from .kube import GROUP, INGRESS, NS, PLURAL, VERSION
+from tests.support.e2e_kube import GROUP, INGRESS, NS, PLURAL, VERSION
+from tests.support.fake_apiserver import FakeApiServer
+from xds_operator.app.shutdown import EXIT_DEADLINE_SECONDS
 
 LEASE_NS = "xds-operator-system"
-WAIT = 45.0  # a takeover waits for the Lease to expire on top of the usual (conftest.WAIT), under load too
+WAIT = 45.0  # a takeover waits for the Lease to expire on top of the usual (tests.support.e2e.WAIT), under load too
 SHORT = ["--lease-duration", "3", "--renew-deadline", "2", "--retry-period", "0.2"]  # a takeover waits 3 s
 
 

@@ -16,9 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from xds_operator.app.shutdown import EXIT_DEADLINE_SECONDS
-
-from .conftest import (
+from tests.support.e2e import (
     ControlPlane,
     Envoy,
     answers,
@@ -28,7 +26,8 @@ from .conftest import (
     virtual_service,
     wait_until,
 )
-from .conftest import free_udp_port as free_port
+from tests.support.e2e import free_udp_port as free_port
+from xds_operator.app.shutdown import EXIT_DEADLINE_SECONDS
 
 RECONNECT = 30.0  # Envoy reconnects with its own jittered exponential backoff (0.5 s base)
 CONFIG_STATS = (

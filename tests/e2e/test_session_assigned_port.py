@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.support.e2e import ControlPlane, free_udp_port, send_until_answer, wait_until
+from tests.support.e2e_kube import NS, PLURAL, Cluster
 from xds_operator.demo.echo import EchoWorker
 
-from .conftest import free_udp_port, send_until_answer, wait_until
-from .kube import NS, PLURAL, Cluster
-from .test_session_manager import session_manager, xds_server  # noqa: F401  (fixtures)
+
+@pytest.fixture
+def xds_server(operator: ControlPlane) -> ControlPlane:
+    return operator
 
 
 @pytest.fixture

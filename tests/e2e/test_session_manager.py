@@ -5,89 +5,22 @@ server through the real `kubernetes` client, `xds-operator serve --kubeconfig` w
 
 from __future__ import annotations
 
-import queue
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fake_apiserver import FakeApiServer
 
+from tests.support.e2e import ControlPlane, assert_silent, free_udp_port, send_until_answer, wait_until
+from tests.support.e2e_kube import NS, PLURAL, Cluster
+from tests.support.session_manager import EXAMPLE
 from xds_operator.demo.echo import EchoWorker
-
-from .conftest import ControlPlane, _register_log, assert_silent, free_udp_port, send_until_answer, wait_until
-from .kube import NS, PLURAL, Cluster
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "session_manager.py"
 
 
 @pytest.fixture
 def xds_server(operator: ControlPlane) -> ControlPlane:
     return operator
-
-
-class SessionManager:
-    """The example program as a subprocess: stdout lines collected by a thread, stdin held open."""
-
-    def __init__(self, request: pytest.FixtureRequest, tmp_path: Path, apiserver: FakeApiServer, *args: str):
-        kubeconfig = apiserver.kubeconfig(tmp_path / "session-manager-kubeconfig")
-        self.stderr_path = tmp_path / "session-manager.err"
-        _register_log(request, "session manager stderr", self.stderr_path)
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, str(EXAMPLE), *args, "--namespace", NS, "--kubeconfig", str(kubeconfig)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-            )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def printed(self) -> list[str]:
-        lines = []
-        while not self.lines.empty():
-            lines.append(self.lines.get_nowait())
-        return lines
-
-    def next_line(self, timeout: float) -> str:
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"the session manager printed nothing within {timeout:.0f}s:\n{self.stderr_path.read_text()}")
-
-    def end_session(self) -> int:
-        """Close its stdin: the session ends."""
-        assert self.process.stdin is not None
-        self.process.stdin.close()
-        return self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=5)
-
-
-@pytest.fixture
-def session_manager(request, tmp_path, apiserver) -> Iterator:
-    started: list[SessionManager] = []
-
-    def start(*args: str) -> SessionManager:
-        manager = SessionManager(request, tmp_path, apiserver, *args)
-        started.append(manager)
-        return manager
-
-    yield start
-    for manager in started:
-        manager.stop()
 
 
 def test_the_route_is_printed_once_the_sessions_pod_is_ready_and_removed_when_the_session_ends(

@@ -6,11 +6,16 @@ test_session_manager.py, whose fixtures this module shares).
 
 from __future__ import annotations
 
+import pytest
+
+from tests.support.e2e import ControlPlane, assert_silent, free_udp_port, send_until_answer, wait_until
+from tests.support.e2e_kube import NS, PLURAL, Cluster
 from xds_operator.demo.echo import EchoWorker
 
-from .conftest import assert_silent, free_udp_port, send_until_answer, wait_until
-from .kube import NS, PLURAL, Cluster
-from .test_session_manager import session_manager, xds_server  # noqa: F401  (fixtures)
+
+@pytest.fixture
+def xds_server(operator: ControlPlane) -> ControlPlane:
+    return operator
 
 
 def test_a_killed_session_managers_port_closes_when_the_worker_pod_goes(

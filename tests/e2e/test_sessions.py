@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import (
+from tests.support.e2e import (
     PROXY_LABELS,
     WAIT,
     answered_by,

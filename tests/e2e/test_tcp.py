@@ -10,9 +10,7 @@ import socket
 
 import pytest
 
-from xds_operator.demo.echo import EchoWorker, TcpEchoWorker
-
-from .conftest import (
+from tests.support.e2e import (
     answers,
     endpoint,
     free_port,
@@ -23,6 +21,7 @@ from .conftest import (
     virtual_service,
     wait_until,
 )
+from xds_operator.demo.echo import EchoWorker, TcpEchoWorker
 
 CONNECTIONS = 20
 

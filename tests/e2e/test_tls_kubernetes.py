@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from certs import Pki
 
-from .conftest import ControlPlane, Envoy, free_port, free_udp_port, send_until_answer
-from .kube import INGRESS, NS, Cluster, vs_body
-from .test_tls import assert_refused, envoy_flags, server_flags
+from tests.support.certs import Pki
+from tests.support.e2e import ControlPlane, Envoy, free_port, free_udp_port, send_until_answer
+from tests.support.e2e_kube import INGRESS, NS, Cluster, vs_body
+from tests.support.e2e_tls import assert_refused, envoy_flags, server_flags
 
 pytestmark = pytest.mark.parametrize("ads_variant", ["sotw"])  # the transport is the same for both ADS variants
 

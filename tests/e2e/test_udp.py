@@ -10,7 +10,7 @@ import json
 import statistics
 import time
 
-from .conftest import (
+from tests.support.e2e import (
     PROXY_LABELS,
     answers,
     assert_silent,

@@ -207,7 +207,7 @@ def _without_empty(schema: Schema) -> Schema:
 # Every rule must pass the API server's cost estimate: a rule's cost times the most instances
 # of its node (the product of maxItems above it) must stay under 10,000,000, and the whole CRD
 # under 100,000,000. The uniqueness rules are O(n^2) in their list's maxItems and, for strings,
-# linear in maxLength (estimated as 4 bytes a character); tests/test_crd.py re-derives that
+# linear in maxLength (estimated as 4 bytes a character); tests/api/test_crd.py re-derives that
 # estimate, so raising a limit in the proto that would break it fails there first.
 
 

@@ -1,7 +1,7 @@
 """VirtualService (+ resolved endpoint addresses) → Envoy v3 Listener / Cluster / ClusterLoadAssignment.
 
 Pure functions: no I/O, no state. The table in README.md ("How it becomes Envoy configuration") is the
-contract; the golden tests in tests/golden/ pin the exact output.
+contract; the golden tests in tests/translate/golden/ pin the exact output.
 """
 
 from __future__ import annotations
