@@ -5,11 +5,7 @@ out, the route surviving SIGKILL only as long as its worker pod) is proven on it
 
 from __future__ import annotations
 
-import queue
 import signal
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +14,7 @@ import pytest
 from kubernetes import client
 
 from tests.support.fake_apiserver import FakeApiServer
-from tests.support.session_manager import EXAMPLE
+from tests.support.session_manager import SessionManager
 
 PLURAL, NS = "virtualservices", "media"
 
@@ -30,43 +26,12 @@ def server() -> Iterator[FakeApiServer]:
         assert fake.errors == []
 
 
-class Cli:
-    def __init__(self, server: FakeApiServer, tmp_path: Path, *args: str) -> None:
-        kubeconfig = server.kubeconfig(tmp_path / "kubeconfig")
-        self.stderr_path = tmp_path / "stderr"
-        with open(self.stderr_path, "wb") as stderr:
-            self.process = subprocess.Popen(
-                [sys.executable, str(EXAMPLE), *args, "--namespace", NS, "--kubeconfig", str(kubeconfig)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-            )
-        self.lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def next_line(self, timeout: float = 30) -> str:
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            pytest.fail(f"nothing printed within {timeout:.0f}s:\n{self.stderr_path.read_text()}")
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text()
-
-
 @pytest.fixture
-def cli(server: FakeApiServer, tmp_path: Path) -> Iterator[Any]:
-    started: list[Cli] = []
+def cli(request: pytest.FixtureRequest, server: FakeApiServer, tmp_path: Path) -> Iterator[Any]:
+    started: list[SessionManager] = []
 
-    def start(*args: str) -> Cli:
-        started.append(Cli(server, tmp_path, *args))
+    def start(*args: str) -> SessionManager:
+        started.append(SessionManager(request, tmp_path, server, *args))
         return started[-1]
 
     yield start

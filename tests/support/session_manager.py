@@ -47,11 +47,15 @@ class SessionManager:
             lines.append(self.lines.get_nowait())
         return lines
 
-    def next_line(self, timeout: float) -> str:
+    def next_line(self, timeout: float = 30) -> str:
         try:
             return self.lines.get(timeout=timeout)
         except queue.Empty:
             pytest.fail(f"the session manager printed nothing within {timeout:.0f}s:\n{self.stderr_path.read_text()}")
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
 
     def end_session(self) -> int:
         """Close its stdin: the session ends."""
