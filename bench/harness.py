@@ -15,6 +15,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests.support
+
+from tests.support.ports import HIGH, claim  # noqa: E402  (one record of handed-out ports per process)
+
 LOG_TAIL = 12_000  # characters of a log shown with a failure
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")  # /proc/<pid>/stat counts CPU time in these
 
@@ -78,28 +82,6 @@ def one_endpoint_vs(
     }
 
 
-# (kind, port) handed out by Ports or PortRange in this process: never twice, whichever gave it.
-_HANDED_OUT: set[tuple[int, int]] = set()
-
-
-def _mine(port: int) -> bool:
-    """Under pytest-xdist (the smoke tests) only this worker's ports, (port // 2) % workers == its index, as
-    tests/support/ports.py: no other worker hands out the same port meanwhile. Always true otherwise."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    count = max(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1), 1)
-    index = int(worker[2:]) % count if worker[2:].isdigit() else 0
-    return (port // 2) % count == index
-
-
-def _bindable(kind: int, port: int) -> bool:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
-
-
 class Ports:
     """Free ports for servers started later (UDP listener ports must be free on 0.0.0.0), never the same one
     twice in a run: from below the kernel's ephemeral range, so that no connection made meanwhile (by any
@@ -108,15 +90,14 @@ class Ports:
 
     def __init__(self, low: int = 10_000, high: int | None = None) -> None:
         self._low = low
-        self._high = high if high is not None else ephemeral_range()[0]
+        self._high = high if high is not None else HIGH
         self._next = random.randrange(low, self._high)
 
     def take(self, kind: int = socket.SOCK_STREAM) -> int:
         span = self._high - self._low
         for _ in range(span):
             port, self._next = self._next, self._low + (self._next + 1 - self._low) % span
-            if _mine(port) and (kind, port) not in _HANDED_OUT and _bindable(kind, port):
-                _HANDED_OUT.add((kind, port))
+            if claim(kind, port):
                 return port
         raise RuntimeError(f"no free port left in [{self._low}, {self._high})")
 
@@ -136,7 +117,7 @@ class PortRange:
 
     def __init__(self, low: int = 20_000, high: int | None = None) -> None:
         self._low = low
-        self._high = high if high is not None else ephemeral_range()[0]
+        self._high = high if high is not None else HIGH
         self._offset = random.randrange(max(1, self._high - low))
         self._taken = 0
 
@@ -145,28 +126,9 @@ class PortRange:
         while self._taken < span:
             port = self._low + (self._offset + self._taken) % span
             self._taken += 1
-            if _mine(port) and (socket.SOCK_DGRAM, port) not in _HANDED_OUT and udp_port_free(port):
-                _HANDED_OUT.add((socket.SOCK_DGRAM, port))
+            if claim(socket.SOCK_DGRAM, port):
                 return port
         raise RuntimeError(f"no free UDP port left in [{self._low}, {self._high})")
-
-
-def ephemeral_range() -> tuple[int, int]:
-    """The kernel's range for automatically assigned ports (Linux; the usual default elsewhere)."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32_768, 60_999
-
-
-def udp_port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            sock.bind(("0.0.0.0", port))
-        except OSError:
-            return False
-    return True
 
 
 def raise_fd_limit(wanted: int) -> int:

@@ -1,8 +1,8 @@
 """The benchmark smoke tests import bench/*.py as top-level modules, and run one at a time.
 
-bench/calls.py and bench/calls_kube.py take UDP ports in order from fixed ranges below the kernel's
-ephemeral range (tests/support/ports.py's ports come from inside it), and every smoke test puts a
-burst of load on the machine: under pytest-xdist (`--dist loadgroup`) they all go to one worker.
+Each smoke test puts a burst of load on the machine: under pytest-xdist (`--dist loadgroup`) they all go
+to one worker. Their ports come from tests/support/ports.py (bench/harness.py picks them there), so they
+never meet a port another test of this process handed out.
 """
 
 from __future__ import annotations

@@ -50,15 +50,23 @@ def _bindable(kind: int, port: int) -> bool:
     return True
 
 
+def claim(kind: int, port: int) -> bool:
+    """Hand out `port` if nothing is bound to it now, it is this worker's own and it was never handed out in
+    this process (also by bench/harness.py, which picks its ports here for the smoke tests)."""
+    index, count = worker_share()
+    if (port // 2) % count != index or (kind, port) in _handed_out or not _bindable(kind, port):
+        return False
+    _handed_out.add((kind, port))
+    return True
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A port nothing is bound to now, this worker's own, never handed out before in this session."""
     global _next
-    index, count = worker_share()
     for _ in range(HIGH - LOW):
         port = _next
         _next = LOW + (_next + 1 - LOW) % (HIGH - LOW)
-        if (port // 2) % count == index and (kind, port) not in _handed_out and _bindable(kind, port):
-            _handed_out.add((kind, port))
+        if claim(kind, port):
             return port
     raise RuntimeError(f"no free port left in [{LOW}, {HIGH})")
 
