@@ -170,8 +170,8 @@ async def run(args: argparse.Namespace, api: client.ApiClient) -> int:
                 )
             )
             await first(opening, ended)
-            if not opening.done():  # a signal before Ready: the open deletes what it created
-                opening.cancel()
+            if not opening.done():  # a signal before Ready: the open gives up and deletes what it created
+                await routes.close(args.session)
                 await asyncio.gather(opening, return_exceptions=True)
                 print(f"session {args.session}: {ended.result()}", file=sys.stderr)
                 code = 0

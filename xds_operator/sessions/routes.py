@@ -197,7 +197,8 @@ class SessionRoutes:
         if self._sessions:
             self._drained.clear()
             try:
-                await asyncio.wait_for(self._drained.wait(), DRAIN_TIMEOUT)
+                async with asyncio.timeout(DRAIN_TIMEOUT):
+                    await self._drained.wait()
             except TimeoutError:
                 log.warning("session routes: %d opens still in flight after %gs", len(self._sessions), DRAIN_TIMEOUT)
         assert self._reflector is not None and self._executor is not None
@@ -419,8 +420,11 @@ class SessionRoutes:
                 reason, detail = self._why_not_ready(state)
                 raise self._not_ready(state, reason, detail, f"not Ready after {timeout:g}s")
             state.changed.clear()
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for drops a cancellation that comes as the
+            # event is set, and a cancelled open() would then wait on for Ready.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(state.changed.wait(), remaining)
+                async with asyncio.timeout(remaining):
+                    await state.changed.wait()
 
     def _why_not_ready(self, state: _Session) -> tuple[str, str]:
         obj = state.obj if state.seen else None
