@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from kubernetes import client
 
 from tests.support.fake_apiserver import FakeApiServer
 from tests.support.operator import Operator, running_operator
@@ -19,6 +20,22 @@ def apiserver() -> Iterator[FakeApiServer]:
     with FakeApiServer(bookmark_interval=0.2) as server:
         yield server
         assert server.errors == [], "exceptions inside the fake API server:\n" + "\n".join(server.errors)
+
+
+@pytest.fixture
+def server() -> Iterator[FakeApiServer]:
+    """The fake API server with its own defaults (its tests and the session helper's, which need no quick
+    bookmarks); as with `apiserver`, no exception may have escaped inside it."""
+    with FakeApiServer() as fake:
+        yield fake
+        assert fake.errors == [], "exceptions inside the fake API server:\n" + "\n".join(fake.errors)
+
+
+@pytest.fixture
+def api(server: FakeApiServer) -> Iterator[client.ApiClient]:
+    """A real kubernetes client of `server`."""
+    with server.api_client() as api_client:
+        yield api_client
 
 
 @pytest.fixture

@@ -20,13 +20,6 @@ PLURAL, NS = "virtualservices", "media"
 
 
 @pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as fake:
-        yield fake
-        assert fake.errors == []
-
-
-@pytest.fixture
 def cli(request: pytest.FixtureRequest, server: FakeApiServer, tmp_path: Path) -> Iterator[Any]:
     started: list[SessionManager] = []
 

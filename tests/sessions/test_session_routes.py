@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -29,19 +29,6 @@ from xds_operator.sessions import (
 
 PLURAL, NS = "virtualservices", "media"
 PROXIES = {"app": "envoy-ingress"}
-
-
-@pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as fake:
-        yield fake
-        assert fake.errors == []
-
-
-@pytest.fixture
-def api(server: FakeApiServer) -> Iterator[client.ApiClient]:
-    with server.api_client() as api_client:
-        yield api_client
 
 
 @pytest.fixture

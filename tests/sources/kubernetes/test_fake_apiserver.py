@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,19 +19,6 @@ from tests.support.fake_apiserver import FakeApiServer
 
 GROUP, VERSION, PLURAL = "servicemesh.l7mp.io", "v1", "virtualservices"
 NS = "default"
-
-
-@pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as fake:
-        yield fake
-        assert fake.errors == []
-
-
-@pytest.fixture
-def api(server: FakeApiServer) -> Iterator[client.ApiClient]:
-    with server.api_client() as api_client:
-        yield api_client
 
 
 @pytest.fixture

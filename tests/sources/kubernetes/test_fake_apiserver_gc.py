@@ -15,13 +15,6 @@ NS = "default"
 
 
 @pytest.fixture
-def server() -> Iterator[FakeApiServer]:
-    with FakeApiServer() as fake:
-        yield fake
-        assert fake.errors == []
-
-
-@pytest.fixture
 def core(server: FakeApiServer) -> Iterator[client.CoreV1Api]:
     with server.api_client() as api:
         yield client.CoreV1Api(api)
