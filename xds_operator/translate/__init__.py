@@ -24,7 +24,7 @@ from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from xds.type.matcher.v3 import matcher_pb2
 
-from xds_operator.api import VirtualService, cluster_of, pb, protocol_of
+from xds_operator.api import VirtualService, cluster_of, has_port, pb, protocol_of
 
 UDP_PROXY_FILTER = "envoy.filters.udp_listener.udp_proxy"
 TCP_PROXY_FILTER = "envoy.filters.network.tcp_proxy"
@@ -141,6 +141,8 @@ def _udp_limit(listener: pb.Listener) -> int | None:
 
 
 def translate_listener(listener: pb.Listener) -> listener_pb2.Listener:
+    if not has_port(listener):  # a programming error: the sources assign a port (ports/) before translating
+        raise ValueError(f"listener {listener.name} has no port: assign one (ports/) before translating")
     if protocol_of(listener) == "TCP":
         return _tcp_listener(listener.name, listener.tcp)
     return _udp_listener(listener.name, listener.udp, envoy_cluster_name(listener))
@@ -155,7 +157,7 @@ def _udp_listener(name: str, udp: pb.UdpListener, cluster_name: str) -> listener
         config.hash_policies.add(key=udp.cluster.hash_key)
     elif udp.cluster.hash_by == "source_ip":
         config.hash_policies.add(source_ip=True)
-    result = _bound_listener(name, address_pb2.SocketAddress.UDP, _bound_port(name, udp))
+    result = _bound_listener(name, address_pb2.SocketAddress.UDP, udp.port)
     listener_filter = result.listener_filters.add(name=UDP_PROXY_FILTER)
     _pack_into(listener_filter.typed_config, config)
     return result
@@ -170,7 +172,7 @@ def _tcp_listener(name: str, tcp: pb.TcpListener) -> listener_pb2.Listener:
     """
     proxy = tcp_proxy_pb2.TcpProxy(stat_prefix=name, cluster=tcp.cluster.name)
     proxy.idle_timeout.seconds = tcp.idle_timeout if tcp.HasField("idle_timeout") else DEFAULT_TCP_IDLE_TIMEOUT_S
-    result = _bound_listener(name, address_pb2.SocketAddress.TCP, _bound_port(name, tcp))
+    result = _bound_listener(name, address_pb2.SocketAddress.TCP, tcp.port)
     chain = result.filter_chains.add()
     if tcp.HasField("max_sessions"):
         # First in the chain: a connection past the limit is closed before anything else runs.
@@ -187,13 +189,6 @@ def _tcp_listener(name: str, tcp: pb.TcpListener) -> listener_pb2.Listener:
         proxy.hash_policy.append(hash_policy_pb2.HashPolicy(filter_state={"key": HASH_KEY_STATE}))
     _pack_into(chain.filters.add(name=TCP_PROXY_FILTER).typed_config, proxy)
     return result
-
-
-def _bound_port(name: str, block: pb.UdpListener | pb.TcpListener) -> int:
-    """The listener's port; one left out must have been assigned (ports/) before translation."""
-    if not block.HasField("port"):
-        raise ValueError(f"listener {name} has no port: the sources assign one before translating")
-    return block.port
 
 
 def _bound_listener(name: str, protocol: address_pb2.SocketAddress.Protocol, port: int) -> listener_pb2.Listener:

@@ -19,7 +19,7 @@ from functools import cached_property
 
 import immutables
 
-from xds_operator.api import Key, VirtualService, has_port, port_of, protocol_of
+from xds_operator.api import Key, VirtualService, port_of, protocol_of
 from xds_operator.translate import (
     Resolved,
     SelectorResolver,
@@ -96,9 +96,6 @@ class Translated:
 
 
 def translate(vs: VirtualService, resolve_selector: SelectorResolver) -> Translated:
-    for listener in vs.spec.listeners:
-        if not has_port(listener):  # a programming error: the sources place every VirtualService first
-            raise ValueError(f"VirtualService {vs}: listener {listener.name} has no port; assign it first (ports/)")
     resolved = resolve_virtual_service(vs, resolve_selector)
     envoy = translate_virtual_service(vs, resolved=resolved)
     listeners = [
